@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make run` serves, `make test` tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP  := $(VENV)/.install-stamp
+# On a CUDA machine torchvision matching torch 2.13 belongs in the install (segment-anything needs it);
+# on CPU machines the index only has a CUDA build of it, which breaks transformers: never install it there.
+TORCHVISION := torchvision==0.28.0
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements-torch.txt requirements.txt requirements-test.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements-torch.txt          # torch FIRST: nothing below may pull another build
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	    echo "CUDA machine: installing $(TORCHVISION)"; $(PIP) install $(TORCHVISION); fi
+	$(PIP) install -r requirements.txt -r requirements-test.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	@$(PY) -c "import torch, transformers, label_studio_sdk, segment_anything, cv2; print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/segagent serve
+
+test: install
+	scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/click_cost.py
+	$(PY) bench/grabcut_noc.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""The agent layer: what segments, knowing nothing of HTTP, Redis or Label Studio."""

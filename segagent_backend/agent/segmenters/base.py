@@ -1,0 +1,81 @@
+"""The one small interface every interactive segmentation tool implements."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..types import Box, Click, Segmentation
+from .cache import EmbeddingCache, image_digest
+
+
+class Segmenter(ABC):
+    """Set an image once, then turn clicks (+ optional box, + the previous call's logits) into a mask.
+
+    Usage::
+
+        seg.set_image(rgb)                                  # (H, W, 3) uint8 RGB
+        out = seg.segment([Click(120, 80)])                 # first click
+        out = seg.segment([Click(120, 80), Click(40, 30, False)], prev_logits=out.logits)
+
+    ``set_image`` looks the image's embedding up in the shared cache (keyed by content) and only
+    encodes on a miss. Not thread-safe: callers serialise use of one instance.
+    """
+
+    #: distinguishes cache entries of different models sharing one cache
+    cache_namespace: str = "segmenter"
+
+    def __init__(self, cache: Optional[EmbeddingCache] = None):
+        self.cache = cache if cache is not None else EmbeddingCache(256 * 2**20)
+        self._image_size: Optional[tuple[int, int]] = None  # (H, W)
+        self._image_key: Optional[tuple[str, str]] = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the image set last."""
+        if self._image_size is None:
+            raise RuntimeError("set_image() must be called before segment()")
+        return self._image_size
+
+    @property
+    def image_key(self) -> tuple[str, str]:
+        """(cache namespace, content digest) of the image set last: identifies model + image."""
+        if self._image_key is None:
+            raise RuntimeError("set_image() must be called before segment()")
+        return self._image_key
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Prepare ``image``: (H, W, 3) uint8 RGB. Encodes only when the cache misses."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        key = (self.cache_namespace, image_digest(image))
+        embedding = self.cache.get(key)
+        if embedding is None:
+            embedding, nbytes = self._encode(image)
+            self.cache.put(key, embedding, nbytes)
+        self._use(embedding, image)
+        self._image_size = image.shape[:2]
+        self._image_key = key
+
+    @abstractmethod
+    def _encode(self, image: np.ndarray) -> tuple[object, int]:
+        """Compute the per-image embedding; return it and its size in bytes."""
+
+    @abstractmethod
+    def _use(self, embedding: object, image: np.ndarray) -> None:
+        """Make ``embedding`` (of ``image``) the current one."""
+
+    @abstractmethod
+    def segment(
+        self,
+        clicks: Sequence[Click],
+        box: Optional[Box] = None,
+        prev_logits: Optional[np.ndarray] = None,
+    ) -> Segmentation:
+        """All clicks so far (pixels of the original image) -> the best mask at the original size.
+
+        ``prev_logits`` is the ``logits`` of this segmenter's previous call on the same image
+        (SAM feeds it back as ``mask_input``). With several candidate masks the best-scoring one
+        is kept.
+        """

@@ -1,0 +1,268 @@
+"""GrabCut as an interactive tool: the zero-download default segmenter (OpenCV only, no weights).
+
+How clicks become a mask (all at a capped working resolution, ``max_side``):
+
+* First call (no previous mask): every click is a small *sure* disk (positive = object,
+  negative = background), each positive click also gets a large *probable-object* disk, a box
+  (if any) makes its outside sure background; GrabCut runs on the whole image and only the
+  connected components that contain a positive click are kept (stray look-alike specks elsewhere
+  are not what the annotator pointed at).
+* Later calls refine the previous mask locally, so that a click never undoes earlier work:
+  GrabCut is initialised from the previous mask (object = probable object, rest = probable
+  background) plus all the sure click disks, inside a region of interest around the newest click.
+  A positive click only ADDS the connected region of new object pixels that contains it; a
+  negative click only REMOVES the connected region of dropped pixels that contains it.
+
+The mask handed back is upsampled to the original size; ``logits`` carries the working-resolution
+mask (uint8 0/1, (h, w)) as the state for the next call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from ..types import Box, Click, Segmentation
+from .base import Segmenter
+from .cache import EmbeddingCache
+
+
+@dataclass(frozen=True)
+class _Embedding:
+    """The cached per-image data: the image at working size (h, w, 3) uint8 BGR and its scale."""
+
+    image: np.ndarray
+    scale: float  # working pixels per original pixel (<= 1)
+
+
+def _disk(mask: np.ndarray, x: int, y: int, radius: int, value: int) -> None:
+    """Paint a filled disk (centre x = column, y = row) into ``mask`` in place."""
+    cv2.circle(mask, (int(x), int(y)), max(int(radius), 0), int(value), thickness=-1)
+
+
+def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
+    """The 8-connected component of ``mask`` ((h, w) bool) containing pixel (x, y); empty if off."""
+    if not mask[y, x]:
+        return np.zeros_like(mask)
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return labels == labels[y, x]
+
+
+class GrabCutSegmenter(Segmenter):
+    """OpenCV GrabCut seeded by clicks and/or a box, refined locally click by click.
+
+    Keywords:
+        max_side: longest side of the working image in pixels (larger images are downscaled for
+            speed, the mask is upsampled back).
+        iterations: GrabCut iterations for the first segmentation.
+        refine_iterations: GrabCut iterations when refining from the previous mask (it already
+            starts close to the answer).
+        sure_radius: radius of the sure-label disk at each click, in working pixels.
+        object_radius: radius of the probable-object disk around a positive click on the first
+            call, as a fraction of the working image's shorter side.
+        roi_factor: the refinement works in a square window around the newest click of half-side
+            ``roi_factor`` x (distance from the click to the previous mask's boundary), at least
+            ``min_roi`` working pixels.
+        local: False = plain GrabCut every call (no add-only / remove-only rule).
+        seed: OpenCV RNG seed set before every GrabCut call (its GMM init uses k-means).
+    """
+
+    def __init__(
+        self,
+        cache: Optional[EmbeddingCache] = None,
+        *,
+        max_side: int = 512,
+        iterations: int = 4,
+        refine_iterations: int = 2,
+        sure_radius: int = 4,
+        object_radius: float = 0.12,
+        roi_factor: float = 4.0,
+        min_roi: int = 48,
+        flip_factor: float = 0.8,
+        refine_init: str = "prev",
+        local: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__(cache)
+        if max_side < 16:
+            raise ValueError("max_side must be >= 16")
+        self.max_side = int(max_side)
+        self.iterations = int(iterations)
+        self.refine_iterations = int(refine_iterations)
+        self.sure_radius = int(sure_radius)
+        self.object_radius = float(object_radius)
+        self.roi_factor = float(roi_factor)
+        self.min_roi = int(min_roi)
+        self.flip_factor = float(flip_factor)
+        self.refine_init = refine_init
+        self.local = bool(local)
+        self.seed = int(seed)
+        # only max_side changes the embedding (the working image); the rest act per call
+        self.cache_namespace = f"grabcut/max_side={self.max_side}"
+        self._emb: Optional[_Embedding] = None
+
+    # --- embedding -------------------------------------------------------------------------
+    def _encode(self, image: np.ndarray) -> tuple[object, int]:
+        h, w = image.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # GrabCut is colour-space agnostic; BGR by convention
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        bgr = np.ascontiguousarray(bgr)
+        return _Embedding(bgr, scale), int(bgr.nbytes)
+
+    def _use(self, embedding: object, image: np.ndarray) -> None:
+        assert isinstance(embedding, _Embedding)
+        self._emb = embedding
+
+    # --- geometry helpers --------------------------------------------------------------------
+    def _to_work(self, x: float, y: float) -> tuple[int, int]:
+        """Original pixel (x = column, y = row) -> working pixel, clamped."""
+        emb = self._emb
+        assert emb is not None
+        h, w = emb.image.shape[:2]
+        xw = int(round((x + 0.5) * emb.scale - 0.5))
+        yw = int(round((y + 0.5) * emb.scale - 0.5))
+        return min(max(xw, 0), w - 1), min(max(yw, 0), h - 1)
+
+    def _to_original(self, work_mask: np.ndarray) -> np.ndarray:
+        """(h, w) bool working mask -> (H, W) bool mask (bilinear upsampling, threshold 0.5)."""
+        H, W = self.image_size
+        if work_mask.shape == (H, W):
+            return work_mask.copy()
+        up = cv2.resize(work_mask.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+        return up >= 0.5
+
+    def _grabcut(self, image: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
+        """Run GrabCut from ``labels`` ((h, w) uint8 GC_* values); return the object mask (bool)."""
+        has_fg = np.any((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
+        has_bg = np.any((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD))
+        if not (has_fg and has_bg):  # GrabCut needs samples of both models
+            return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+        cv2.setRNGSeed(self.seed)  # k-means in the GMM init draws from OpenCV's RNG: keep runs repeatable
+        bgd = np.zeros((1, 65), np.float64)
+        fgd = np.zeros((1, 65), np.float64)
+        labels = labels.copy()
+        cv2.grabCut(image, labels, None, bgd, fgd, max(1, iterations), cv2.GC_INIT_WITH_MASK)
+        return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+
+    def _paint_clicks(self, labels: np.ndarray, points: Sequence[tuple[int, int, bool]], offset=(0, 0)) -> None:
+        """Sure-label disks at every click (working coordinates, shifted by ``offset`` = (x0, y0))."""
+        for x, y, positive in points:
+            _disk(labels, x - offset[0], y - offset[1], self.sure_radius, cv2.GC_FGD if positive else cv2.GC_BGD)
+
+    # --- the tool ------------------------------------------------------------------------------
+    def segment(
+        self,
+        clicks: Sequence[Click],
+        box: Optional[Box] = None,
+        prev_logits: Optional[np.ndarray] = None,
+    ) -> Segmentation:
+        """All clicks so far (+ optional box, + the previous call's ``logits``) -> mask.
+
+        Returns ``mask`` (H, W) bool at the original size, ``logits`` = the working-resolution mask
+        (h, w) uint8 0/1 to pass back as ``prev_logits``, and ``score`` = the agreement (IoU) between
+        the returned mask and GrabCut's own unconstrained answer on the same window: 1 when the
+        locality rule did not have to overrule GrabCut, lower when it did (a rough confidence).
+        """
+        H, W = self.image_size
+        emb = self._emb
+        assert emb is not None
+        h, w = emb.image.shape[:2]
+        points = [(*self._to_work(c.x, c.y), bool(c.positive)) for c in clicks]
+        if not points and box is None:
+            return Segmentation(np.zeros((H, W), bool), np.zeros((h, w), np.uint8), 0.0)
+
+        prev = None
+        if prev_logits is not None and np.shape(prev_logits) == (h, w):
+            prev = np.asarray(prev_logits) > 0
+        if prev is None or not prev.any() or not self.local or not points:
+            work, raw = self._first(points, box)
+        else:
+            work, raw = self._refine(prev, points)
+        inter = np.count_nonzero(work & raw)
+        union = np.count_nonzero(work | raw)
+        score = 1.0 if union == 0 else inter / union
+        return Segmentation(self._to_original(work), work.astype(np.uint8), float(score))
+
+    def _first(self, points: list[tuple[int, int, bool]], box: Optional[Box]) -> tuple[np.ndarray, np.ndarray]:
+        """Segment from scratch; returns (kept mask, raw GrabCut mask), both (h, w) bool."""
+        emb = self._emb
+        assert emb is not None
+        h, w = emb.image.shape[:2]
+        labels = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+        if box is not None:
+            b = box.clamped(*self.image_size[::-1])
+            x1, y1 = self._to_work(b.x1, b.y1)
+            x2, y2 = self._to_work(b.x2, b.y2)
+            labels[:] = cv2.GC_BGD
+            labels[y1 : y2 + 1, x1 : x2 + 1] = cv2.GC_PR_FGD
+        else:
+            radius = int(round(self.object_radius * min(h, w)))
+            for x, y, positive in points:
+                if positive:
+                    _disk(labels, x, y, radius, cv2.GC_PR_FGD)
+        self._paint_clicks(labels, points)
+        raw = self._grabcut(emb.image, labels, self.iterations)
+        if not self.local or box is not None:
+            return raw, raw
+        # keep what the positive clicks point at
+        keep = np.zeros_like(raw)
+        _, comp = cv2.connectedComponents(raw.astype(np.uint8), connectivity=8)
+        for x, y, positive in points:
+            if positive and raw[y, x]:
+                keep |= comp == comp[y, x]
+        return keep, raw
+
+    def _refine(self, prev: np.ndarray, points: list[tuple[int, int, bool]]) -> tuple[np.ndarray, np.ndarray]:
+        """Change ``prev`` ((h, w) bool) only around the newest click; returns (mask, raw GrabCut)."""
+        emb = self._emb
+        assert emb is not None
+        h, w = emb.image.shape[:2]
+        x, y, positive = points[-1]
+        # the click's distance to the region it is asking to change is the scale of the change
+        target = ~prev if positive else prev
+        dist = cv2.distanceTransform(np.pad(target.astype(np.uint8), 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        d = float(dist[y + 1, x + 1])
+        half = int(max(self.min_roi, self.roi_factor * max(d, 1.0)))
+        x0, x1 = max(0, x - half), min(w, x + half + 1)
+        y0, y1 = max(0, y - half), min(h, y + half + 1)
+
+        if self.refine_init == "clicks":
+            x0, x1, y0, y1 = 0, w, 0, h
+        sub_prev = prev[y0:y1, x0:x1]
+        if self.refine_init == "clicks":
+            labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
+            r0 = int(round(self.object_radius * min(h, w)))
+            for px, py, ppos in points[:-1]:
+                if ppos:
+                    _disk(labels, px, py, r0, cv2.GC_PR_FGD)
+        else:
+            labels = np.where(sub_prev, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+        # the neighbourhood the click asks to flip is probably of the click's label: seeds the
+        # right colour model with it (otherwise the previous mask's model wins and only the sure
+        # disk flips)
+        radius = int(min(self.flip_factor * d, self.object_radius * min(h, w)))
+        _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD if positive else cv2.GC_PR_BGD)
+        self._paint_clicks(labels, points, offset=(x0, y0))
+        raw_sub = self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.refine_iterations)
+        raw = prev.copy()
+        raw[y0:y1, x0:x1] = raw_sub
+
+        out = prev.copy()
+        cx, cy = x - x0, y - y0
+        if positive:
+            added = _component_at(raw_sub & ~sub_prev, cx, cy)
+            out[y0:y1, x0:x1] |= added
+        else:
+            removed = _component_at(sub_prev & ~raw_sub, cx, cy)
+            out[y0:y1, x0:x1] &= ~removed
+        # the clicks are facts: their sure disks hold whatever GrabCut said
+        disks = np.full((h, w), 255, np.uint8)
+        self._paint_clicks(disks, points)
+        out |= disks == cv2.GC_FGD
+        out &= disks != cv2.GC_BGD
+        return out, raw

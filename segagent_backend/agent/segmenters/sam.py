@@ -1,0 +1,377 @@
+"""SAM (Meta's ``segment-anything`` package, ``.pth`` checkpoints vit_b / vit_l / vit_h) as a Segmenter.
+
+The architecture is read off the checkpoint's tensors (:func:`infer_sam_architecture`) rather than
+taken from a name, so one loader serves the official checkpoints and the tiny random models the
+tests save; ``model_type`` only double-checks what was inferred.
+
+The image encoder runs once per image (``_encode``); a click runs only the prompt encoder and the
+mask decoder on the cached features, and only the chosen mask is upscaled to the original size.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..types import Box, Click, Segmentation
+from .base import Segmenter
+from .cache import EmbeddingCache
+
+if TYPE_CHECKING:  # segment_anything needs torchvision at import time: import it lazily
+    from segment_anything import SamPredictor
+    from segment_anything.modeling import Sam
+
+__all__ = [
+    "ModelLoadError", "SamArchitecture", "SamEmbedding", "SamSegmenter",
+    "import_segment_anything", "infer_sam_architecture", "load_sam", "resolve_device",
+]
+
+#: the official variants: (embed_dim, depth, num_heads, global_attn_indexes)
+KNOWN_MODEL_TYPES: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
+    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+}
+KNOWN_MODEL_TYPES["default"] = KNOWN_MODEL_TYPES["vit_h"]  # segment_anything's own alias
+
+#: the mask decoder's head count is not visible in any tensor shape; every SAM variant uses 8
+DECODER_NUM_HEADS = 8
+
+
+class ModelLoadError(RuntimeError):
+    """A model file/folder is missing, unreadable or not the expected architecture."""
+
+
+def import_segment_anything():
+    """``import segment_anything`` with an actionable error when torchvision is missing or broken."""
+    try:
+        import segment_anything
+    except ImportError as exc:
+        if "torchvision" in str(exc) or (getattr(exc, "name", "") or "").startswith("torchvision"):
+            raise ImportError(
+                "segment-anything needs torchvision at import time and none is importable: install the "
+                f"torchvision build that matches torch {torch.__version__} (GPU images ship it; on a CPU-only "
+                f"machine without a matching build use the transformers SAM backend instead). Cause: {exc}"
+            ) from exc
+        raise ImportError(f"segment-anything is not installed (pip install segment-anything): {exc}") from exc
+    except Exception as exc:  # e.g. a CUDA torchvision on CPU torch: "operator torchvision::nms does not exist"
+        raise ImportError(
+            f"torchvision is installed but failed to import ({type(exc).__name__}: {exc}); it must be the "
+            f"build matching torch {torch.__version__}"
+        ) from exc
+    return segment_anything
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu`` / ``cuda`` / ``cuda:N`` are checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"invalid device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    return dev
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """Hyper-parameters of a segment_anything ``Sam``, as read from its state dict."""
+
+    img_size: int
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    window_size: int
+    global_attn_indexes: tuple[int, ...]
+    use_abs_pos: bool
+    qkv_bias: bool
+    prompt_dim: int  # = encoder out_chans = decoder transformer_dim
+    mask_in_chans: int
+    num_multimask_outputs: int
+    decoder_depth: int
+    decoder_mlp_dim: int
+    attention_downsample_rate: int
+    iou_head_depth: int
+    iou_head_hidden_dim: int
+
+    @property
+    def model_type(self) -> Optional[str]:
+        """vit_b / vit_l / vit_h when the encoder matches an official variant, else None."""
+        enc = (self.embed_dim, self.depth, self.num_heads, self.global_attn_indexes)
+        return next((k for k, v in KNOWN_MODEL_TYPES.items() if v == enc and k != "default"), None)
+
+
+def _count(sd: dict, prefix: str) -> int:
+    """Number of ``prefix{i}.`` sub-modules in a state dict (prefix ends with '.')."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({int(m.group(1)) for k in sd for m in [pat.match(k)] if m})
+
+
+def infer_sam_architecture(sd: dict) -> SamArchitecture:
+    """Read a ``SamArchitecture`` off the tensor shapes of a segment_anything Sam state dict.
+
+    Raises KeyError/ValueError when ``sd`` is not one (the loader turns that into ModelLoadError).
+    """
+    enc = "image_encoder."
+    embed_dim, _, patch, _ = sd[enc + "patch_embed.proj.weight"].shape
+    depth = _count(sd, enc + "blocks.")
+    if depth == 0 or enc + "blocks.0.attn.rel_pos_h" not in sd:
+        raise ValueError("no ViT blocks with relative position tables under image_encoder.")
+    # rel_pos_h is (2 * side - 1, head_dim): side = window size, or the token grid for global blocks
+    sides = [(sd[f"{enc}blocks.{i}.attn.rel_pos_h"].shape[0] + 1) // 2 for i in range(depth)]
+    head_dim = sd[enc + "blocks.0.attn.rel_pos_h"].shape[1]
+    if enc + "pos_embed" in sd:
+        grid = sd[enc + "pos_embed"].shape[1]
+    else:
+        grid = max(sides)
+    global_idx = tuple(i for i, s in enumerate(sides) if s == grid)
+    windowed = {s for s in sides if s != grid}
+    if len(windowed) > 1:
+        raise ValueError(f"inconsistent window sizes {sorted(windowed)}")
+    window = windowed.pop() if windowed else 0
+    dec = "mask_decoder."
+    prompt_dim = sd[dec + "iou_token.weight"].shape[1]
+    iou_depth = _count(sd, dec + "iou_prediction_head.layers.")
+    return SamArchitecture(
+        img_size=grid * patch,
+        patch_size=patch,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=embed_dim // head_dim,
+        mlp_ratio=sd[enc + "blocks.0.mlp.lin1.weight"].shape[0] / embed_dim,
+        window_size=window,
+        global_attn_indexes=global_idx,
+        use_abs_pos=enc + "pos_embed" in sd,
+        qkv_bias=enc + "blocks.0.attn.qkv.bias" in sd,
+        prompt_dim=prompt_dim,
+        mask_in_chans=sd["prompt_encoder.mask_downscaling.3.weight"].shape[0],
+        num_multimask_outputs=sd[dec + "mask_tokens.weight"].shape[0] - 1,
+        decoder_depth=_count(sd, dec + "transformer.layers."),
+        decoder_mlp_dim=sd[dec + "transformer.layers.0.mlp.lin1.weight"].shape[0],
+        attention_downsample_rate=prompt_dim // sd[dec + "transformer.final_attn_token_to_image.q_proj.weight"].shape[0],
+        iou_head_depth=iou_depth,
+        iou_head_hidden_dim=sd[dec + "iou_prediction_head.layers.0.weight"].shape[0],
+    )
+
+
+def build_sam(arch: SamArchitecture) -> "Sam":
+    """An untrained segment_anything ``Sam`` with the given hyper-parameters."""
+    import_segment_anything()
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    grid = arch.img_size // arch.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=arch.img_size, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth,
+            num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio, out_chans=arch.prompt_dim, qkv_bias=arch.qkv_bias,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_abs_pos=arch.use_abs_pos, use_rel_pos=True,
+            window_size=arch.window_size, global_attn_indexes=arch.global_attn_indexes,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_dim, image_embedding_size=(grid, grid),
+            input_image_size=(arch.img_size, arch.img_size), mask_in_chans=arch.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=arch.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth, embedding_dim=arch.prompt_dim, mlp_dim=arch.decoder_mlp_dim,
+                num_heads=DECODER_NUM_HEADS, attention_downsample_rate=arch.attention_downsample_rate,
+            ),
+            transformer_dim=arch.prompt_dim,
+            iou_head_depth=arch.iou_head_depth,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+    )
+
+
+def load_sam(checkpoint: Union[str, Path], model_type: Optional[str] = None, device: str = "auto") -> "Sam":
+    """Load a segment_anything ``.pth`` checkpoint (a state dict) into a ``Sam`` in eval mode on ``device``.
+
+    ``model_type`` (vit_b / vit_l / vit_h / default, or None to accept any SAM ViT) must match the
+    architecture inferred from the tensors. Raises ModelLoadError naming the checkpoint otherwise,
+    and when the file is missing or unreadable; ImportError when segment_anything cannot be imported.
+    """
+    path = Path(checkpoint)
+    if model_type is not None and model_type not in KNOWN_MODEL_TYPES:
+        raise ModelLoadError(f"unknown SAM model_type {model_type!r} for {path}: use one of {sorted(KNOWN_MODEL_TYPES)}")
+    dev = resolve_device(device)
+    if not path.is_file():
+        reason = "it is a directory" if path.is_dir() else "no such file"
+        raise ModelLoadError(f"SAM checkpoint {path} cannot be used: {reason}")
+    try:
+        # weights_only: a checkpoint is data, never code to unpickle
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"SAM checkpoint {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+    if isinstance(sd, dict) and isinstance(sd.get("model"), dict):  # some training scripts wrap the weights
+        sd = sd["model"]
+    if not isinstance(sd, dict):
+        raise ModelLoadError(f"SAM checkpoint {path} holds a {type(sd).__name__}, not a state dict")
+    try:
+        arch = infer_sam_architecture(sd)
+    except (KeyError, ValueError, IndexError, ZeroDivisionError) as exc:
+        raise ModelLoadError(f"{path} is not a segment-anything SAM checkpoint ({type(exc).__name__}: {exc})") from exc
+    if model_type is not None:
+        want = KNOWN_MODEL_TYPES[model_type]
+        got = (arch.embed_dim, arch.depth, arch.num_heads, arch.global_attn_indexes)
+        if got != want:
+            raise ModelLoadError(
+                f"SAM checkpoint {path} is not {model_type}: it has embed_dim={got[0]}, depth={got[1]}, "
+                f"num_heads={got[2]}, global_attn_indexes={got[3]} ({arch.model_type or 'no official variant'}); "
+                f"{model_type} has embed_dim={want[0]}, depth={want[1]}, num_heads={want[2]}, "
+                f"global_attn_indexes={want[3]}"
+            )
+    model = build_sam(arch)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"SAM checkpoint {path} does not fit the inferred architecture: {exc}") from exc
+    return model.to(dev).eval()
+
+
+@dataclass(frozen=True)
+class SamEmbedding:
+    """What ``_encode`` caches for one image.
+
+    features:      (1, C, h, w) float tensor on the model's device (C = prompt dim, h = w = img_size / 16).
+    original_size: (H, W) of the original image.
+    input_size:    (H', W') of the image resized so its long side is img_size (before padding).
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+
+class SamSegmenter(Segmenter):
+    """segment-anything SAM: clicks (+ box, + previous low-res logits) -> best of SAM's candidate masks.
+
+    ``segment`` returns ``Segmentation(mask=(H, W) bool, logits=(1, 256, 256) float32 low-res logits
+    of the chosen mask, score=SAM's predicted IoU clamped to [0, 1])``.
+    """
+
+    def __init__(
+        self,
+        model: "Sam",
+        cache: Optional[EmbeddingCache] = None,
+        namespace: Optional[str] = None,
+        single_mask_when_refining: bool = False,
+    ):
+        """``model``: a loaded Sam (see :func:`load_sam`). ``namespace`` keys this model's cache entries
+        (default: unique to this model object). ``single_mask_when_refining``: with previous logits and
+        several clicks ask SAM for its single unambiguous mask (SAM's own advice) instead of the best of 3.
+        """
+        super().__init__(cache)
+        predictor_cls = import_segment_anything().SamPredictor
+        self.model = model
+        self.predictor: "SamPredictor" = predictor_cls(model)
+        self.cache_namespace = namespace or f"sam:{id(model)}"
+        self.single_mask_when_refining = single_mask_when_refining
+        with torch.inference_mode():
+            # constant for a model: computed once instead of on every click
+            self._dense_pe = model.prompt_encoder.get_dense_pe()
+        self._embedding: Optional[SamEmbedding] = None
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: Union[str, Path],
+        model_type: Optional[str] = None,
+        device: str = "auto",
+        cache: Optional[EmbeddingCache] = None,
+        **kwargs,
+    ) -> "SamSegmenter":
+        """Load ``checkpoint`` with :func:`load_sam`; cache entries are keyed by the checkpoint path."""
+        model = load_sam(checkpoint, model_type, device)
+        return cls(model, cache, namespace=f"sam:{Path(checkpoint).resolve()}", **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _encode(self, image: np.ndarray) -> tuple[SamEmbedding, int]:
+        with torch.inference_mode():
+            self.predictor.set_image(image, image_format="RGB")
+        emb = SamEmbedding(
+            features=self.predictor.features,
+            original_size=tuple(int(v) for v in image.shape[:2]),
+            input_size=tuple(int(v) for v in self.predictor.input_size),
+        )
+        return emb, emb.nbytes
+
+    def _use(self, embedding: object, image: np.ndarray) -> None:
+        assert isinstance(embedding, SamEmbedding)
+        # restore exactly the state SamPredictor.set_image leaves, without running the encoder
+        p = self.predictor
+        p.features = embedding.features
+        p.original_size = embedding.original_size
+        p.input_size = embedding.input_size
+        p.is_image_set = True
+        self._embedding = embedding
+
+    def segment(
+        self,
+        clicks: Sequence[Click],
+        box: Optional[Box] = None,
+        prev_logits: Optional[np.ndarray] = None,
+    ) -> Segmentation:
+        h, w = self.image_size
+        emb = self._embedding
+        assert emb is not None
+        dev = self.device
+        transform = self.predictor.transform  # original pixels -> the resized input frame
+        points = None
+        if clicks:
+            xy = np.array([[c.x, c.y] for c in (c.clamped(w, h) for c in clicks)], dtype=np.float64)
+            xy = transform.apply_coords(xy, emb.original_size)
+            labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
+            points = (
+                torch.as_tensor(xy, dtype=torch.float32, device=dev)[None],  # (1, N, 2) x, y
+                torch.as_tensor(labels, dtype=torch.int, device=dev)[None],  # (1, N)
+            )
+        boxes = None
+        if box is not None:
+            b = box.clamped(w, h)
+            xyxy = transform.apply_boxes(np.array([[b.x1, b.y1, b.x2, b.y2]], dtype=np.float64), emb.original_size)
+            boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=dev)  # (1, 4)
+        masks = None
+        if prev_logits is not None:
+            expected = (1, *self.model.prompt_encoder.mask_input_size)
+            prev = np.asarray(prev_logits, dtype=np.float32)
+            if prev.shape != expected:
+                raise ValueError(f"prev_logits must have shape {expected}, got {prev.shape}")
+            masks = torch.as_tensor(prev, device=dev)[None]  # (1, 1, 256, 256)
+        multimask = not (self.single_mask_when_refining and prev_logits is not None and len(clicks) > 1)
+        with torch.inference_mode():
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=emb.features,
+                image_pe=self._dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )  # low_res (1, K, 256, 256) logits, iou (1, K)
+            best = int(torch.argmax(iou[0]))
+            chosen = low_res[:, best : best + 1]
+            # upscale only the chosen candidate (SamPredictor would upscale all K)
+            full = self.model.postprocess_masks(chosen, emb.input_size, emb.original_size)
+            mask = (full[0, 0] > self.model.mask_threshold).cpu().numpy()
+            logits = chosen[0].float().cpu().numpy()
+            score = float(iou[0, best])
+        return Segmentation(mask=mask, logits=logits, score=min(max(score, 0.0), 1.0))

@@ -1,0 +1,169 @@
+"""The Flask app: Label Studio's ML backend contract (``create_app(settings)``, nothing heavy at import)."""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any, Optional
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import ModelUnavailable, RequestError
+from .metrics import Metrics
+from .predictor import Predictor
+from .settings import Settings
+from .webhook import handle_webhook
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Optional[Settings] = None, predictor: Optional[Predictor] = None) -> Flask:
+    """Build the service. ``settings`` default to the environment; the model loads in the background
+    when ``settings.preload`` (else on the first request that needs it)."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    predictor = predictor or Predictor(settings)
+    metrics = Metrics()
+    metrics.cache_bytes.set_function(lambda: predictor.cache.nbytes)
+    metrics.cache_entries.set_function(lambda: len(predictor.cache))
+    metrics.model_ready.set_function(lambda: 1.0 if predictor.status == "ready" else 0.0)
+
+    app = Flask(__name__)
+    app.config.update(SEGAGENT_SETTINGS=settings, SEGAGENT_PREDICTOR=predictor, SEGAGENT_METRICS=metrics)
+    _install_auth(app, settings)
+    _install_metrics(app, metrics)
+    _install_errors(app)
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        body = {
+            "status": "UP", "model_class": "SegAgent", "model_version": predictor.model_version,
+            "segmenter": settings.segmenter, "model": predictor.status,
+            "embedding_cache": {"entries": len(predictor.cache), "bytes": predictor.cache.nbytes},
+        }
+        if settings.redis_url:
+            body["redis"] = redis_status(settings.redis_url)
+        if predictor.status.startswith("failed"):
+            body["status"] = "ERROR"
+            return jsonify(body), 503
+        return jsonify(body)
+
+    @app.post("/setup")
+    def setup():
+        body = _json_object()
+        predictor.setup(body.get("schema"), body.get("project"), body.get("hostname"), body.get("access_token"))
+        return jsonify({"model_version": predictor.model_version})
+
+    @app.post("/predict")
+    def predict():
+        body = _json_object()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise RequestError("'tasks' must be a non-empty list of Label Studio tasks")
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise RequestError("'params' must be an object")
+        results = predictor.predict(tasks, body.get("label_config"), params.get("context"), body.get("project"))
+        failed = [r for r in results if "result" not in r]
+        metrics.predictions.labels("ok").inc(len(results) - len(failed))
+        metrics.predictions.labels("error").inc(len(failed))
+        if failed and len(failed) == len(results):
+            # nothing to show: answer with the error so Label Studio reports it instead of storing nothing
+            return jsonify({"error": failed[0]["error"], "results": results}), failed[0]["status"]
+        return jsonify({"results": results})
+
+    @app.post("/webhook")
+    def webhook():
+        body = _json_object()
+        reply = handle_webhook(body)
+        metrics.webhooks.labels(reply["action"] if reply["known"] else "unknown").inc()
+        return jsonify(reply)
+
+    @app.get("/versions")
+    def versions():
+        return jsonify({"versions": [predictor.model_version]})
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(metrics.render(), mimetype=metrics.content_type)
+
+    if settings.preload:
+        predictor.start_loading()
+    return app
+
+
+def redis_status(url: str) -> str:
+    """``ok`` when Redis answers a PING within half a second, else why not."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+        return "ok"
+    except redis.RedisError as exc:
+        return f"unreachable: {exc}"
+
+
+def _json_object() -> dict:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise RequestError("the request body must be JSON (Content-Type: application/json)")
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
+def _install_auth(app: Flask, settings: Settings) -> None:
+    if settings.basic_auth_user is None:
+        return
+    user, password = settings.basic_auth_user.encode(), settings.basic_auth_pass.encode()
+
+    @app.before_request
+    def require_basic_auth():
+        auth = request.authorization
+        given_user = (auth.username or "").encode() if auth and auth.type == "basic" else b""
+        given_pass = (auth.password or "").encode() if auth and auth.type == "basic" else b""
+        # both comparisons always run, in constant time, so timing tells nothing
+        ok = hmac.compare_digest(given_user, user) & hmac.compare_digest(given_pass, password)
+        if not ok:
+            reply = jsonify({"error": "authentication required (HTTP Basic)"})
+            reply.headers["WWW-Authenticate"] = 'Basic realm="segagent"'
+            return reply, 401
+        return None
+
+
+def _install_metrics(app: Flask, metrics: Metrics) -> None:
+    @app.before_request
+    def start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def record(response):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            metrics.latency.labels(route).observe(time.perf_counter() - g.started)
+        return response
+
+
+def _install_errors(app: Flask) -> None:
+    def reply(message: str, status: int, **extra: Any):
+        return jsonify({"error": message, **extra}), status
+
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError):
+        return reply(exc.message, exc.status)
+
+    @app.errorhandler(ModelUnavailable)
+    def model_unavailable(exc: ModelUnavailable):
+        return reply(str(exc), 503)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return reply(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return reply(f"internal error: {type(exc).__name__}: {exc}", 500)

@@ -1,0 +1,160 @@
+"""The ``segagent`` command: ``predict`` one episode locally, ``serve`` the backend, ``settings``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .agent.types import Box, Click, EpisodeResult
+from .errors import RequestError
+from .settings import Settings, SettingsError, settings_table
+
+
+def parse_click(text: str) -> Click:
+    """``X,Y[,+|-]`` (pixels, x = column) -> Click; the sign defaults to positive."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("+", "-")):
+        raise argparse.ArgumentTypeError(f"click {text!r} must be X,Y or X,Y,+ or X,Y,-")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"click {text!r}: X and Y must be numbers") from None
+    return Click(x, y, len(parts) == 2 or parts[2] == "+")
+
+
+def parse_box(text: str) -> Box:
+    """``X1,Y1,X2,Y2`` (pixels) -> Box."""
+    try:
+        x1, y1, x2, y2 = (float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"box {text!r} must be X1,Y1,X2,Y2") from None
+    return Box(x1, y1, x2, y2)
+
+
+def coco_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool -> COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' compressed form)."""
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def episode_json(image: np.ndarray, episode: EpisodeResult, expression: Optional[str], model_version: str) -> dict:
+    from .labelstudio.config import EXAMPLE_CONFIG, parse_label_config
+
+    height, width = image.shape[:2]
+    config = parse_label_config(EXAMPLE_CONFIG)
+    clicks = [step.click for step in episode.trajectory]
+    result = [config.brush.region(episode.mask, config.brush.label_for(None), config.image_name, episode.score)]
+    result += config.trajectory.regions(clicks, config.image_name, width, height)
+    return {
+        "width": width,
+        "height": height,
+        "expression": expression,
+        "model_version": model_version,
+        "mask": coco_rle(episode.mask),
+        "score": episode.score,
+        "box": None if episode.box is None else [episode.box.x1, episode.box.y1, episode.box.x2, episode.box.y2],
+        "trajectory": [
+            {"x": s.click.x, "y": s.click.y, "positive": s.click.positive, "iou_estimate": s.iou_estimate}
+            for s in episode.trajectory
+        ],
+        "result": result,
+    }
+
+
+def draw_png(image: np.ndarray, episode: EpisodeResult, path: str) -> None:
+    """The mask (green, alpha 0.5), the box and the clicks (green +, red -, numbered) over the image."""
+    import cv2
+
+    from .agent.overlay import overlay_mask
+
+    canvas = cv2.cvtColor(overlay_mask(image, episode.mask), cv2.COLOR_RGB2BGR)
+    radius = max(3, round(max(image.shape[:2]) / 120))
+    if episode.box is not None:
+        b = episode.box
+        cv2.rectangle(canvas, (round(b.x1), round(b.y1)), (round(b.x2), round(b.y2)), (255, 160, 0), 2)
+    for n, step in enumerate(episode.trajectory, 1):
+        centre = (round(step.click.x), round(step.click.y))
+        color = (0, 200, 0) if step.click.positive else (0, 0, 230)
+        cv2.circle(canvas, centre, radius, color, -1)
+        cv2.circle(canvas, centre, radius, (255, 255, 255), 1)
+        cv2.putText(canvas, str(n), (centre[0] + radius, centre[1] - radius), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4 + radius / 30, (255, 255, 255), 1, cv2.LINE_AA)
+    if not cv2.imwrite(path, canvas):
+        raise OSError(f"could not write {path}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .media import load_image_file
+    from .predictor import Predictor
+
+    if not args.click and args.box is None:
+        raise RequestError("give --click and/or --box: automatic segmentation from --expression alone needs "
+                           "a SegAgent policy model, which this version does not serve yet")
+    settings = Settings.from_env().replace(preload=False)
+    image = load_image_file(args.image, settings.max_image_pixels)
+    predictor = Predictor(settings)
+    episode = predictor.run_episode(image, args.click, args.box)
+    payload = episode_json(image, episode, args.expression, predictor.model_version)
+    text = json.dumps(payload)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text)
+    else:
+        print(text)
+    if args.png:
+        draw_png(image, episode, args.png)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve with gunicorn (what ``make run`` does)."""
+    settings = Settings.from_env()
+    port = args.port or settings.port
+    argv = ["gunicorn", "--bind", f"{args.host}:{port}", "--workers", str(settings.workers),
+            "--threads", str(settings.threads), "--worker-class", "gthread", "--timeout", "300",
+            "--access-logfile", "-", "_wsgi:app"]
+    os.execvp(argv[0], argv)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segagent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="run one episode on a local image and write JSON (and a PNG)")
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--expression", help="referring expression (recorded; driving needs a policy)")
+    p.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y,+|-",
+                   help="a click in pixels (x = column), + positive (default) or - negative; repeat in order")
+    p.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2", help="a box prompt in pixels")
+    p.add_argument("--json", help="write the JSON here instead of standard output")
+    p.add_argument("--png", help="draw the mask and the clicks over the image into this PNG")
+    p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve the backend with gunicorn")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=None, help="default: PORT")
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("settings", help="print the settings table (Markdown)")
+    p.set_defaults(run=lambda a: print(settings_table()) or 0)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (RequestError, SettingsError) as exc:
+        print(f"segagent: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Errors the service turns into JSON replies."""
+from __future__ import annotations
+
+
+class RequestError(ValueError):
+    """The caller sent something we cannot use; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class MediaError(RequestError):
+    """A task's image could not be fetched or decoded."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message, status)
+
+
+class ModelUnavailable(RuntimeError):
+    """The model is still loading or failed to load (HTTP 503)."""

@@ -1,0 +1,39 @@
+"""BrushLabels: where the mask is written, as Label Studio's own brush RLE."""
+from __future__ import annotations
+
+import uuid
+from typing import Optional
+
+import numpy as np
+from label_studio_sdk.converter.brush import mask2rle
+
+from .base import ControlModel
+
+
+class BrushLabelsModel(ControlModel):
+    tag = "BrushLabels"
+
+    def label_for(self, used: Optional[str]) -> str:
+        """The label the annotator used when it is one of ours, else our first label."""
+        if used in self.labels:
+            return used
+        return self.labels[0] if self.labels else "Object"
+
+    def region(self, mask: np.ndarray, label: str, to_name: str, score: float, image_rotation: int = 0) -> dict:
+        """One brush region for a (H, W) bool mask at the original image size.
+
+        ``rle`` is Label Studio's brush RLE (``mask2rle`` of 0/255 uint8), not COCO RLE.
+        """
+        height, width = mask.shape
+        return {
+            "id": uuid.uuid4().hex[:10],
+            "from_name": self.name,
+            "to_name": to_name,
+            "type": "brushlabels",
+            "original_width": int(width),
+            "original_height": int(height),
+            "image_rotation": int(image_rotation),
+            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]},
+            "score": float(score),
+            "readonly": False,
+        }

@@ -1,0 +1,55 @@
+"""RectangleLabels (smart): the annotator's box prompt."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from ...agent.types import Box
+from .base import ControlModel, is_smart, percent
+
+
+@dataclass(frozen=True)
+class PercentBox:
+    """A box in percent of the image: top-left (x, y), size, rotation in degrees about the top-left corner."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    rotation: float
+    label: Optional[str]
+
+    def to_pixels(self, width: int, height: int) -> Box:
+        """The axis-aligned pixel box (XYXY) around the (possibly rotated) rectangle."""
+        x0, y0 = self.x * width / 100.0, self.y * height / 100.0
+        w, h = self.width * width / 100.0, self.height * height / 100.0
+        cos, sin = math.cos(math.radians(self.rotation)), math.sin(math.radians(self.rotation))
+        corners = [(x0 + dx * cos - dy * sin, y0 + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (0, h), (w, h))]
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        return Box(min(xs), min(ys), max(xs), max(ys)).clamped(width, height)
+
+
+class BoxInput(ControlModel):
+    tag = "RectangleLabels"
+
+    @classmethod
+    def is_control_matched(cls, control, image_name: str) -> bool:
+        return super().is_control_matched(control, image_name) and is_smart(control)
+
+    def box(self, region: Mapping[str, Any]) -> PercentBox:
+        value = region.get("value") or {}
+        rid = region.get("id")
+        labels = value.get("rectanglelabels") or value.get("labels") or [None]
+        try:
+            rotation = float(value.get("rotation") or 0.0)
+        except (TypeError, ValueError):
+            rotation = 0.0
+        return PercentBox(
+            percent(value, "x", rid),
+            percent(value, "y", rid),
+            percent(value, "width", rid),
+            percent(value, "height", rid),
+            rotation,
+            labels[0],
+        )

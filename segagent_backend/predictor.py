@@ -1,0 +1,170 @@
+"""The resident model of a process and the Label Studio predictions it makes.
+
+One ``Predictor`` per process: the segmenter is loaded once (in a background thread at start, or on
+first use), never per request and never in /setup; model calls are serialised with a lock because
+a segmenter holds the current image.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from . import __version__
+from .agent.episode import StepCache, run_given_clicks
+from .agent.segmenters import EmbeddingCache, Segmenter, build_segmenter
+from .agent.types import EpisodeResult
+from .errors import ModelUnavailable, RequestError
+from .labelstudio.config import LabelConfig, parse_label_config
+from .labelstudio.context import Prompt, parse_context
+from .labelstudio.tasks import image_url, task_id
+from .media import MediaLoader, MediaSource
+from .settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+NO_POLICY = (
+    "automatic predictions need a SegAgent policy model, which this version does not serve yet; "
+    "segment interactively with the smart KeyPointLabels/RectangleLabels tools"
+)
+
+
+def project_id(project: Any) -> Optional[str]:
+    """Label Studio sends ``"3.1746612998"`` (id.timestamp) or a number: the id is before the dot."""
+    if project is None:
+        return None
+    return str(project).split(".", 1)[0] or None
+
+
+class Predictor:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.cache = EmbeddingCache(settings.cache_bytes)
+        self.steps = StepCache()
+        self.media = MediaLoader(
+            settings.media_cache_dir,
+            settings.max_image_pixels,
+            settings.media_timeout,
+            MediaSource(settings.label_studio_url, settings.label_studio_api_key),
+        )
+        self.project_sources: dict[str, MediaSource] = {}  # what /setup told us, per project
+        self._segmenter: Optional[Segmenter] = None
+        self._load_error: Optional[str] = None
+        self._loaded = threading.Event()
+        self._load_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self.load_seconds: Optional[float] = None
+        check_model_paths(settings)
+
+    # ----- the model -------------------------------------------------------------------------
+    @property
+    def model_version(self) -> str:
+        s = self.settings
+        if s.model_version:
+            return s.model_version
+        weights = {"sam": s.sam_checkpoint, "hf-sam": s.sam_model}.get(s.segmenter)
+        name = f"{s.segmenter}-{Path(weights).stem}" if weights else s.segmenter
+        return f"segagent-{name}-v{__version__}"
+
+    @property
+    def status(self) -> str:
+        if self._load_error:
+            return f"failed: {self._load_error}"
+        return "ready" if self._loaded.is_set() else "loading"
+
+    def start_loading(self) -> None:
+        threading.Thread(target=self.load, name="model-loader", daemon=True).start()
+
+    def load(self) -> None:
+        """Load the segmenter once; later calls return at once. Failures are kept and reported."""
+        with self._load_lock:
+            if self._loaded.is_set() or self._load_error:
+                return
+            started = time.perf_counter()
+            s = self.settings
+            try:
+                self._segmenter = build_segmenter(
+                    s.segmenter, self.cache, sam_checkpoint=s.sam_checkpoint, sam_type=s.sam_type,
+                    sam_model=s.sam_model, device=s.device, grabcut_max_side=s.grabcut_max_side,
+                )
+            except Exception as exc:
+                self._load_error = f"{type(exc).__name__}: {exc}"
+                log.exception("loading the %s segmenter failed", s.segmenter)
+                return
+            self.load_seconds = time.perf_counter() - started
+            log.info("%s segmenter loaded in %.2f s", s.segmenter, self.load_seconds)
+            self._loaded.set()
+
+    def segmenter(self) -> Segmenter:
+        self.load()
+        if self._segmenter is None:
+            raise ModelUnavailable(f"the model failed to load: {self._load_error}")
+        return self._segmenter
+
+    # ----- Label Studio ----------------------------------------------------------------------
+    def setup(self, schema: Any, project: Any, hostname: Any = None, access_token: Any = None) -> LabelConfig:
+        """Check the label config and remember where the project's Label Studio is. Loads nothing."""
+        config = parse_label_config(schema, self.settings.expression_field)
+        pid = project_id(project)
+        if pid and isinstance(hostname, str) and hostname.startswith(("http://", "https://")):
+            self.project_sources[pid] = MediaSource(hostname, access_token if isinstance(access_token, str) else None)
+        return config
+
+    def predict(self, tasks: list, label_config: str, context: Any = None, project: Any = None) -> list[dict]:
+        """One Label Studio prediction per task, in order.
+
+        A task that cannot be predicted gets ``{"error": ..., "status": ...}`` and NO ``result``
+        key, so Label Studio skips it instead of storing an empty prediction.
+        """
+        config = parse_label_config(label_config, self.settings.expression_field)
+        prompt = parse_context(context, config)
+        source = self._source(project)
+        return [self._predict_task(task, config, prompt, source) for task in tasks]
+
+    def _predict_task(self, task: Any, config: LabelConfig, prompt: Optional[Prompt], source: MediaSource) -> dict:
+        try:
+            if prompt is None:
+                raise RequestError(f"task {task_id(task)!r}: {NO_POLICY}", 501)
+            image = self.media.load(image_url(task, config), task_id(task), source)
+            return self._interactive(image, config, prompt)
+        except RequestError as exc:
+            return {"error": exc.message, "status": exc.status, "model_version": self.model_version}
+
+    def _interactive(self, image: np.ndarray, config: LabelConfig, prompt: Prompt) -> dict:
+        height, width = image.shape[:2]
+        clicks = [c.to_pixels(width, height) for c in prompt.clicks]
+        box = prompt.box.to_pixels(width, height) if prompt.box is not None else None
+        if not clicks and box is None:  # every click was deleted: no mask
+            return {"result": [], "score": 0.0, "model_version": self.model_version}
+        episode = self.run_episode(image, clicks, box)
+        label = config.brush.label_for(prompt.label)
+        region = config.brush.region(episode.mask, label, config.image_name, episode.score, prompt.image_rotation)
+        return {"result": [region], "score": episode.score, "model_version": self.model_version}
+
+    def run_episode(self, image: np.ndarray, clicks: list, box=None) -> EpisodeResult:
+        """Given clicks (pixels) on ``image`` ((H, W, 3) uint8 RGB) -> the episode's result."""
+        segmenter = self.segmenter()
+        with self._model_lock:
+            segmenter.set_image(image)
+            return run_given_clicks(segmenter, clicks, box, self.steps)
+
+    def _source(self, project: Any) -> MediaSource:
+        """The settings win; else what /setup told us about this project's Label Studio."""
+        if self.settings.label_studio_url:
+            return self.media.source
+        return self.project_sources.get(project_id(project) or "", self.media.source)
+
+
+def check_model_paths(settings: Settings) -> None:
+    """Fail at start, naming the setting, when a configured weights path does not exist."""
+    if settings.segmenter == "sam" and not Path(settings.sam_checkpoint).is_file():
+        raise SettingsError(f"SEGAGENT_SAM_CHECKPOINT={settings.sam_checkpoint!r}: no such file")
+    if settings.segmenter == "hf-sam":
+        model = settings.sam_model
+        looks_local = model.startswith((".", "/", "~")) or Path(model).exists()
+        if looks_local and not Path(model).expanduser().is_dir():
+            raise SettingsError(f"SEGAGENT_SAM_MODEL={model!r}: no such model folder")

@@ -1,0 +1,171 @@
+"""The one settings object, read from the environment in one place.
+
+Every variable is listed in ``FIELDS`` with its default and meaning; the README table is made
+from the same list (``python -m segagent_backend.settings`` prints it). A bad value fails at start
+with a ``SettingsError`` that names the variable.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping, Optional
+from urllib.parse import urlparse
+
+SEGMENTERS = ("grabcut", "sam", "hf-sam")
+SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot start with."""
+
+
+# (environment variable, attribute, default, description)
+FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
+    ("SEGAGENT_SEGMENTER", "segmenter", "grabcut", "Interactive tool: `grabcut` (no weights), `sam` (segment-anything .pth), `hf-sam` (transformers SamModel)."),
+    ("SEGAGENT_SAM_CHECKPOINT", "sam_checkpoint", None, "Path of a segment-anything `.pth` checkpoint (required with `sam`)."),
+    ("SEGAGENT_SAM_TYPE", "sam_type", None, "`vit_b`, `vit_l` or `vit_h`: checked against the checkpoint (optional; inferred when unset)."),
+    ("SEGAGENT_SAM_MODEL", "sam_model", None, "Hub id or local folder of a transformers SAM model (required with `hf-sam`)."),
+    ("DEVICE", "device", "auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."),
+    ("MODEL_DIR", "model_dir", "./models", "Working directory for models, versions and the media download cache (`MODEL_DIR/cache/media`)."),
+    ("REDIS_URL", "redis_url", None, "Redis for the job queues (issue 4); unset = every job runs in-process (embedded mode)."),
+    ("LABEL_STUDIO_URL", "label_studio_url", None, "Label Studio base URL (http:// or https://) used to download uploaded/local/cloud task images."),
+    ("LABEL_STUDIO_API_KEY", "label_studio_api_key", None, "Label Studio access token used with `LABEL_STUDIO_URL`."),
+    ("BASIC_AUTH_USER", "basic_auth_user", None, "HTTP Basic auth user required on every route (set with `BASIC_AUTH_PASS`)."),
+    ("BASIC_AUTH_PASS", "basic_auth_pass", None, "HTTP Basic auth password."),
+    ("LOG_LEVEL", "log_level", "INFO", "Python log level."),
+    ("PORT", "port", "9090", "Port `make run` serves on."),
+    ("WORKERS", "workers", "1", "gunicorn worker processes (each holds its own model copy)."),
+    ("THREADS", "threads", "4", "gunicorn threads per worker (model calls are serialised per process)."),
+    ("SEGAGENT_MAX_IMAGE_PIXELS", "max_image_pixels", "50000000", "Largest image (width x height) accepted; larger ones get a clear error."),
+    ("SEGAGENT_MEDIA_TIMEOUT", "media_timeout", "30", "Seconds to wait for a task image download before answering with an error."),
+    ("SEGAGENT_CACHE_MB", "cache_mb", "1024", "Byte budget of the per-image embedding cache (LRU, keyed by image content)."),
+    ("SEGAGENT_GRABCUT_MAX_SIDE", "grabcut_max_side", "512", "GrabCut works on the image scaled to this longest side (speed); masks come back at full size."),
+    ("SEGAGENT_EXPRESSION_FIELD", "expression_field", None, "Task data field holding the referring expression when the label config shows none."),
+    ("SEGAGENT_MODEL_VERSION", "model_version", None, "Overrides the reported model version (default: derived from the segmenter and its weights)."),
+    ("SEGAGENT_PRELOAD", "preload", "true", "Load the models in a background thread at start (true) or at the first request (false)."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    segmenter: str = "grabcut"
+    sam_checkpoint: Optional[str] = None
+    sam_type: Optional[str] = None
+    sam_model: Optional[str] = None
+    device: str = "auto"
+    model_dir: Path = Path("./models")
+    redis_url: Optional[str] = None
+    label_studio_url: Optional[str] = None
+    label_studio_api_key: Optional[str] = None
+    basic_auth_user: Optional[str] = None
+    basic_auth_pass: Optional[str] = None
+    log_level: str = "INFO"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 4
+    max_image_pixels: int = 50_000_000
+    media_timeout: int = 30
+    cache_mb: int = 1024
+    grabcut_max_side: int = 512
+    expression_field: Optional[str] = None
+    model_version: Optional[str] = None
+    preload: bool = True
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
+        """Read every variable of ``FIELDS`` from ``env`` (default ``os.environ``) and validate."""
+        env = os.environ if env is None else env
+        raw = {attr: _blank_to_none(env.get(var, default)) for var, attr, default, _ in FIELDS}
+        types = {f.name: f.type for f in fields(cls)}
+        values = {attr: _convert(_var_of(attr), value, types[attr]) for attr, value in raw.items()}
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes) -> "Settings":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        settings = type(self)(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        def fail(attr: str, why: str) -> None:
+            raise SettingsError(f"{_var_of(attr)}={getattr(self, attr)!r}: {why}")
+
+        if self.segmenter not in SEGMENTERS:
+            fail("segmenter", f"must be one of {', '.join(SEGMENTERS)}")
+        if self.segmenter == "sam" and not self.sam_checkpoint:
+            raise SettingsError("SEGAGENT_SEGMENTER=sam needs SEGAGENT_SAM_CHECKPOINT (a segment-anything .pth file)")
+        if self.segmenter == "hf-sam" and not self.sam_model:
+            raise SettingsError("SEGAGENT_SEGMENTER=hf-sam needs SEGAGENT_SAM_MODEL (hub id or model folder)")
+        if self.sam_type is not None and self.sam_type not in SAM_TYPES:
+            fail("sam_type", f"must be one of {', '.join(SAM_TYPES)}")
+        if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
+            fail("device", "must be auto, cpu, cuda or cuda:N")
+        if self.redis_url is not None and urlparse(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            fail("redis_url", "must be a redis://, rediss:// or unix:// URL")
+        if self.label_studio_url is not None and urlparse(self.label_studio_url).scheme not in ("http", "https"):
+            fail("label_studio_url", "must start with http:// or https://")
+        if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.log_level.upper() not in LOG_LEVELS:
+            fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        for attr, low in (("port", 1), ("workers", 1), ("threads", 1), ("max_image_pixels", 1),
+                          ("cache_mb", 0), ("grabcut_max_side", 64), ("media_timeout", 1)):
+            if getattr(self, attr) < low:
+                fail(attr, f"must be >= {low}")
+        if self.port > 65535:
+            fail("port", "must be <= 65535")
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache_mb * 2**20
+
+    @property
+    def media_cache_dir(self) -> Path:
+        return self.model_dir / "cache" / "media"
+
+
+def _var_of(attr: str) -> str:
+    return next(var for var, a, _, _ in FIELDS if a == attr)
+
+
+def _blank_to_none(value: Optional[str]) -> Optional[str]:
+    return None if value is None or value.strip() == "" else value.strip()
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def _convert(var: str, value: Optional[str], annotation: str):
+    if value is None:
+        return None
+    try:
+        if annotation == "int":
+            return int(value)
+        if annotation == "bool":
+            lowered = value.lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError("expected true or false")
+            return lowered in ("1", "true", "yes", "on")
+        if annotation == "Path":
+            return Path(value)
+    except ValueError as exc:
+        raise SettingsError(f"{var}={value!r}: {exc}") from None
+    return value
+
+
+def settings_table() -> str:
+    """The README's settings table, in Markdown."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{var}` | {f'`{d}`' if d else '-'} | {text} |" for var, _, d, text in FIELDS]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

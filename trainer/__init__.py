@@ -1,0 +1,1 @@
+"""The training/evaluation layer: datasets, simulated-click evaluation; imports the agent layer only."""

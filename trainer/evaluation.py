@@ -1,0 +1,95 @@
+"""The standard NoC evaluation: simulated clicks against the ground truth, IoU after every click."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from segagent_backend.agent.clicker import next_click
+from segagent_backend.agent.metrics import iou, mean_noc
+from segagent_backend.agent.segmenters.base import Segmenter
+from segagent_backend.agent.types import Click
+
+from .datasets import Sample
+
+
+@dataclass
+class NocRun:
+    """One sample's run: ``ious[i]`` = IoU after click i + 1 (length max_clicks); timing of the tool."""
+
+    name: str
+    ious: list[float]
+    clicks: list[Click] = field(default_factory=list)
+    seconds: float = 0.0  # time spent in segment() calls
+    calls: int = 0  # number of segment() calls timed
+
+
+def simulate_noc(segmenter: Segmenter, sample: Sample, max_clicks: int = 20) -> list[float]:
+    """IoU after each of ``max_clicks`` simulated clicks on ``sample`` (the full NoC protocol)."""
+    return run_noc(segmenter, sample, max_clicks).ious
+
+
+def run_noc(
+    segmenter: Segmenter,
+    sample: Sample,
+    max_clicks: int = 20,
+    stop_iou: Optional[float] = None,
+    min_clicks: int = 5,
+) -> NocRun:
+    """Run the NoC protocol on one sample; ``ious`` has one entry per click, ``max_clicks`` long.
+
+    Starts from an empty mask; at each step the simulator clicks on the current error given all
+    previous clicks, the segmenter receives all clicks so far and its previous call's logits.
+    With ``stop_iou`` set, clicking stops once IoU >= stop_iou after at least ``min_clicks``
+    clicks and the remaining entries repeat the last IoU: NoC at thresholds <= stop_iou and the
+    IoU after clicks 1..min_clicks stay exact; drops after the stop are not seen.
+    When the simulator finds no error left (a perfect mask) the remaining entries repeat too.
+    """
+    segmenter.set_image(sample.image)
+    pred = np.zeros(sample.gt.shape, dtype=bool)
+    clicks: list[Click] = []
+    ious: list[float] = []
+    logits = None
+    seconds = 0.0
+    for _ in range(max_clicks):
+        click = next_click(sample.gt, pred, sample.ignore, clicks)
+        if click is None:
+            break
+        clicks.append(click)
+        start = time.perf_counter()
+        out = segmenter.segment(list(clicks), prev_logits=logits)
+        seconds += time.perf_counter() - start
+        pred, logits = out.mask, out.logits
+        ious.append(iou(pred, sample.gt, sample.ignore))
+        if stop_iou is not None and len(ious) >= min_clicks and ious[-1] >= stop_iou:
+            break
+    calls = len(ious)
+    fill = ious[-1] if ious else iou(pred, sample.gt, sample.ignore)
+    ious.extend([fill] * (max_clicks - len(ious)))
+    return NocRun(sample.name, ious, clicks, seconds, calls)
+
+
+def count_drops(ious: Sequence[float], tol: float = 1e-9) -> int:
+    """Number of clicks after which IoU fell (by more than ``tol``)."""
+    values = np.asarray(ious, dtype=np.float64)
+    return int(np.count_nonzero(np.diff(values) < -tol))
+
+
+def summarize(runs: Sequence[NocRun], max_clicks: int = 20) -> dict[str, float]:
+    """NoC@85/90, mean IoU after 1/3/5 clicks, total IoU drops and seconds per click over ``runs``."""
+    ious = [r.ious for r in runs]
+    arr = np.asarray(ious, dtype=np.float64)
+    calls = sum(r.calls for r in runs)
+    return {
+        "samples": len(runs),
+        "noc85": mean_noc(ious, 0.85, max_clicks),
+        "noc90": mean_noc(ious, 0.90, max_clicks),
+        "miou1": float(arr[:, 0].mean()),
+        "miou3": float(arr[:, 2].mean()),
+        "miou5": float(arr[:, 4].mean()),
+        "iou_drops": int(sum(count_drops(r.ious) for r in runs)),
+        "samples_with_drops": int(sum(count_drops(r.ious) > 0 for r in runs)),
+        "s_per_click": (sum(r.seconds for r in runs) / calls) if calls else float("nan"),
+    }
