@@ -81,7 +81,10 @@ class GrabCutSegmenter(Segmenter):
         roi_factor: float = 4.0,
         min_roi: int = 48,
         flip_factor: float = 0.8,
-        refine_init: str = "prev",
+        refine_init: str = "clicks",
+        margin: float = 0.3,
+        reach_factor: float = 3.0,
+        min_reach: int = 8,
         local: bool = True,
         seed: int = 0,
     ):
@@ -97,6 +100,9 @@ class GrabCutSegmenter(Segmenter):
         self.min_roi = int(min_roi)
         self.flip_factor = float(flip_factor)
         self.refine_init = refine_init
+        self.margin = float(margin)
+        self.reach_factor = float(reach_factor)
+        self.min_reach = int(min_reach)
         self.local = bool(local)
         self.seed = int(seed)
         # only max_side changes the embedding (the working image); the rest act per call
@@ -217,6 +223,21 @@ class GrabCutSegmenter(Segmenter):
                 keep |= comp == comp[y, x]
         return keep, raw
 
+    def _window(self, prev: np.ndarray, points: list[tuple[int, int, bool]], d: float) -> tuple[int, int, int, int]:
+        """(x0, x1, y0, y1) of the working-image window GrabCut refines in."""
+        h, w = prev.shape
+        x, y, _ = points[-1]
+        if self.refine_init == "prev":
+            half = int(max(self.min_roi, self.roi_factor * max(d, 1.0)))
+            return max(0, x - half), min(w, x + half + 1), max(0, y - half), min(h, y + half + 1)
+        # the box around the mask and all clicks, with a margin of background for the colour model
+        ys, xs = np.nonzero(prev)
+        xs = np.concatenate([xs, [p[0] for p in points]])
+        ys = np.concatenate([ys, [p[1] for p in points]])
+        mx = int(self.margin * (xs.max() - xs.min()) + self.min_roi // 2)
+        my = int(self.margin * (ys.max() - ys.min()) + self.min_roi // 2)
+        return max(0, xs.min() - mx), min(w, xs.max() + mx + 1), max(0, ys.min() - my), min(h, ys.max() + my + 1)
+
     def _refine(self, prev: np.ndarray, points: list[tuple[int, int, bool]]) -> tuple[np.ndarray, np.ndarray]:
         """Change ``prev`` ((h, w) bool) only around the newest click; returns (mask, raw GrabCut)."""
         emb = self._emb
@@ -227,39 +248,36 @@ class GrabCutSegmenter(Segmenter):
         target = ~prev if positive else prev
         dist = cv2.distanceTransform(np.pad(target.astype(np.uint8), 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         d = float(dist[y + 1, x + 1])
-        half = int(max(self.min_roi, self.roi_factor * max(d, 1.0)))
-        x0, x1 = max(0, x - half), min(w, x + half + 1)
-        y0, y1 = max(0, y - half), min(h, y + half + 1)
-
-        if self.refine_init == "clicks":
-            x0, x1, y0, y1 = 0, w, 0, h
+        x0, x1, y0, y1 = self._window(prev, points, d)
         sub_prev = prev[y0:y1, x0:x1]
+        r0 = int(round(self.object_radius * min(h, w)))
         if self.refine_init == "clicks":
+            # seed like a first call (colour models from the clicks, not from a possibly wrong mask)
             labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
-            r0 = int(round(self.object_radius * min(h, w)))
             for px, py, ppos in points[:-1]:
                 if ppos:
-                    _disk(labels, px, py, r0, cv2.GC_PR_FGD)
+                    _disk(labels, px - x0, py - y0, r0, cv2.GC_PR_FGD)
         else:
             labels = np.where(sub_prev, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-        # the neighbourhood the click asks to flip is probably of the click's label: seeds the
-        # right colour model with it (otherwise the previous mask's model wins and only the sure
-        # disk flips)
-        radius = int(min(self.flip_factor * d, self.object_radius * min(h, w)))
+        # the neighbourhood the click asks to flip is probably of the click's label
+        radius = int(min(self.flip_factor * d, r0))
         _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD if positive else cv2.GC_PR_BGD)
         self._paint_clicks(labels, points, offset=(x0, y0))
         raw_sub = self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.refine_iterations)
         raw = prev.copy()
         raw[y0:y1, x0:x1] = raw_sub
 
+        # only flip pixels connected to the click and within reach of it: a click fixes the error
+        # it was put on, it does not license GrabCut to redraw the rest of the mask
+        near = np.zeros(sub_prev.shape, np.uint8)
+        _disk(near, x - x0, y - y0, int(max(self.min_reach, self.reach_factor * d)), 1)
+        near = near.astype(bool)
         out = prev.copy()
         cx, cy = x - x0, y - y0
         if positive:
-            added = _component_at(raw_sub & ~sub_prev, cx, cy)
-            out[y0:y1, x0:x1] |= added
+            out[y0:y1, x0:x1] |= _component_at(raw_sub & ~sub_prev & near, cx, cy)
         else:
-            removed = _component_at(sub_prev & ~raw_sub, cx, cy)
-            out[y0:y1, x0:x1] &= ~removed
+            out[y0:y1, x0:x1] &= ~_component_at(sub_prev & ~raw_sub & near, cx, cy)
         # the clicks are facts: their sure disks hold whatever GrabCut said
         disks = np.full((h, w), 255, np.uint8)
         self._paint_clicks(disks, points)

@@ -1,0 +1,58 @@
+"""One settings object from the environment; a bad value fails at start naming the variable."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segagent_backend.settings import FIELDS, Settings, SettingsError, settings_table
+
+
+def test_defaults_are_the_embedded_mode():
+    s = Settings.from_env({})
+    assert s.segmenter == "grabcut" and s.redis_url is None and s.port == 9090 and s.device == "auto"
+    assert s.model_dir == Path("./models") and s.media_cache_dir == Path("./models/cache/media")
+
+
+def test_values_are_read_and_typed():
+    s = Settings.from_env({"PORT": "8000", "WORKERS": "3", "SEGAGENT_PRELOAD": "no", "DEVICE": "cuda:1",
+                           "REDIS_URL": "redis://r:6379/2", "LOG_LEVEL": "debug"})
+    assert (s.port, s.workers, s.preload, s.device, s.redis_url) == (8000, 3, False, "cuda:1", "redis://r:6379/2")
+
+
+@pytest.mark.parametrize("env,named", [
+    ({"SEGAGENT_SEGMENTER": "magic"}, "SEGAGENT_SEGMENTER"),
+    ({"PORT": "ninety"}, "PORT"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"WORKERS": "0"}, "WORKERS"),
+    ({"DEVICE": "gpu"}, "DEVICE"),
+    ({"SEGAGENT_SAM_TYPE": "vit_x"}, "SEGAGENT_SAM_TYPE"),
+    ({"SEGAGENT_PRELOAD": "maybe"}, "SEGAGENT_PRELOAD"),
+    ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+    ({"LABEL_STUDIO_URL": "localhost:8080"}, "LABEL_STUDIO_URL"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"SEGAGENT_SEGMENTER": "sam"}, "SEGAGENT_SAM_CHECKPOINT"),
+    ({"SEGAGENT_SEGMENTER": "hf-sam"}, "SEGAGENT_SAM_MODEL"),
+    ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_PASS"),
+])
+def test_bad_values_fail_naming_the_variable(env, named):
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_missing_weights_fail_at_start_with_the_path(tmp_path):
+    from segagent_backend.app import create_app
+
+    env = {"SEGAGENT_SEGMENTER": "sam", "SEGAGENT_SAM_CHECKPOINT": str(tmp_path / "nope.pth")}
+    with pytest.raises(SettingsError, match="nope.pth"):
+        create_app(Settings.from_env(env))
+    env = {"SEGAGENT_SEGMENTER": "hf-sam", "SEGAGENT_SAM_MODEL": str(tmp_path / "no-folder")}
+    with pytest.raises(SettingsError, match="no-folder"):
+        create_app(Settings.from_env(env))
+
+
+def test_readme_documents_every_setting():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table() in readme, "README settings table is stale: paste `segagent settings` output"
+    for var, *_ in FIELDS:
+        assert f"`{var}`" in readme
