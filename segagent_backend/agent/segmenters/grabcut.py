@@ -35,6 +35,7 @@ class _Embedding:
 
     image: np.ndarray
     scale: float  # working pixels per original pixel (<= 1)
+    edge_dist: np.ndarray  # (h, w) float32: distance to the nearest image edge, in working pixels
 
 
 def _disk(mask: np.ndarray, x: int, y: int, radius: int, value: int) -> None:
@@ -87,6 +88,8 @@ class GrabCutSegmenter(Segmenter):
         min_reach: int = 8,
         local: bool = True,
         seed: int = 0,
+        canny: tuple[int, int] = (40, 100),
+        adaptive_seed: bool = True,
     ):
         super().__init__(cache)
         if max_side < 16:
@@ -105,8 +108,10 @@ class GrabCutSegmenter(Segmenter):
         self.min_reach = int(min_reach)
         self.local = bool(local)
         self.seed = int(seed)
+        self.adaptive_seed = bool(adaptive_seed)
         # only max_side changes the embedding (the working image); the rest act per call
-        self.cache_namespace = f"grabcut/max_side={self.max_side}"
+        self.canny_low, self.canny_high = int(canny[0]), int(canny[1])
+        self.cache_namespace = f"grabcut/max_side={self.max_side}/canny={self.canny_low},{self.canny_high}"
         self._emb: Optional[_Embedding] = None
 
     # --- embedding -------------------------------------------------------------------------
@@ -118,7 +123,12 @@ class GrabCutSegmenter(Segmenter):
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
         bgr = np.ascontiguousarray(bgr)
-        return _Embedding(bgr, scale), int(bgr.nbytes)
+        # distance to the nearest edge: how far from a click the object probably extends, used to
+        # size the seed disks (a fixed radius spills over thin parts and seeds the wrong colours)
+        gray = cv2.GaussianBlur(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (5, 5), 0)
+        edges = cv2.Canny(gray, self.canny_low, self.canny_high)
+        edge_dist = cv2.distanceTransform((edges == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        return _Embedding(bgr, scale, edge_dist), int(bgr.nbytes + edge_dist.nbytes)
 
     def _use(self, embedding: object, image: np.ndarray) -> None:
         assert isinstance(embedding, _Embedding)
@@ -154,6 +164,15 @@ class GrabCutSegmenter(Segmenter):
         labels = labels.copy()
         cv2.grabCut(image, labels, None, bgd, fgd, max(1, iterations), cv2.GC_INIT_WITH_MASK)
         return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+
+    def _seed_radius(self, x: int, y: int, cap: float = np.inf) -> int:
+        """Radius of the probable-object disk of a positive click at working pixel (x, y)."""
+        emb = self._emb
+        assert emb is not None
+        r0 = self.object_radius * min(emb.image.shape[:2])
+        if self.adaptive_seed:
+            r0 = min(r0, self.flip_factor * float(emb.edge_dist[y, x]))
+        return int(max(self.sure_radius, min(r0, cap)))
 
     def _paint_clicks(self, labels: np.ndarray, points: Sequence[tuple[int, int, bool]], offset=(0, 0)) -> None:
         """Sure-label disks at every click (working coordinates, shifted by ``offset`` = (x0, y0))."""
@@ -207,10 +226,9 @@ class GrabCutSegmenter(Segmenter):
             labels[:] = cv2.GC_BGD
             labels[y1 : y2 + 1, x1 : x2 + 1] = cv2.GC_PR_FGD
         else:
-            radius = int(round(self.object_radius * min(h, w)))
             for x, y, positive in points:
                 if positive:
-                    _disk(labels, x, y, radius, cv2.GC_PR_FGD)
+                    _disk(labels, x, y, self._seed_radius(x, y), cv2.GC_PR_FGD)
         self._paint_clicks(labels, points)
         raw = self._grabcut(emb.image, labels, self.iterations)
         if not self.local or box is not None:
@@ -256,11 +274,11 @@ class GrabCutSegmenter(Segmenter):
             labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
             for px, py, ppos in points[:-1]:
                 if ppos:
-                    _disk(labels, px - x0, py - y0, r0, cv2.GC_PR_FGD)
+                    _disk(labels, px - x0, py - y0, self._seed_radius(px, py), cv2.GC_PR_FGD)
         else:
             labels = np.where(sub_prev, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
         # the neighbourhood the click asks to flip is probably of the click's label
-        radius = int(min(self.flip_factor * d, r0))
+        radius = self._seed_radius(x, y, self.flip_factor * d) if positive else int(min(self.flip_factor * d, r0))
         _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD if positive else cv2.GC_PR_BGD)
         self._paint_clicks(labels, points, offset=(x0, y0))
         raw_sub = self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.refine_iterations)
