@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.install-stamp
 # On a CUDA machine torchvision matching torch 2.13 belongs in the install (segment-anything needs it);
 # on CPU machines the index only has a CUDA build of it, which breaks transformers: never install it there.
 TORCHVISION := torchvision==0.28.0
+# auto: install it when nvidia-smi sees a GPU; 1: always (image builds have no GPU); 0: never
+WITH_TORCHVISION ?= auto
 
 .PHONY: install run test bench clean
 
@@ -15,8 +17,8 @@ install: $(STAMP)
 $(STAMP): requirements-torch.txt requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements-torch.txt          # torch FIRST: nothing below may pull another build
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-	    echo "CUDA machine: installing $(TORCHVISION)"; $(PIP) install $(TORCHVISION); fi
+	@if [ "$(WITH_TORCHVISION)" = 1 ] || { [ "$(WITH_TORCHVISION)" = auto ] && nvidia-smi -L >/dev/null 2>&1; }; then \
+	    echo "installing $(TORCHVISION) (CUDA)"; $(PIP) install $(TORCHVISION); fi
 	$(PIP) install -r requirements.txt -r requirements-test.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
 	@$(PY) -c "import torch, transformers, label_studio_sdk, segment_anything, cv2; print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
