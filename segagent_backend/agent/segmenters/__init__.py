@@ -9,16 +9,7 @@ from typing import Optional
 from .base import Segmenter
 from .cache import EmbeddingCache
 
-__all__ = ["Segmenter", "EmbeddingCache", "build_segmenter", "resolve_device"]
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+__all__ = ["Segmenter", "EmbeddingCache", "build_segmenter"]
 
 
 def build_segmenter(
@@ -31,7 +22,11 @@ def build_segmenter(
     device: str = "auto",
     grabcut_max_side: int = 512,
 ) -> Segmenter:
-    """The tool named ``kind`` (``grabcut``, ``sam`` or ``hf-sam``), loaded once, sharing ``cache``."""
+    """The tool named ``kind`` (``grabcut``, ``sam`` or ``hf-sam``), loaded once, sharing ``cache``.
+
+    ``device``: auto (CUDA when available), cpu, cuda or cuda:N. Raises ModelLoadError (from
+    ``.loading``) naming the weights and the reason when they cannot be loaded.
+    """
     if kind == "grabcut":
         from .grabcut import GrabCutSegmenter
 
@@ -39,9 +34,9 @@ def build_segmenter(
     if kind == "sam":
         from .sam import SamSegmenter
 
-        return SamSegmenter(sam_checkpoint, model_type=sam_type, device=resolve_device(device), cache=cache)
+        return SamSegmenter.from_checkpoint(sam_checkpoint, sam_type, device=device, cache=cache)
     if kind == "hf-sam":
         from .hf_sam import HFSamSegmenter
 
-        return HFSamSegmenter(sam_model, device=resolve_device(device), cache=cache)
+        return HFSamSegmenter.from_pretrained(sam_model, device=device, cache=cache)
     raise ValueError(f"unknown segmenter {kind!r}: use grabcut, sam or hf-sam")

@@ -90,6 +90,8 @@ class GrabCutSegmenter(Segmenter):
         seed: int = 0,
         canny: tuple[int, int] = (40, 100),
         adaptive_seed: bool = True,
+        min_seed: float = 0.5,
+        blur: int = 5,
     ):
         super().__init__(cache)
         if max_side < 16:
@@ -109,9 +111,11 @@ class GrabCutSegmenter(Segmenter):
         self.local = bool(local)
         self.seed = int(seed)
         self.adaptive_seed = bool(adaptive_seed)
+        self.min_seed = float(min_seed)
+        self.blur = int(blur) | 1
         # only max_side changes the embedding (the working image); the rest act per call
         self.canny_low, self.canny_high = int(canny[0]), int(canny[1])
-        self.cache_namespace = f"grabcut/max_side={self.max_side}/canny={self.canny_low},{self.canny_high}"
+        self.cache_namespace = f"grabcut/max_side={self.max_side}/canny={self.canny_low},{self.canny_high}/blur={self.blur}"
         self._emb: Optional[_Embedding] = None
 
     # --- embedding -------------------------------------------------------------------------
@@ -125,7 +129,7 @@ class GrabCutSegmenter(Segmenter):
         bgr = np.ascontiguousarray(bgr)
         # distance to the nearest edge: how far from a click the object probably extends, used to
         # size the seed disks (a fixed radius spills over thin parts and seeds the wrong colours)
-        gray = cv2.GaussianBlur(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (5, 5), 0)
+        gray = cv2.GaussianBlur(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (self.blur, self.blur), 0)
         edges = cv2.Canny(gray, self.canny_low, self.canny_high)
         edge_dist = cv2.distanceTransform((edges == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         return _Embedding(bgr, scale, edge_dist), int(bgr.nbytes + edge_dist.nbytes)
@@ -165,13 +169,13 @@ class GrabCutSegmenter(Segmenter):
         cv2.grabCut(image, labels, None, bgd, fgd, max(1, iterations), cv2.GC_INIT_WITH_MASK)
         return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
 
-    def _seed_radius(self, x: int, y: int, cap: float = np.inf) -> int:
+    def _seed_radius(self, x: int, y: int, cap: float = np.inf, first: bool = False) -> int:
         """Radius of the probable-object disk of a positive click at working pixel (x, y)."""
         emb = self._emb
         assert emb is not None
         r0 = self.object_radius * min(emb.image.shape[:2])
-        if self.adaptive_seed:
-            r0 = min(r0, self.flip_factor * float(emb.edge_dist[y, x]))
+        if self.adaptive_seed and not first:
+            r0 = min(r0, max(self.min_seed * r0, self.flip_factor * float(emb.edge_dist[y, x])))
         return int(max(self.sure_radius, min(r0, cap)))
 
     def _paint_clicks(self, labels: np.ndarray, points: Sequence[tuple[int, int, bool]], offset=(0, 0)) -> None:
@@ -226,9 +230,10 @@ class GrabCutSegmenter(Segmenter):
             labels[:] = cv2.GC_BGD
             labels[y1 : y2 + 1, x1 : x2 + 1] = cv2.GC_PR_FGD
         else:
-            for x, y, positive in points:
+            first = next((i for i, p in enumerate(points) if p[2]), -1)
+            for i, (x, y, positive) in enumerate(points):
                 if positive:
-                    _disk(labels, x, y, self._seed_radius(x, y), cv2.GC_PR_FGD)
+                    _disk(labels, x, y, self._seed_radius(x, y, first=i == first), cv2.GC_PR_FGD)
         self._paint_clicks(labels, points)
         raw = self._grabcut(emb.image, labels, self.iterations)
         if not self.local or box is not None:
@@ -272,9 +277,10 @@ class GrabCutSegmenter(Segmenter):
         if self.refine_init == "clicks":
             # seed like a first call (colour models from the clicks, not from a possibly wrong mask)
             labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
-            for px, py, ppos in points[:-1]:
+            first = next((i for i, p in enumerate(points) if p[2]), -1)
+            for i, (px, py, ppos) in enumerate(points[:-1]):
                 if ppos:
-                    _disk(labels, px - x0, py - y0, self._seed_radius(px, py), cv2.GC_PR_FGD)
+                    _disk(labels, px - x0, py - y0, self._seed_radius(px, py, first=i == first), cv2.GC_PR_FGD)
         else:
             labels = np.where(sub_prev, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
         # the neighbourhood the click asks to flip is probably of the click's label

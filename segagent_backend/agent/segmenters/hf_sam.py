@@ -20,7 +20,7 @@ import torch
 from ..types import Box, Click, Segmentation
 from .base import Segmenter
 from .cache import EmbeddingCache
-from .sam import ModelLoadError, resolve_device
+from .loading import ModelLoadError, resolve_device
 
 if TYPE_CHECKING:
     from transformers import SamModel, SamProcessor
@@ -119,7 +119,8 @@ class HFSamSegmenter(Segmenter):
         return self.model.device
 
     def _encode(self, image: np.ndarray) -> tuple[HFSamEmbedding, int]:
-        inputs = self.processor(images=image, return_tensors="pt")
+        # channels_last stated explicitly: inference from the shape is ambiguous for an image 3 pixels high
+        inputs = self.processor(images=image, input_data_format="channels_last", return_tensors="pt")
         pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
         with torch.inference_mode():
             embeddings = self.model.get_image_embeddings(pixel_values)

@@ -21,6 +21,7 @@ import torch
 from ..types import Box, Click, Segmentation
 from .base import Segmenter
 from .cache import EmbeddingCache
+from .loading import ModelLoadError, resolve_device
 
 if TYPE_CHECKING:  # segment_anything needs torchvision at import time: import it lazily
     from segment_anything import SamPredictor
@@ -43,10 +44,6 @@ KNOWN_MODEL_TYPES["default"] = KNOWN_MODEL_TYPES["vit_h"]  # segment_anything's 
 DECODER_NUM_HEADS = 8
 
 
-class ModelLoadError(RuntimeError):
-    """A model file/folder is missing, unreadable or not the expected architecture."""
-
-
 def import_segment_anything():
     """``import segment_anything`` with an actionable error when torchvision is missing or broken."""
     try:
@@ -65,22 +62,6 @@ def import_segment_anything():
             f"build matching torch {torch.__version__}"
         ) from exc
     return segment_anything
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu`` / ``cuda`` / ``cuda:N`` are checked."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"invalid device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
-    return dev
 
 
 @dataclass(frozen=True)

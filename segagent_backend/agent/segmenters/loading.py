@@ -1,0 +1,24 @@
+"""What the torch-based tools share when loading: the device choice and one error type."""
+from __future__ import annotations
+
+import torch
+
+
+class ModelLoadError(RuntimeError):
+    """A model file/folder is missing, unreadable or not the expected architecture."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu`` / ``cuda`` / ``cuda:N`` are checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"invalid device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    return dev
