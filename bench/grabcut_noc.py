@@ -36,7 +36,7 @@ class StraightforwardGrabCut(GrabCutSegmenter):
     click; no previous-mask initialisation, no locality rule, no component filtering."""
 
     def __init__(self, cache=None):
-        super().__init__(cache, max_side=100_000, iterations=5, local=False)
+        super().__init__(cache, max_side=100_000, iterations=5, local=False, adaptive_seed=False)
 
 
 CONFIGS = {

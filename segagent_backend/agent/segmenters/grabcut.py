@@ -3,15 +3,21 @@
 How clicks become a mask (all at a capped working resolution, ``max_side``):
 
 * First call (no previous mask): every click is a small *sure* disk (positive = object,
-  negative = background), each positive click also gets a large *probable-object* disk, a box
-  (if any) makes its outside sure background; GrabCut runs on the whole image and only the
+  negative = background), the first positive click also gets a large *probable-object* disk, a
+  box (if any) makes its outside sure background; GrabCut runs on the whole image and only the
   connected components that contain a positive click are kept (stray look-alike specks elsewhere
   are not what the annotator pointed at).
-* Later calls refine the previous mask locally, so that a click never undoes earlier work:
-  GrabCut is initialised from the previous mask (object = probable object, rest = probable
-  background) plus all the sure click disks, inside a region of interest around the newest click.
-  A positive click only ADDS the connected region of new object pixels that contains it; a
-  negative click only REMOVES the connected region of dropped pixels that contains it.
+* Later calls propose with GrabCut seeded by the clicks again (colour models from the clicks, not
+  from a possibly wrong previous mask), in a window around the previous mask and the clicks, then
+  merge the proposal into the previous mask LOCALLY, so that a click never undoes earlier work:
+  a positive click only ADDS the connected region of new object pixels that contains it, a
+  negative click only REMOVES the connected region of dropped pixels that contains it, both
+  within reach of the click (a multiple of its distance to the previous mask's boundary).
+  Probable-object disks of later positive clicks are sized by the distance to the nearest image
+  edge (precomputed and cached with the image), so a click on a thin part does not seed the
+  object model with background colours. When GrabCut will not drop a region a negative click is
+  on (same colours as the object: a look-alike neighbour), the part of the mask near the click
+  that is clearly closer to it than to any positive click is removed instead.
 
 The mask handed back is upsampled to the original size; ``logits`` carries the working-resolution
 mask (uint8 0/1, (h, w)) as the state for the next call.
@@ -58,15 +64,22 @@ class GrabCutSegmenter(Segmenter):
         max_side: longest side of the working image in pixels (larger images are downscaled for
             speed, the mask is upsampled back).
         iterations: GrabCut iterations for the first segmentation.
-        refine_iterations: GrabCut iterations when refining from the previous mask (it already
-            starts close to the answer).
+        refine_iterations: GrabCut iterations for the proposals of later clicks (a window only).
         sure_radius: radius of the sure-label disk at each click, in working pixels.
-        object_radius: radius of the probable-object disk around a positive click on the first
-            call, as a fraction of the working image's shorter side.
-        roi_factor: the refinement works in a square window around the newest click of half-side
-            ``roi_factor`` x (distance from the click to the previous mask's boundary), at least
-            ``min_roi`` working pixels.
-        local: False = plain GrabCut every call (no add-only / remove-only rule).
+        object_radius: largest probable-object disk around a positive click, as a fraction of
+            the working image's shorter side (the first positive click always gets this size).
+        flip_factor: later disks: at most ``flip_factor`` x the distance to the nearest image
+            edge (and to the previous mask), at least ``min_seed`` x the largest size.
+        refine_init: "clicks" (default) seeds later proposals from the clicks like a first call,
+            in the box around mask and clicks widened by ``margin`` (+ ``min_roi`` / 2 pixels);
+            "prev" seeds them from the previous mask in a square of half-side ``roi_factor`` x the
+            click's distance to the mask boundary (at least ``min_roi``) - kept for comparison.
+        reach_factor, min_reach: a click changes pixels within ``max(min_reach, reach_factor x
+            distance to the previous mask's boundary)`` of it only.
+        local: False = plain GrabCut from the clicks every call (no locality rule at all).
+        geometric_fallback, fallback_ratio: the look-alike removal rule above (pixels
+            ``fallback_ratio`` times closer to the negative click than to every positive one).
+        canny, blur: Canny thresholds and Gaussian blur size of the cached edge map.
         seed: OpenCV RNG seed set before every GrabCut call (its GMM init uses k-means).
     """
 
@@ -76,7 +89,7 @@ class GrabCutSegmenter(Segmenter):
         *,
         max_side: int = 512,
         iterations: int = 4,
-        refine_iterations: int = 2,
+        refine_iterations: int = 3,
         sure_radius: int = 4,
         object_radius: float = 0.12,
         roi_factor: float = 4.0,
@@ -91,6 +104,8 @@ class GrabCutSegmenter(Segmenter):
         canny: tuple[int, int] = (40, 100),
         adaptive_seed: bool = True,
         min_seed: float = 0.5,
+        geometric_fallback: bool = True,
+        fallback_ratio: float = 1.5,
         blur: int = 5,
     ):
         super().__init__(cache)
@@ -112,8 +127,10 @@ class GrabCutSegmenter(Segmenter):
         self.seed = int(seed)
         self.adaptive_seed = bool(adaptive_seed)
         self.min_seed = float(min_seed)
+        self.geometric_fallback = bool(geometric_fallback)
+        self.fallback_ratio = float(fallback_ratio)
         self.blur = int(blur) | 1
-        # only max_side changes the embedding (the working image); the rest act per call
+        # max_side, canny and blur change the embedding (working image, edge map); the rest act per call
         self.canny_low, self.canny_high = int(canny[0]), int(canny[1])
         self.cache_namespace = f"grabcut/max_side={self.max_side}/canny={self.canny_low},{self.canny_high}/blur={self.blur}"
         self._emb: Optional[_Embedding] = None
@@ -246,6 +263,18 @@ class GrabCutSegmenter(Segmenter):
                 keep |= comp == comp[y, x]
         return keep, raw
 
+    def _closer_to(self, x: int, y: int, points, window: tuple[int, int, int, int]) -> np.ndarray:
+        """Window pixels ((y1-y0, x1-x0) bool) at least ``fallback_ratio`` times closer to (x, y)
+        than to every positive click (working coordinates)."""
+        x0, x1, y0, y1 = window
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        own = np.hypot(xx - x, yy - y) * self.fallback_ratio
+        keep = np.ones(own.shape, bool)
+        for px, py, positive in points:
+            if positive:
+                keep &= own < np.hypot(xx - px, yy - py)
+        return keep
+
     def _window(self, prev: np.ndarray, points: list[tuple[int, int, bool]], d: float) -> tuple[int, int, int, int]:
         """(x0, x1, y0, y1) of the working-image window GrabCut refines in."""
         h, w = prev.shape
@@ -301,7 +330,13 @@ class GrabCutSegmenter(Segmenter):
         if positive:
             out[y0:y1, x0:x1] |= _component_at(raw_sub & ~sub_prev & near, cx, cy)
         else:
-            out[y0:y1, x0:x1] &= ~_component_at(sub_prev & ~raw_sub & near, cx, cy)
+            removed = _component_at(sub_prev & ~raw_sub & near, cx, cy)
+            if self.geometric_fallback and np.count_nonzero(removed) < 2 * np.pi * self.sure_radius**2:
+                # GrabCut kept the region (same colours as the object: a look-alike neighbour):
+                # cut by geometry instead: the part of the mask near the click that is clearly
+                # closer to it than to any positive click
+                removed = _component_at(sub_prev & near & self._closer_to(x, y, points, (x0, x1, y0, y1)), cx, cy)
+            out[y0:y1, x0:x1] &= ~removed
         # the clicks are facts: their sure disks hold whatever GrabCut said
         disks = np.full((h, w), 255, np.uint8)
         self._paint_clicks(disks, points)
