@@ -142,7 +142,8 @@ class Predictor:
             return {"result": [], "score": 0.0, "model_version": self.model_version}
         episode = self.run_episode(image, clicks, box)
         label = config.brush.label_for(prompt.label)
-        region = config.brush.region(episode.mask, label, config.image_name, episode.score, prompt.image_rotation)
+        mask = fit_to_size(episode.mask, prompt.size)
+        region = config.brush.region(mask, label, config.image_name, episode.score, prompt.image_rotation)
         return {"result": [region], "score": episode.score, "model_version": self.model_version}
 
     def run_episode(self, image: np.ndarray, clicks: list, box=None) -> EpisodeResult:
@@ -157,6 +158,18 @@ class Predictor:
         if self.settings.label_studio_url:
             return self.media.source
         return self.project_sources.get(project_id(project) or "", self.media.source)
+
+
+def fit_to_size(mask: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray:
+    """The (H, W) bool mask at Label Studio's ``(original_width, original_height)`` when that differs
+    from the image we loaded (a brush RLE of another size would not line up in the editor)."""
+    if not size or min(size) <= 0 or size == (mask.shape[1], mask.shape[0]):
+        return mask
+    import cv2
+
+    log.warning("Label Studio sees the image as %sx%s, we loaded %sx%s: resizing the mask",
+                size[0], size[1], mask.shape[1], mask.shape[0])
+    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def check_model_paths(settings: Settings) -> None:

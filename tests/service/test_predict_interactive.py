@@ -101,3 +101,12 @@ def test_repeated_clicks_reuse_the_image_embedding(make_settings, media_server):
     for n in (1, 2):
         assert client.post("/predict", json=predict_body(f"{media_server}/disk.png", clicks[:n])).status_code == 200
     assert len(predictor.cache) == 1 and predictor.cache.hits >= 1
+
+
+def test_mask_follows_label_studios_image_size(client, media_server, disk_image):
+    # Label Studio says the image is 320x240 (twice what we load): the region must be 320x240 and line up
+    _, truth = disk_image
+    body = predict_body(f"{media_server}/disk.png", [keypoint(50.0, 50.0, 320, 240)])
+    (region,) = client.post("/predict", json=body).json["results"][0]["result"]
+    assert (region["original_width"], region["original_height"]) == (320, 240)
+    assert iou(decode(region)[::2, ::2], truth) > 0.85

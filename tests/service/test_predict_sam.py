@@ -11,7 +11,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from payloads import keypoint, predict_body, rectangle
-from tiny_models import import_segment_anything, make_tiny_hf_sam, make_tiny_sam_checkpoint
+from tests.tiny_models import import_segment_anything, make_tiny_hf_sam, make_tiny_sam_checkpoint
 
 
 @pytest.fixture(scope="module")
