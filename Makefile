@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.install-stamp
+LS_VENV := .venv-ls
+LS_STAMP := $(LS_VENV)/.install-stamp
 # On a CUDA machine torchvision matching torch 2.13 belongs in the install (segment-anything needs it);
 # on CPU machines the index only has a CUDA build of it, which breaks transformers: never install it there.
 TORCHVISION := torchvision==0.28.0
@@ -24,15 +26,21 @@ $(STAMP): requirements-torch.txt requirements.txt requirements-test.txt pyprojec
 	@$(PY) -c "import importlib.util as u, torch, transformers, label_studio_sdk, cv2; assert u.find_spec('segment_anything'); print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $(STAMP)
 
+# the real Label Studio server, for the end-to-end tests only
+$(LS_STAMP): requirements-labelstudio.txt
+	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip -q --disable-pip-version-check install -r requirements-labelstudio.txt
+	@touch $(LS_STAMP)
+
 run: install
 	$(VENV)/bin/segagent serve
 
-test: install
-	scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
+test: install $(LS_STAMP)
+	LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/click_cost.py
 	$(PY) bench/grabcut_noc.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache

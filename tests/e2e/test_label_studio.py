@@ -1,0 +1,170 @@
+"""End to end against a real Label Studio 1.23 server and the backend served by gunicorn.
+
+Label Studio connects to the backend (/health, /setup), relays an annotator's smart click through its
+own interactive-annotating API to /predict (the image is a Label Studio local-storage file the backend
+downloads with the API token), stores nothing for automatic predictions the backend cannot make, and
+sends START_TRAINING to /webhook. `make test` installs the server into .venv-ls (LABEL_STUDIO_BIN).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = (
+    '<View><Image name="image" value="$image"/><Text name="expression" value="$expression"/>'
+    '<BrushLabels name="mask" toName="image"><Label value="Disk"/></BrushLabels>'
+    '<KeyPointLabels name="click" toName="image" smart="true"><Label value="Disk" smart="true"/></KeyPointLabels>'
+    '<KeyPointLabels name="trajectory" toName="image"><Label value="positive"/><Label value="negative"/></KeyPointLabels>'
+    '</View>'
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, seconds: float, ok=lambda r: r.status_code == 200, **kwargs) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[0]} exited:\n{proc.stdout.read()[-4000:]}")
+        try:
+            if ok(requests.get(url, timeout=3, **kwargs)):
+                return
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"{url} did not come up in {seconds} s:\n{proc.stdout.read()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def label_studio_bin() -> str:
+    path = os.environ.get("LABEL_STUDIO_BIN") or str(REPO / ".venv-ls" / "bin" / "label-studio")
+    if not Path(path).exists():
+        pytest.skip(f"no Label Studio server at {path}: `make test` installs it (.venv-ls)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def files_root(tmp_path_factory, disk_image) -> Path:
+    root = tmp_path_factory.mktemp("ls-files")
+    (root / "images").mkdir()
+    Image.fromarray(disk_image[0]).save(root / "images" / "disk.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def label_studio(label_studio_bin, files_root, tmp_path_factory):
+    """(base URL, API token) of a fresh Label Studio server on a free loopback port."""
+    data_dir, port, token = tmp_path_factory.mktemp("ls-data"), free_port(), secrets.token_hex(20)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS", "LABEL_STUDIO"))}
+    env.update(
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), LABEL_STUDIO_USERNAME="e2e@example.com",
+        LABEL_STUDIO_PASSWORD="e2e-password", LABEL_STUDIO_USER_TOKEN=token,
+        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files_root), ML_BLOCK_LOCAL_IP="false",
+        SSRF_PROTECTION_ENABLED="false", LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+    )
+    proc = subprocess.Popen(
+        [label_studio_bin, "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
+         "--data-dir", str(data_dir), "--enable-legacy-api-token"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(f"{url}/api/projects", proc, 240, headers={"Authorization": f"Token {token}"})
+    yield url, token
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, tmp_path_factory):
+    """Base URL of the backend under gunicorn, told where Label Studio is."""
+    url, token = label_studio
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(MODEL_DIR=str(tmp_path_factory.mktemp("models")), LABEL_STUDIO_URL=url,
+               LABEL_STUDIO_API_KEY=token, WORKERS="1", THREADS="4")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "4", "--worker-class", "gthread", "_wsgi:app"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    backend_url = f"http://127.0.0.1:{port}"
+    wait_for(f"{backend_url}/health", proc, 60, ok=lambda r: r.json()["model"] == "ready")
+    yield backend_url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def project(label_studio, backend, files_root):
+    url, token = label_studio
+    ls = LabelStudio(base_url=url, api_key=token)
+    project = ls.projects.create(title="segagent e2e", label_config=CONFIG)
+    ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
+    task = ls.tasks.create(project=project.id, data={"image": "/data/local-files/?d=images/disk.png",
+                                                   "expression": "the red disk"})
+    ml = ls.ml.create(url=backend, project=project.id, is_interactive=True, title="segagent")
+    return ls, project, task, ml
+
+
+def test_label_studio_connects_to_the_backend(project):
+    ls, _, _, ml = project
+    backend = ls.ml.get(id=ml.id)
+    assert backend.state == "CO", (backend.state, backend.error_message)
+    assert backend.model_version.startswith("segagent-grabcut")
+
+
+def test_interactive_click_through_label_studio(project, label_studio, disk_image):
+    _, _, task, ml = project
+    url, token = label_studio
+    click = {"original_width": 160, "original_height": 120, "image_rotation": 0, "id": "c1",
+             "from_name": "click", "to_name": "image", "type": "keypointlabels", "origin": "manual",
+             "is_positive": True, "value": {"x": 50.0, "y": 50.0, "width": 0.3, "keypointlabels": ["Disk"]}}
+    reply = requests.post(f"{url}/api/ml/{ml.id}/interactive-annotating", timeout=60,
+                          headers={"Authorization": f"Token {token}"},
+                          json={"task": task.id, "context": {"result": [click]}})
+    assert reply.status_code == 200 and "errors" not in reply.json(), reply.text[:2000]
+    (region,) = reply.json()["data"]["result"]
+    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Disk"]
+    mask = decode_rle(region["value"]["rle"]).reshape(120, 160, 4)[:, :, 3] > 127
+    truth = disk_image[1]
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.85
+
+
+def test_automatic_predictions_store_nothing_without_a_policy(project, backend):
+    ls, proj, task, _ = project
+    ls.actions.create(id="retrieve_tasks_predictions", project=proj.id, selected_items={"all": True, "excluded": []})
+    metrics = requests.get(f"{backend}/metrics", timeout=5).text
+    assert 'segagent_predictions_total{outcome="error"} 1.0' in metrics, "Label Studio must have asked /predict"
+    assert list(ls.predictions.list(task=task.id)) == []
+
+
+def test_start_training_reaches_the_webhook(project, backend):
+    ls, _, _, ml = project
+    ls.ml.train(id=ml.id)
+    metrics = requests.get(f"{backend}/metrics", timeout=5).text
+    assert 'segagent_webhooks_total{action="START_TRAINING"} 1.0' in metrics
