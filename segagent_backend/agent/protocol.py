@@ -1,0 +1,130 @@
+"""SegAgent's text protocol as data: the prompt, the answer grammar and the coordinate conventions.
+
+The released SegAgent-Qwen answers ``<ref>CAPTION</ref> Current IOU: 87  Positive point: (760, 311)``:
+the model's estimate (x100) of the IoU of the mask it was SHOWN, then one click whose numbers are
+(row, col) integers in [0, 1000) relative to the original image. ``format_answer`` writes training
+targets; ``parse_answer(format_answer(x)) == x``. Anything that is not a click means STOP.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from .types import Click
+
+TASK_TEXT = (
+    "Please optimize the semi-transparent green mask in a point-wise manner based on the image and "
+    "description content, so that it covers the target object as accurately as possible. "
+    "The object description is as follows:<ref>{caption}</ref>"
+)
+SYSTEM_TEXT = "You are a helpful assistant."
+# Qwen-VL-Chat's hand-built ChatML prompt of the released model; {image} is a file path
+QWEN_VL_CHAT_PROMPT = (
+    "<|im_start|>system\n" + SYSTEM_TEXT + "<|im_end|>\n<|im_start|>user\nPicture 1: <img>{image}</img>\n"
+    + TASK_TEXT + "<|im_end|>\n<|im_start|>assistant\n"
+)
+SEPARATOR = "  "  # between the estimate and the click, two spaces in the released outputs
+
+
+@dataclass(frozen=True)
+class CoordinateConvention:
+    """How a click is written: ``(A, B)`` with A = row when ``row_first``; values in [0, scale).
+
+    SegAgent-Qwen: row first, integers on 0..999 of the original image. SegAgent-LLaVA: decimals in [0, 1).
+    """
+
+    row_first: bool = True
+    scale: float = 1000.0
+    decimals: int = 0  # 0 = integers
+
+    def encode(self, click: Click, width: int, height: int) -> tuple[float, float]:
+        """Pixels -> the two numbers the model writes, rounded to the nearest step, within [0, scale).
+
+        Rounding (not truncation) makes ``decode(encode(p)) == p`` for every pixel ``decode`` can yield.
+        """
+        step = 10.0 ** -self.decimals
+        top = self.scale - step
+
+        def number(pixel: float, size: int) -> float:
+            value = round(pixel * self.scale / size, self.decimals) if self.decimals else round(pixel * self.scale / size)
+            return min(max(value, 0), top)
+
+        row, col = number(click.y, height), number(click.x, width)
+        return (row, col) if self.row_first else (col, row)
+
+    def decode(self, a: float, b: float, width: int, height: int) -> tuple[float, float]:
+        """The two numbers -> (x, y) pixels of the original image, clamped to the image."""
+        row, col = (a, b) if self.row_first else (b, a)
+        y = min(max(round(row / self.scale * height), 0), height - 1)
+        x = min(max(round(col / self.scale * width), 0), width - 1)
+        return float(x), float(y)
+
+    def text(self, value: float) -> str:
+        return f"{value:.{self.decimals}f}" if self.decimals else str(int(value))
+
+
+SEGAGENT_QWEN = CoordinateConvention(row_first=True, scale=1000.0, decimals=0)
+SEGAGENT_LLAVA = CoordinateConvention(row_first=True, scale=1.0, decimals=3)
+CONVENTIONS = {"qwen": SEGAGENT_QWEN, "llava": SEGAGENT_LLAVA}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One parsed answer. ``click`` None = stop (no action, or not parsable: ``malformed``)."""
+
+    click: Optional[Click]
+    iou_estimate: Optional[float]  # 0..1, the estimate of the mask the model was shown
+    text: str = ""
+    malformed: bool = False
+    box: Optional[tuple[float, float, float, float]] = None  # Qwen's (x1, y1, x2, y2) on 0..999
+
+    @property
+    def stop(self) -> bool:
+        return self.click is None
+
+
+def task_text(caption: str) -> str:
+    """The user text every step sends (chat-template models and Qwen-VL-Chat alike)."""
+    return TASK_TEXT.format(caption=caption)
+
+
+def answer_prefix(caption: str) -> str:
+    """The echo every answer starts with; it carries no information, so it is a forced prefix."""
+    return f"<ref>{caption}</ref> Current IOU: "
+
+
+_IOU = re.compile(r"Current IOU:\s*(-?\d+(?:\.\d+)?)")
+_BOX = re.compile(r"<box>\((\d+),\s*(\d+)\),\((\d+),\s*(\d+)\)</box>")
+_PAIR = re.compile(r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)")
+
+
+def parse_answer(text: str, width: int, height: int, convention: CoordinateConvention = SEGAGENT_QWEN) -> Answer:
+    """The released parser's rules: positive if ``Positive point`` occurs, else negative if ``Negative
+    point`` occurs, else stop; the numbers are the first ``(A, B)`` after the last ``point:``."""
+    iou_match = _IOU.search(text)
+    iou = min(max(float(iou_match.group(1)), 0.0), 100.0) / 100.0 if iou_match else None
+    box_match = _BOX.search(text)
+    box = tuple(float(v) for v in box_match.groups()) if box_match else None
+    if "Positive point" in text:
+        positive = True
+    elif "Negative point" in text:
+        positive = False
+    else:
+        return Answer(None, iou, text, malformed=iou_match is None, box=box)
+    pair = _PAIR.search(text.rsplit("point:", 1)[-1])
+    if pair is None:
+        return Answer(None, iou, text, malformed=True, box=box)
+    x, y = convention.decode(float(pair.group(1)), float(pair.group(2)), width, height)
+    return Answer(Click(x, y, positive), iou, text, box=box)
+
+
+def format_answer(caption: str, iou_estimate: float, click: Optional[Click], width: int, height: int,
+                  convention: CoordinateConvention = SEGAGENT_QWEN) -> str:
+    """The target text for one step: estimate (0..1 -> integer 0..100) and click (None: estimate only)."""
+    text = answer_prefix(caption) + str(int(round(100 * min(max(iou_estimate, 0.0), 1.0))))
+    if click is None:
+        return text
+    a, b = convention.encode(click, width, height)
+    kind = "Positive" if click.positive else "Negative"
+    return f"{text}{SEPARATOR}{kind} point: ({convention.text(a)}, {convention.text(b)})"
