@@ -16,20 +16,22 @@ import numpy as np
 
 from . import __version__
 from .agent.episode import StepCache, run_given_clicks
+from .agent.loop import EpisodeRequest, LoopConfig, run_episodes
+from .agent.policies import Policy, build_policy
 from .agent.segmenters import EmbeddingCache, Segmenter, build_segmenter
 from .agent.types import EpisodeResult
 from .errors import ModelUnavailable, RequestError
 from .labelstudio.config import LabelConfig, parse_label_config
 from .labelstudio.context import Prompt, parse_context
-from .labelstudio.tasks import image_url, task_id
+from .labelstudio.tasks import expression, image_url, task_id
 from .media import MediaLoader, MediaSource
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
 NO_POLICY = (
-    "automatic predictions need a SegAgent policy model, which this version does not serve yet; "
-    "segment interactively with the smart KeyPointLabels/RectangleLabels tools"
+    "automatic predictions need a SegAgent policy model: set SEGAGENT_POLICY (a model folder or hub id); "
+    "without one, segment interactively with the smart KeyPointLabels/RectangleLabels tools"
 )
 
 
@@ -53,6 +55,8 @@ class Predictor:
         )
         self.project_sources: dict[str, MediaSource] = {}  # what /setup told us, per project
         self._segmenter: Optional[Segmenter] = None
+        self._policy: Optional[Policy] = None
+        self.loop_config = LoopConfig(settings.max_steps, settings.candidates, settings.stop_iou, settings.patience)
         self._load_error: Optional[str] = None
         self._loaded = threading.Event()
         self._load_lock = threading.Lock()
@@ -68,7 +72,8 @@ class Predictor:
             return s.model_version
         weights = {"sam": s.sam_checkpoint, "hf-sam": s.sam_model}.get(s.segmenter)
         name = f"{s.segmenter}-{Path(weights).stem}" if weights else s.segmenter
-        return f"segagent-{name}-v{__version__}"
+        policy = f"{Path(s.policy).name}-" if s.policy else ""
+        return f"segagent-{policy}{name}-v{__version__}"
 
     @property
     def status(self) -> str:
@@ -91,12 +96,15 @@ class Predictor:
                     s.segmenter, self.cache, sam_checkpoint=s.sam_checkpoint, sam_type=s.sam_type,
                     sam_model=s.sam_model, device=s.device, grabcut_max_side=s.grabcut_max_side,
                 )
+                if s.policy:
+                    self._policy = build_policy(s.policy_kind, s.policy, device=s.device, dtype=s.dtype,
+                                                coordinates=s.coordinates, temperature=s.temperature)
             except Exception as exc:
                 self._load_error = f"{type(exc).__name__}: {exc}"
-                log.exception("loading the %s segmenter failed", s.segmenter)
+                log.exception("loading the models failed")
                 return
             self.load_seconds = time.perf_counter() - started
-            log.info("%s segmenter loaded in %.2f s", s.segmenter, self.load_seconds)
+            log.info("models loaded in %.2f s (%s, policy %s)", self.load_seconds, s.segmenter, s.policy)
             self._loaded.set()
 
     def segmenter(self) -> Segmenter:
@@ -104,6 +112,12 @@ class Predictor:
         if self._segmenter is None:
             raise ModelUnavailable(f"the model failed to load: {self._load_error}")
         return self._segmenter
+
+    def policy(self) -> Policy:
+        self.segmenter()  # loads both, or raises
+        if self._policy is None:
+            raise RequestError(NO_POLICY, 501)
+        return self._policy
 
     # ----- Label Studio ----------------------------------------------------------------------
     def setup(self, schema: Any, project: Any, hostname: Any = None, access_token: Any = None) -> LabelConfig:
@@ -117,34 +131,73 @@ class Predictor:
     def predict(self, tasks: list, label_config: str, context: Any = None, project: Any = None) -> list[dict]:
         """One Label Studio prediction per task, in order.
 
+        Without context (automatic) every task of the request is an episode of one lockstep batch.
         A task that cannot be predicted gets ``{"error": ..., "status": ...}`` and NO ``result``
         key, so Label Studio skips it instead of storing an empty prediction.
         """
         config = parse_label_config(label_config, self.settings.expression_field)
         prompt = parse_context(context, config)
         source = self._source(project)
-        return [self._predict_task(task, config, prompt, source) for task in tasks]
+        if prompt is None:
+            return self._automatic(tasks, config, source)
+        results = []
+        for task in tasks:
+            try:
+                results.append(self._interactive(task, config, prompt, source))
+            except RequestError as exc:
+                results.append(self._error(exc))
+        return results
 
-    def _predict_task(self, task: Any, config: LabelConfig, prompt: Optional[Prompt], source: MediaSource) -> dict:
-        try:
-            if prompt is None:
-                raise RequestError(f"task {task_id(task)!r}: {NO_POLICY}", 501)
-            image = self.media.load(image_url(task, config), task_id(task), source)
-            return self._interactive(image, config, prompt)
-        except RequestError as exc:
-            return {"error": exc.message, "status": exc.status, "model_version": self.model_version}
+    def _error(self, exc: RequestError) -> dict:
+        return {"error": exc.message, "status": exc.status, "model_version": self.model_version}
 
-    def _interactive(self, image: np.ndarray, config: LabelConfig, prompt: Prompt) -> dict:
+    def _automatic(self, tasks: list, config: LabelConfig, source: MediaSource) -> list[dict]:
+        results: list[Optional[dict]] = [None] * len(tasks)
+        pending: list[tuple[int, EpisodeRequest]] = []
+        for i, task in enumerate(tasks):
+            try:
+                if not self.settings.policy:
+                    raise RequestError(f"task {task_id(task)!r}: {NO_POLICY}", 501)
+                image = self.media.load(image_url(task, config), task_id(task), source)
+                pending.append((i, EpisodeRequest(image, expression(task, config) or "")))
+            except RequestError as exc:
+                results[i] = self._error(exc)
+        episodes = self.run_policy([request for _, request in pending]) if pending else []
+        for (i, request), episode in zip(pending, episodes):
+            results[i] = self._prediction(episode, config, request.image.shape, None)
+        return results
+
+    def _interactive(self, task: Any, config: LabelConfig, prompt: Prompt, source: MediaSource) -> dict:
+        image = self.media.load(image_url(task, config), task_id(task), source)
         height, width = image.shape[:2]
         clicks = [c.to_pixels(width, height) for c in prompt.clicks]
         box = prompt.box.to_pixels(width, height) if prompt.box is not None else None
         if not clicks and box is None:  # every click was deleted: no mask
             return {"result": [], "score": 0.0, "model_version": self.model_version}
-        episode = self.run_episode(image, clicks, box)
-        label = config.brush.label_for(prompt.label)
-        mask = fit_to_size(episode.mask, prompt.size)
-        region = config.brush.region(mask, label, config.image_name, episode.score, prompt.image_rotation)
-        return {"result": [region], "score": episode.score, "model_version": self.model_version}
+        if self.settings.refine and self.settings.policy:
+            request = EpisodeRequest(image, expression(task, config, prompt.label) or "", box, clicks)
+            episode = self.run_policy([request])[0]
+        else:
+            episode = self.run_episode(image, clicks, box)
+        return self._prediction(episode, config, image.shape, prompt, given=len(clicks))
+
+    def _prediction(self, episode: EpisodeResult, config: LabelConfig, shape: tuple, prompt: Optional[Prompt],
+                    given: int = 0) -> dict:
+        """Label Studio JSON: the brush region, and the policy's clicks on the trajectory control."""
+        label = config.brush.label_for(prompt.label if prompt else None)
+        rotation = prompt.image_rotation if prompt else 0
+        mask = fit_to_size(episode.mask, prompt.size if prompt else None)
+        result = [config.brush.region(mask, label, config.image_name, episode.score, rotation)]
+        if config.trajectory is not None:
+            clicks = [step.click for step in episode.trajectory[given:]]
+            result += config.trajectory.regions(clicks, config.image_name, shape[1], shape[0], rotation)
+        return {"result": result, "score": episode.score, "model_version": self.model_version}
+
+    def run_policy(self, requests: list[EpisodeRequest]) -> list[EpisodeResult]:
+        """Episodes driven by the policy, all in lockstep (one batched policy call per step)."""
+        segmenter, policy = self.segmenter(), self.policy()
+        with self._model_lock:
+            return run_episodes(policy, segmenter, requests, self.loop_config)
 
     def run_episode(self, image: np.ndarray, clicks: list, box=None) -> EpisodeResult:
         """Given clicks (pixels) on ``image`` ((H, W, 3) uint8 RGB) -> the episode's result."""

@@ -13,6 +13,9 @@ from typing import Mapping, Optional
 from urllib.parse import urlparse
 
 SEGMENTERS = ("grabcut", "sam", "hf-sam")
+POLICY_KINDS = ("hf-vlm", "qwen-vl-chat")
+COORDINATES = ("qwen", "llava")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -27,6 +30,16 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_SAM_CHECKPOINT", "sam_checkpoint", None, "Path of a segment-anything `.pth` checkpoint (required with `sam`)."),
     ("SEGAGENT_SAM_TYPE", "sam_type", None, "`vit_b`, `vit_l` or `vit_h`: checked against the checkpoint (optional; inferred when unset)."),
     ("SEGAGENT_SAM_MODEL", "sam_model", None, "Hub id or local folder of a transformers SAM model (required with `hf-sam`)."),
+    ("SEGAGENT_POLICY", "policy", None, "Hub id or folder of the SegAgent policy (a multimodal LLM); unset = interactive tools only."),
+    ("SEGAGENT_POLICY_KIND", "policy_kind", "hf-vlm", "`hf-vlm` (transformers chat VLMs: Qwen2-VL, Qwen2.5-VL, LLaVA) or `qwen-vl-chat` (the released SegAgent-Qwen, remote code)."),
+    ("SEGAGENT_COORDINATES", "coordinates", "qwen", "How the policy writes clicks: `qwen` ((row, col) integers on 0..999) or `llava` (decimals in [0, 1))."),
+    ("SEGAGENT_DTYPE", "dtype", "auto", "Policy weights: `auto` (bf16 on GPU, fp32 on CPU), `bfloat16`, `float16`, `float32`."),
+    ("SEGAGENT_MAX_STEPS", "max_steps", "7", "Policy clicks per episode at most (7 for referring segmentation, 11 for high-quality masks)."),
+    ("SEGAGENT_CANDIDATES", "candidates", "1", "Clicks sampled per step for tree search (1 = greedy)."),
+    ("SEGAGENT_STOP_IOU", "stop_iou", "0.95", "Stop once the policy's own IoU estimate of the mask reaches this."),
+    ("SEGAGENT_PATIENCE", "patience", "3", "Stop after this many steps without a better estimate."),
+    ("SEGAGENT_TEMPERATURE", "temperature", "1.0", "Sampling temperature of tree-search candidates."),
+    ("SEGAGENT_REFINE", "refine", "false", "Interactive calls: let the policy continue from the annotator's clicks (true) or only follow them (false)."),
     ("DEVICE", "device", "auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."),
     ("MODEL_DIR", "model_dir", "./models", "Working directory for models, versions and the media download cache (`MODEL_DIR/cache/media`)."),
     ("REDIS_URL", "redis_url", None, "Redis for the job queues (issue 4); unset = every job runs in-process (embedded mode)."),
@@ -54,6 +67,16 @@ class Settings:
     sam_checkpoint: Optional[str] = None
     sam_type: Optional[str] = None
     sam_model: Optional[str] = None
+    policy: Optional[str] = None
+    policy_kind: str = "hf-vlm"
+    coordinates: str = "qwen"
+    dtype: str = "auto"
+    max_steps: int = 7
+    candidates: int = 1
+    stop_iou: float = 0.95
+    patience: int = 3
+    temperature: float = 1.0
+    refine: bool = False
     device: str = "auto"
     model_dir: Path = Path("./models")
     redis_url: Optional[str] = None
@@ -101,6 +124,13 @@ class Settings:
             raise SettingsError("SEGAGENT_SEGMENTER=sam needs SEGAGENT_SAM_CHECKPOINT (a segment-anything .pth file)")
         if self.segmenter == "hf-sam" and not self.sam_model:
             raise SettingsError("SEGAGENT_SEGMENTER=hf-sam needs SEGAGENT_SAM_MODEL (hub id or model folder)")
+        for attr, allowed in (("policy_kind", POLICY_KINDS), ("coordinates", COORDINATES), ("dtype", DTYPES)):
+            if getattr(self, attr) not in allowed:
+                fail(attr, f"must be one of {', '.join(allowed)}")
+        if not 0.0 < self.stop_iou <= 1.0:
+            fail("stop_iou", "must be in (0, 1]")
+        if self.temperature <= 0:
+            fail("temperature", "must be > 0")
         if self.sam_type is not None and self.sam_type not in SAM_TYPES:
             fail("sam_type", f"must be one of {', '.join(SAM_TYPES)}")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
@@ -114,7 +144,8 @@ class Settings:
         if self.log_level.upper() not in LOG_LEVELS:
             fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         for attr, low in (("port", 1), ("workers", 1), ("threads", 1), ("max_image_pixels", 1),
-                          ("cache_mb", 0), ("grabcut_max_side", 64), ("media_timeout", 1)):
+                          ("cache_mb", 0), ("grabcut_max_side", 64), ("media_timeout", 1),
+                          ("max_steps", 0), ("candidates", 1), ("patience", 1)):
             if getattr(self, attr) < low:
                 fail(attr, f"must be >= {low}")
         if self.port > 65535:
@@ -148,6 +179,8 @@ def _convert(var: str, value: Optional[str], annotation: str):
     try:
         if annotation == "int":
             return int(value)
+        if annotation == "float":
+            return float(value)
         if annotation == "bool":
             lowered = value.lower()
             if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):

@@ -40,6 +40,34 @@ class StepCache:
                 self._items.popitem(last=False)
 
 
+def replay(
+    segmenter: Segmenter,
+    clicks: Sequence[Click],
+    box: Optional[Box] = None,
+    cache: Optional[StepCache] = None,
+) -> Optional[Segmentation]:
+    """Feed ``clicks`` (pixels, in order) one step at a time to the tool whose image is set, each step
+    with the previous step's logits; the last step's Segmentation (None when no clicks and no box)."""
+    height, width = segmenter.image_size
+    clicks = [c.clamped(width, height) for c in clicks]
+    box = box.clamped(width, height) if box is not None else None
+    if not clicks:
+        return segmenter.segment([], box) if box is not None else None
+    prefix_key = (segmenter.image_key, box)
+    start, previous = 0, None
+    if cache is not None:  # resume from the longest finished prefix
+        for n in range(len(clicks), 0, -1):
+            previous = cache.get((prefix_key, tuple(clicks[:n])))
+            if previous is not None:
+                start = n
+                break
+    for n in range(start + 1, len(clicks) + 1):
+        previous = segmenter.segment(clicks[:n], box, previous.logits if previous is not None else None)
+        if cache is not None:
+            cache.put((prefix_key, tuple(clicks[:n])), previous)
+    return previous
+
+
 def run_given_clicks(
     segmenter: Segmenter,
     clicks: Sequence[Click],
@@ -52,25 +80,9 @@ def run_given_clicks(
     step per click. No clicks and no box gives an empty mask with score 0.
     """
     height, width = segmenter.image_size
-    clicks = [c.clamped(width, height) for c in clicks]
+    last = replay(segmenter, clicks, box, cache)
     box = box.clamped(width, height) if box is not None else None
-    if not clicks and box is None:
+    if last is None:
         return EpisodeResult(np.zeros((height, width), bool), 0.0, [], None)
-
-    prefix_key = (segmenter.image_key, box)
-    start, previous = 0, None
-    if cache is not None:  # resume from the longest finished prefix
-        for n in range(len(clicks), 0, -1):
-            previous = cache.get((prefix_key, tuple(clicks[:n])))
-            if previous is not None:
-                start = n
-                break
-    if not clicks:
-        previous = segmenter.segment([], box)
-    for n in range(start + 1, len(clicks) + 1):
-        previous = segmenter.segment(clicks[:n], box, previous.logits if previous is not None else None)
-        if cache is not None:
-            cache.put((prefix_key, tuple(clicks[:n])), previous)
-    assert previous is not None
-    steps = [TrajectoryStep(click) for click in clicks]
-    return EpisodeResult(previous.mask, float(previous.score), steps, box)
+    steps = [TrajectoryStep(c.clamped(width, height)) for c in clicks]
+    return EpisodeResult(last.mask, float(last.score), steps, box)

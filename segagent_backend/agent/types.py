@@ -70,3 +70,5 @@ class EpisodeResult:
     score: float
     trajectory: list[TrajectoryStep] = field(default_factory=list)
     box: Optional[Box] = None
+    malformed: int = 0  # policy answers that were not actions and could not be parsed
+    stop_reason: str = ""

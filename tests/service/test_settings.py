@@ -53,6 +53,6 @@ def test_missing_weights_fail_at_start_with_the_path(tmp_path):
 
 def test_readme_documents_every_setting():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert settings_table() in readme, "README settings table is stale: paste `segagent settings` output"
+    assert settings_table() in readme, "README settings table is stale: run scripts/update-readme-settings"
     for var, *_ in FIELDS:
         assert f"`{var}`" in readme

@@ -1,0 +1,168 @@
+"""The episode loop: state = (image, text, clicks, mask, tool logits), action = click, tool =
+segmenter, stop = the policy's own IoU estimate (PRM).
+
+Many episodes advance in lockstep: at every step ONE batched policy call evaluates every node of
+every active episode. A node is a mask to be judged; the policy's answer on it gives both the
+node's PRM score (``Current IOU`` of the mask it was shown) and its next proposals. With
+``candidates`` K > 1 this is SegAgent's heuristic greedy tree search: each of the K sampled clicks
+of the chosen node is run through the tool, the next call scores all K children and proposes their
+continuations, and the best child is kept. K = 1 is greedy decoding. The returned mask is the
+chosen node with the highest estimate over all steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .episode import replay
+from .policies.base import Observation, Policy
+from .protocol import Answer
+from .segmenters.base import Segmenter
+from .types import Box, Click, EpisodeResult, TrajectoryStep
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """max_steps: policy clicks at most (7 for referring segmentation, 11 for high quality).
+    candidates: K clicks sampled per step (1 = greedy). stop_iou: stop once the estimate of the
+    chosen mask reaches it. patience: stop after this many steps without a better estimate."""
+
+    max_steps: int = 7
+    candidates: int = 1
+    stop_iou: float = 0.95
+    patience: int = 3
+
+
+@dataclass
+class EpisodeRequest:
+    """One episode to run. image: (H, W, 3) uint8 RGB. clicks: the annotator's clicks (pixels) the
+    policy continues from (refinement). gt/ignore: (H, W) bool, for the simulator policy only."""
+
+    image: np.ndarray
+    expression: str
+    box: Optional[Box] = None
+    clicks: Sequence[Click] = ()
+    gt: Optional[np.ndarray] = None
+    ignore: Optional[np.ndarray] = None
+
+
+@dataclass
+class _Node:
+    clicks: tuple[Click, ...]
+    mask: np.ndarray
+    logits: Optional[np.ndarray]
+    tool_score: float = 0.0
+    estimate: Optional[float] = None
+    proposals: list[Answer] = field(default_factory=list)
+
+
+@dataclass
+class _Episode:
+    index: int
+    request: EpisodeRequest
+    given: int
+    nodes: list[_Node]
+    path: list[_Node] = field(default_factory=list)
+    malformed: int = 0
+    stop_reason: str = ""
+
+
+def run_episodes(
+    policy: Policy,
+    segmenter: Segmenter,
+    requests: Sequence[EpisodeRequest],
+    config: LoopConfig = LoopConfig(),
+) -> list[EpisodeResult]:
+    """Run ``requests`` in lockstep; one EpisodeResult each, in order."""
+    episodes = [_start(i, r, segmenter) for i, r in enumerate(requests)]
+    for step in range(config.max_steps + 1):
+        active = [e for e in episodes if not e.stop_reason]
+        if not active:
+            break
+        _judge(policy, active, step, config.candidates)
+        for episode in active:
+            best = max(episode.nodes, key=_estimate_key)  # the first of equals
+            episode.path.append(best)
+            episode.stop_reason = _stop_reason(episode, step, config)
+            if not episode.stop_reason:
+                episode.nodes = _expand(episode, best, segmenter)
+                if not episode.nodes:
+                    malformed = all(a.malformed for a in best.proposals)
+                    episode.stop_reason = "malformed answer" if malformed else "policy stopped"
+    return [_result(e) for e in episodes]
+
+
+def _start(index: int, request: EpisodeRequest, segmenter: Segmenter) -> _Episode:
+    """The root node: the annotator's clicks and/or box replayed through the tool, else an empty mask."""
+    segmenter.set_image(request.image)
+    height, width = request.image.shape[:2]
+    clicks = tuple(c.clamped(width, height) for c in request.clicks)
+    first = replay(segmenter, clicks, request.box)
+    if first is None:
+        root = _Node((), np.zeros((height, width), bool), None)
+    else:
+        root = _Node(clicks, first.mask, first.logits, float(first.score))
+    return _Episode(index, request, len(clicks), [root])
+
+
+def _judge(policy: Policy, episodes: list[_Episode], step: int, k: int) -> None:
+    """One batched policy call over every node of every active episode: PRM score + proposals."""
+    owners, observations = [], []
+    for e in episodes:
+        r = e.request
+        for node in e.nodes:
+            owners.append((e, node))
+            observations.append(Observation(r.image, node.mask, r.expression, step, node.clicks, e.index, r.gt, r.ignore))
+    for (episode, node), answers in zip(owners, policy.propose(observations, k)):
+        estimates = [a.iou_estimate for a in answers if a.iou_estimate is not None]
+        node.estimate = float(np.mean(estimates)) if estimates else None
+        node.proposals = list(answers)
+        episode.malformed += sum(a.malformed for a in answers)
+
+
+def _stop_reason(episode: _Episode, step: int, config: LoopConfig) -> str:
+    estimates = [n.estimate for n in episode.path]
+    if estimates[-1] is not None and estimates[-1] >= config.stop_iou:
+        return "estimate reached stop_iou"
+    known = [e for e in estimates if e is not None]
+    if len(known) > config.patience and max(known[-config.patience:]) <= max(known[: -config.patience]):
+        return f"no better estimate in {config.patience} steps"
+    if step >= config.max_steps:
+        return "max steps"
+    return ""
+
+
+def _expand(episode: _Episode, parent: _Node, segmenter: Segmenter) -> list[_Node]:
+    """The children of ``parent``: its distinct proposed clicks, each run through the tool."""
+    clicks = list(dict.fromkeys(a.click for a in parent.proposals if a.click is not None))
+    if not clicks:
+        return []
+    segmenter.set_image(episode.request.image)  # a cache hit: lockstep interleaves images
+    children = []
+    for click in clicks:
+        out = segmenter.segment(parent.clicks + (click,), episode.request.box, parent.logits)
+        children.append(_Node(parent.clicks + (click,), out.mask, out.logits, float(out.score)))
+    return children
+
+
+def _estimate_key(node: _Node) -> float:
+    return -1.0 if node.estimate is None else node.estimate
+
+
+def _result(episode: _Episode) -> EpisodeResult:
+    """The chosen node with the highest estimate (the last one when the policy gives none)."""
+    path = episode.path
+    if all(n.estimate is None for n in path):
+        best = path[-1]
+    else:
+        best = max(path, key=_estimate_key)
+    shown = {len(n.clicks): n.estimate for n in path}  # estimate of the mask each click was chosen on
+    trajectory = [
+        TrajectoryStep(click, None if i < episode.given else shown.get(i))
+        for i, click in enumerate(best.clicks)
+    ]
+    score = best.estimate if best.estimate is not None else best.tool_score
+    return EpisodeResult(best.mask, float(score), trajectory, episode.request.box, episode.malformed,
+                         episode.stop_reason)
