@@ -1,0 +1,282 @@
+"""SegAgent policy on any transformers image-text-to-text chat model (Qwen2-VL, Qwen2.5-VL, LLaVA).
+
+One ``propose`` = ONE batched, left-padded ``generate`` call. The user turn is [overlay image,
+``task_text(expression)``] through the processor's chat template; with ``forced_prefix`` the
+answer's echo ``<ref>CAPTION</ref> Current IOU: `` is appended to the prompt, so the model only
+writes the estimate and the click (the echo carries no information and costs ~10-30 tokens).
+
+Constrained decoding (on by default with the forced prefix): a logits processor lets the model
+write only ``NUM  (Positive|Negative) point: (NUM, NUM)`` and then an end-of-turn token, so every
+answer parses. It is tokenizer-agnostic (works on the decoded string of every vocabulary entry)
+and cheap: the allowed-token mask depends only on the grammar state, of which there are a few
+dozen, and is cached across calls. Limits: the estimate is 1..3 digits (the parser clamps values
+above 100), and an answer cut off by ``max_new_tokens`` is counted as malformed.
+
+Coordinates: the numbers follow ``convention`` (SegAgent-Qwen: row first, 0..999 of the original
+image); parsed clicks are pixels of the original image, x = column, y = row.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from functools import lru_cache
+from itertools import product
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, parse_answer, task_text
+from ..segmenters.loading import ModelLoadError, resolve_device
+from .base import Observation, Policy
+
+log = logging.getLogger(__name__)
+
+# end-of-turn markers of the supported families; the ones the vocabulary has also stop generation
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+           "fp32": torch.float32, "float32": torch.float32}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+@lru_cache(maxsize=None)
+def video_less_processor_class(model_type: str) -> type:
+    """Qwen2-VL / Qwen2.5-VL processor without the video processor.
+
+    Without torchvision the video processor is a placeholder and the stock class cannot be built
+    or loaded. Leaving ``video_processor`` out of ``__init__``'s signature removes it from the
+    processor's attributes (ProcessorMixin reads them from the signature); images and text work.
+    """
+    if model_type == "qwen2_vl":
+        from transformers import Qwen2VLProcessor as base
+    elif model_type == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor as base
+    else:
+        raise ValueError(f"no video-less processor for model type {model_type!r}")
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    return type(base.__name__ + "WithoutVideo", (base,), {"__init__": __init__})
+
+
+def _resolve_source(path_or_id: Union[str, Path]) -> str:
+    """A local folder (checked) or a hub id (left to transformers); clear errors for bad paths."""
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {text!r} is a file, not a checkpoint folder")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model folder {text!r} has no config.json: not a transformers checkpoint")
+        return str(path)
+    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1:
+        raise ModelLoadError(f"model folder {text!r} does not exist")
+    return text  # "org/name": a hub id (needs the network or the local HF cache)
+
+
+def _load_processor(source: str, model_type: str):
+    from transformers import AutoProcessor, ProcessorMixin
+
+    try:
+        processor, error = AutoProcessor.from_pretrained(source), None
+    except Exception as exc:  # e.g. "Can't load video processor" without torchvision
+        processor, error = None, exc
+    if not isinstance(processor, ProcessorMixin) and model_type in ("qwen2_vl", "qwen2_5_vl"):
+        try:
+            processor = video_less_processor_class(model_type).from_pretrained(source)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the {model_type} processor from {source!r}: {exc}") from exc
+    if not isinstance(processor, ProcessorMixin) or getattr(processor, "image_processor", None) is None:
+        found = type(processor).__name__ if processor is not None else f"an error ({error})"
+        raise ModelLoadError(f"{source!r} has no image processor: AutoProcessor gave {found}; an image-text "
+                             "model folder needs preprocessor/processor config files, not only a tokenizer")
+    return processor
+
+
+def _attention(dev: torch.device, dtype: torch.dtype) -> str:
+    """flash_attention_2 on CUDA in half precision when flash_attn is installed, else sdpa."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    return "flash_attention_2" if dev.type == "cuda" and half and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def load_hf_vlm(path_or_id: Union[str, Path], device: str = "auto", dtype: Union[str, torch.dtype] = "auto"):
+    """(model, processor) of an image-text-to-text chat checkpoint, model in eval mode.
+
+    device: auto / cpu / cuda / cuda:N; on CUDA the model is placed with ``device_map``
+    (``auto`` spreads it over the visible GPUs). dtype: auto (bf16 on CUDA, fp32 on CPU), bf16,
+    fp16, fp32 or a torch dtype. Raises ModelLoadError naming the folder and the reason.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    source = _resolve_source(path_or_id)
+    dev = resolve_device(device)
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    else:
+        torch_dtype = dtype if isinstance(dtype, torch.dtype) else _DTYPES.get(str(dtype).lower())
+        if torch_dtype is None:
+            raise ValueError(f"invalid dtype {dtype!r}: use auto, bf16, fp16 or fp32")
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the model config in {source!r}: {exc}") from exc
+    processor = _load_processor(source, config.model_type)
+    kwargs = dict(dtype=torch_dtype, attn_implementation=_attention(dev, torch_dtype))
+    if dev.type == "cuda":
+        kwargs["device_map"] = "auto" if device == "auto" else str(dev)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except ValueError as exc:
+        if "attn" not in str(exc).lower():
+            raise ModelLoadError(f"cannot load the model in {source!r}: {exc}") from exc
+        kwargs["attn_implementation"] = "eager"  # an architecture without sdpa support
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model in {source!r}: {exc}") from exc
+    if dev.type != "cuda":
+        model = model.to(dev)
+    return model.eval(), processor
+
+
+# -------------------------------------------------------------------------------------- answer grammar
+class AnswerGrammar:
+    """``NUM  (Positive|Negative) point: (NUM, NUM)`` as a small NFA over characters.
+
+    A template is a tuple of elements: a literal character, or a number slot ``(int_digits,
+    frac_digits)``. An NFA state is (template, element index, digits written in the slot, in the
+    fraction part); a grammar state is a frozenset of NFA states.
+    """
+
+    def __init__(self, convention: CoordinateConvention = SEGAGENT_QWEN):
+        int_digits = max(1, len(str(int(np.ceil(convention.scale)) - 1)))
+        coord, iou = (int_digits, convention.decimals), (3, 0)
+        self.templates = tuple((iou, " ", " ", *f"{kind} point: (", coord, ",", " ", coord, ")")
+                               for kind in ("Positive", "Negative"))
+        self.start = frozenset((t, 0, 0, False) for t in range(len(self.templates)))
+        self.alphabet = sorted(set("0123456789.").union(e for tp in self.templates for e in tp if isinstance(e, str)))
+        self._forced: dict = {}
+
+    def _step(self, st: tuple, c: str) -> set:
+        t, pos, n, frac = st
+        elements = self.templates[t]
+        if pos == len(elements):
+            return set()
+        el, out = elements[pos], set()
+        if isinstance(el, str):
+            return {(t, pos + 1, 0, False)} if c == el else out
+        int_digits, frac_digits = el
+        if c.isdigit() and c.isascii():
+            if not frac and n < int_digits:
+                out.add((t, pos, n + 1, False))
+            elif frac and n < frac_digits:
+                out.add((t, pos, n + 1, True))
+        elif c == "." and not frac and n >= 1 and frac_digits:
+            out.add((t, pos, 0, True))
+        if n >= 1:  # the number may end here: the character belongs to the next element
+            out |= self._step((t, pos + 1, 0, False), c)
+        return out
+
+    def advance(self, state: frozenset, text: str) -> frozenset:
+        """The state after ``text``; empty = ``text`` leaves the grammar."""
+        for c in text:
+            state = frozenset(s for st in state for s in self._step(st, c))
+            if not state:
+                break
+        return state
+
+    def complete(self, state: frozenset) -> bool:
+        return any(pos == len(self.templates[t]) for t, pos, _, _ in state)
+
+    def forced(self, state: frozenset) -> str:
+        """The text every continuation of ``state`` starts with (up to the next choice or digit)."""
+        if state not in self._forced:
+            text, cur = "", state
+            while cur and not self.complete(cur):
+                nexts = {c for c in self.alphabet if self.advance(cur, c)}
+                if len(nexts) != 1 or next(iter(nexts)).isdigit():
+                    break
+                c = nexts.pop()
+                text, cur = text + c, self.advance(cur, c)
+            self._forced[state] = text
+        return self._forced[state]
+
+    def fragments(self) -> list[str]:
+        """Every answer shape with digits written as 0: a token can occur only inside one of them."""
+        out = []
+        for template in self.templates:
+            slots = [[("0" * i + ("." + "0" * f if f else "")) for i in range(1, el[0] + 1)
+                      for f in range(0, el[1] + 1)] if not isinstance(el, str) else [el] for el in template]
+            out.extend("".join(parts) for parts in product(*slots))
+        return out
+
+
+class GrammarLogitsProcessor:
+    """Masks the logits so the text generated after the prompt stays inside :class:`AnswerGrammar`.
+
+    ``scores``: (rows, vocab) float; ``input_ids``: (rows, prompt_len + generated). Rows that already
+    ended are left alone (generate pads them). Allowed-token masks are cached per grammar state.
+    """
+
+    def __init__(self, token_strings: dict[int, str], grammar: AnswerGrammar, stop_ids: Sequence[int]):
+        self.grammar, self.stop_ids = grammar, list(stop_ids)
+        self.token_strings = token_strings  # candidate id -> decoded text (only grammar fragments)
+        self.prompt_len = 0
+        self._masks: dict = {}
+
+    def allowed(self, state: frozenset) -> list[int]:
+        """Token ids allowed in ``state``; in forced stretches only the longest tokens (fewer steps)."""
+        ok = {i: s for i, s in self.token_strings.items() if self.grammar.advance(state, s)}
+        keep = []
+        for i, s in ok.items():
+            forced = self.grammar.forced(self.grammar.advance(state, s))
+            # a token is dominated when a longer allowed token covers it plus forced text only
+            if not any(len(o) > len(s) and o.startswith(s) and forced.startswith(o[len(s):]) for o in ok.values()):
+                keep.append(i)
+        if self.grammar.complete(state) or not keep:
+            keep += self.stop_ids
+        return keep
+
+    def mask(self, state: frozenset, vocab: int, device: torch.device) -> torch.Tensor:
+        key = (state, vocab, str(device))
+        if key not in self._masks:
+            m = torch.ones(vocab, dtype=torch.bool)
+            m[[i for i in self.allowed(state) if i < vocab]] = False
+            self._masks[key] = m.to(device)
+        return self._masks[key]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        stops = set(self.stop_ids)
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            if stops.intersection(ids):
+                continue
+            state = self.grammar.start
+            for i in ids:
+                state = self.grammar.advance(state, self.token_strings.get(i, "\x00"))
+            scores[row] = scores[row].masked_fill(self.mask(state, scores.shape[-1], scores.device), float("-inf"))
+        return scores
+
+
+def decoded_tokens(tokenizer, grammar: AnswerGrammar) -> dict[int, str]:
+    """id -> text of every vocabulary entry that can occur inside an answer.
+
+    Each id is decoded after an anchor digit and the anchor's text removed, so tokenizers that drop a
+    leading space when a token is decoded alone (SentencePiece) still give the right text.
+    """
+    anchor = tokenizer.encode("0", add_special_tokens=False)[-1:]
+    head = tokenizer.decode(anchor)
+    vocab = sorted(set(tokenizer.get_vocab().values()))
+    texts = tokenizer.batch_decode([anchor + [i] for i in vocab], skip_special_tokens=False)
+    fragments = grammar.fragments()
+    special = set(tokenizer.all_special_ids)
+    out = {}
+    for i, text in zip(vocab, texts):
+        if i in special or not text.startswith(head) or len(text) == len(head):
+            continue
+        s = text[len(head):]
+        shape = "".join("0" if c.isdigit() else c for c in s)
+        if any(shape in f for f in fragments):
+            out[i] = s
+    return out
