@@ -93,13 +93,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .media import load_image_file
     from .predictor import Predictor
 
-    if not args.click and args.box is None:
-        raise RequestError("give --click and/or --box: automatic segmentation from --expression alone needs "
-                           "a SegAgent policy model, which this version does not serve yet")
+    from .agent.loop import EpisodeRequest
+
     settings = Settings.from_env().replace(preload=False)
+    use_policy = bool(args.expression and settings.policy and (not args.click or settings.refine))
+    if not use_policy and not args.click and args.box is None:
+        raise RequestError("give --click and/or --box, or --expression with a SegAgent policy (SEGAGENT_POLICY)")
     image = load_image_file(args.image, settings.max_image_pixels)
     predictor = Predictor(settings)
-    episode = predictor.run_episode(image, args.click, args.box)
+    if use_policy:  # the same path as automatic predictions: the policy clicks, the tool segments
+        episode = predictor.run_policy([EpisodeRequest(image, args.expression, args.box, args.click)])[0]
+    else:
+        episode = predictor.run_episode(image, args.click, args.box)
     payload = episode_json(image, episode, args.expression, predictor.model_version)
     text = json.dumps(payload)
     if args.json:
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="run one episode on a local image and write JSON (and a PNG)")
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--expression", help="referring expression (recorded; driving needs a policy)")
+    p.add_argument("--expression", help="referring expression: with SEGAGENT_POLICY set the policy clicks")
     p.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y,+|-",
                    help="a click in pixels (x = column), + positive (default) or - negative; repeat in order")
     p.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2", help="a box prompt in pixels")

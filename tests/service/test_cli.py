@@ -53,6 +53,6 @@ def test_bad_arguments_are_clear(media_dir, tmp_path):
     result = run_cli("predict", "--image", str(media_dir / "disk.png"), "--click", "1,2,?")
     assert result.returncode == 2 and "must be X,Y" in result.stderr
     result = run_cli("predict", "--image", str(media_dir / "disk.png"), "--expression", "the disk")
-    assert result.returncode == 2 and "policy" in result.stderr
+    assert result.returncode == 2 and "SEGAGENT_POLICY" in result.stderr
     result = run_cli("predict", "--image", str(tmp_path / "none.png"), "--click", "1,2")
     assert result.returncode == 2 and "does not exist" in result.stderr
