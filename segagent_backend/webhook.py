@@ -1,8 +1,6 @@
 """Label Studio webhooks: acknowledged at once (Label Studio waits 1 s), never worked on in the request."""
 from __future__ import annotations
 
-from typing import Any
-
 from .errors import RequestError
 
 # every action Label Studio 1.23 emits

@@ -6,11 +6,14 @@ answer's echo ``<ref>CAPTION</ref> Current IOU: `` is appended to the prompt, so
 writes the estimate and the click (the echo carries no information and costs ~10-30 tokens).
 
 Constrained decoding (on by default with the forced prefix): a logits processor lets the model
-write only ``NUM  (Positive|Negative) point: (NUM, NUM)`` and then an end-of-turn token, so every
-answer parses. It is tokenizer-agnostic (works on the decoded string of every vocabulary entry)
-and cheap: the allowed-token mask depends only on the grammar state, of which there are a few
-dozen, and is cached across calls. Limits: the estimate is 1..3 digits (the parser clamps values
-above 100), and an answer cut off by ``max_new_tokens`` is counted as malformed.
+write only ``IOU  (Positive|Negative) point: (NUM, NUM)`` (IOU an integer 0..100, NUM as the
+coordinate convention writes it, no leading zeros) and then an end-of-turn token, so every answer
+parses. It is tokenizer-agnostic: it works on the decoded text of the vocabulary entries that can
+occur in an answer (found once per policy, one batched decode of the vocabulary), and cheap: the
+allowed-token mask depends only on the grammar state (a few dozen) and is cached across calls; per
+step it only replays each row's few generated tokens through a small NFA. With ``compact_literals``
+the fixed stretches (`` point: (``) are written with the longest tokens, so an answer takes ~10-18
+steps whatever the model prefers. An answer cut off by ``max_new_tokens`` counts as malformed.
 
 Coordinates: the numbers follow ``convention`` (SegAgent-Qwen: row first, 0..999 of the original
 image); parsed clicks are pixels of the original image, x = column, y = row.
@@ -18,11 +21,9 @@ image); parsed clicks are pixels of the original image, x = column, y = row.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import time
 from dataclasses import replace
 from functools import lru_cache
-from itertools import product
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -30,10 +31,9 @@ import numpy as np
 import torch
 
 from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, parse_answer, task_text
-from ..segmenters.loading import ModelLoadError, resolve_device
+from ..loading import ModelLoadError, resolve_device
 from .base import Observation, Policy
-
-log = logging.getLogger(__name__)
+from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
 
 # end-of-turn markers of the supported families; the ones the vocabulary has also stop generation
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
@@ -81,6 +81,11 @@ def _resolve_source(path_or_id: Union[str, Path]) -> str:
 def _load_processor(source: str, model_type: str):
     from transformers import AutoProcessor, ProcessorMixin
 
+    folder = Path(source)
+    configs = ("preprocessor_config.json", "processor_config.json")
+    if folder.is_dir() and not any((folder / n).is_file() for n in configs):
+        raise ModelLoadError(f"{source!r} has no image processor (no preprocessor_config.json or "
+                             "processor_config.json): a bare tokenizer is not enough for an image-text model")
     try:
         processor, error = AutoProcessor.from_pretrained(source), None
     except Exception as exc:  # e.g. "Can't load video processor" without torchvision
@@ -142,147 +147,6 @@ def load_hf_vlm(path_or_id: Union[str, Path], device: str = "auto", dtype: Union
     return model.eval(), processor
 
 
-# -------------------------------------------------------------------------------------- answer grammar
-class AnswerGrammar:
-    """``NUM  (Positive|Negative) point: (NUM, NUM)`` as a small NFA over characters.
-
-    A template is a tuple of elements: a literal character, or a number slot ``(int_digits,
-    frac_digits)``. An NFA state is (template, element index, digits written in the slot, in the
-    fraction part); a grammar state is a frozenset of NFA states.
-    """
-
-    def __init__(self, convention: CoordinateConvention = SEGAGENT_QWEN):
-        int_digits = max(1, len(str(int(np.ceil(convention.scale)) - 1)))
-        coord, iou = (int_digits, convention.decimals), (3, 0)
-        self.templates = tuple((iou, " ", " ", *f"{kind} point: (", coord, ",", " ", coord, ")")
-                               for kind in ("Positive", "Negative"))
-        self.start = frozenset((t, 0, 0, False) for t in range(len(self.templates)))
-        self.alphabet = sorted(set("0123456789.").union(e for tp in self.templates for e in tp if isinstance(e, str)))
-        self._forced: dict = {}
-
-    def _step(self, st: tuple, c: str) -> set:
-        t, pos, n, frac = st
-        elements = self.templates[t]
-        if pos == len(elements):
-            return set()
-        el, out = elements[pos], set()
-        if isinstance(el, str):
-            return {(t, pos + 1, 0, False)} if c == el else out
-        int_digits, frac_digits = el
-        if c.isdigit() and c.isascii():
-            if not frac and n < int_digits:
-                out.add((t, pos, n + 1, False))
-            elif frac and n < frac_digits:
-                out.add((t, pos, n + 1, True))
-        elif c == "." and not frac and n >= 1 and frac_digits:
-            out.add((t, pos, 0, True))
-        if n >= 1:  # the number may end here: the character belongs to the next element
-            out |= self._step((t, pos + 1, 0, False), c)
-        return out
-
-    def advance(self, state: frozenset, text: str) -> frozenset:
-        """The state after ``text``; empty = ``text`` leaves the grammar."""
-        for c in text:
-            state = frozenset(s for st in state for s in self._step(st, c))
-            if not state:
-                break
-        return state
-
-    def complete(self, state: frozenset) -> bool:
-        return any(pos == len(self.templates[t]) for t, pos, _, _ in state)
-
-    def forced(self, state: frozenset) -> str:
-        """The text every continuation of ``state`` starts with (up to the next choice or digit)."""
-        if state not in self._forced:
-            text, cur = "", state
-            while cur and not self.complete(cur):
-                nexts = {c for c in self.alphabet if self.advance(cur, c)}
-                if len(nexts) != 1 or next(iter(nexts)).isdigit():
-                    break
-                c = nexts.pop()
-                text, cur = text + c, self.advance(cur, c)
-            self._forced[state] = text
-        return self._forced[state]
-
-    def fragments(self) -> list[str]:
-        """Every answer shape with digits written as 0: a token can occur only inside one of them."""
-        out = []
-        for template in self.templates:
-            slots = [[("0" * i + ("." + "0" * f if f else "")) for i in range(1, el[0] + 1)
-                      for f in range(0, el[1] + 1)] if not isinstance(el, str) else [el] for el in template]
-            out.extend("".join(parts) for parts in product(*slots))
-        return out
-
-
-class GrammarLogitsProcessor:
-    """Masks the logits so the text generated after the prompt stays inside :class:`AnswerGrammar`.
-
-    ``scores``: (rows, vocab) float; ``input_ids``: (rows, prompt_len + generated). Rows that already
-    ended are left alone (generate pads them). Allowed-token masks are cached per grammar state.
-    """
-
-    def __init__(self, token_strings: dict[int, str], grammar: AnswerGrammar, stop_ids: Sequence[int]):
-        self.grammar, self.stop_ids = grammar, list(stop_ids)
-        self.token_strings = token_strings  # candidate id -> decoded text (only grammar fragments)
-        self.prompt_len = 0
-        self._masks: dict = {}
-
-    def allowed(self, state: frozenset) -> list[int]:
-        """Token ids allowed in ``state``; in forced stretches only the longest tokens (fewer steps)."""
-        ok = {i: s for i, s in self.token_strings.items() if self.grammar.advance(state, s)}
-        keep = []
-        for i, s in ok.items():
-            forced = self.grammar.forced(self.grammar.advance(state, s))
-            # a token is dominated when a longer allowed token covers it plus forced text only
-            if not any(len(o) > len(s) and o.startswith(s) and forced.startswith(o[len(s):]) for o in ok.values()):
-                keep.append(i)
-        if self.grammar.complete(state) or not keep:
-            keep += self.stop_ids
-        return keep
-
-    def mask(self, state: frozenset, vocab: int, device: torch.device) -> torch.Tensor:
-        key = (state, vocab, str(device))
-        if key not in self._masks:
-            m = torch.ones(vocab, dtype=torch.bool)
-            m[[i for i in self.allowed(state) if i < vocab]] = False
-            self._masks[key] = m.to(device)
-        return self._masks[key]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        stops = set(self.stop_ids)
-        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
-            if stops.intersection(ids):
-                continue
-            state = self.grammar.start
-            for i in ids:
-                state = self.grammar.advance(state, self.token_strings.get(i, "\x00"))
-            scores[row] = scores[row].masked_fill(self.mask(state, scores.shape[-1], scores.device), float("-inf"))
-        return scores
-
-
-def decoded_tokens(tokenizer, grammar: AnswerGrammar) -> dict[int, str]:
-    """id -> text of every vocabulary entry that can occur inside an answer.
-
-    Each id is decoded after an anchor digit and the anchor's text removed, so tokenizers that drop a
-    leading space when a token is decoded alone (SentencePiece) still give the right text.
-    """
-    anchor = tokenizer.encode("0", add_special_tokens=False)[-1:]
-    head = tokenizer.decode(anchor)
-    vocab = sorted(set(tokenizer.get_vocab().values()))
-    texts = tokenizer.batch_decode([anchor + [i] for i in vocab], skip_special_tokens=False)
-    fragments = grammar.fragments()
-    special = set(tokenizer.all_special_ids)
-    out = {}
-    for i, text in zip(vocab, texts):
-        if i in special or not text.startswith(head) or len(text) == len(head):
-            continue
-        s = text[len(head):]
-        shape = "".join("0" if c.isdigit() else c for c in s)
-        if any(shape in f for f in fragments):
-            out[i] = s
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- policy
 class HFVLMPolicy(Policy):
     """SegAgent on a transformers chat VLM. ``propose`` batches all observations in one generate call.
@@ -296,14 +160,14 @@ class HFVLMPolicy(Policy):
 
     def __init__(self, model, processor, convention: CoordinateConvention = SEGAGENT_QWEN, max_new_tokens: int = 24,
                  forced_prefix: bool = True, temperature: float = 1.0, constrained: Optional[bool] = None,
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, compact_literals: bool = True):
         super().__init__()
         constrained = forced_prefix if constrained is None else constrained
         if constrained and not forced_prefix:
             raise ValueError("constrained decoding starts after the forced prefix: set forced_prefix=True")
         self.model, self.processor, self.convention = model, processor, convention
         self.max_new_tokens, self.forced_prefix, self.temperature = max_new_tokens, forced_prefix, temperature
-        self.constrained = constrained
+        self.constrained, self.compact_literals = constrained, compact_literals
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # generation continues from the last position of every row
         self._name = name or Path(str(getattr(model.config, "_name_or_path", "") or model.config.model_type)).name
@@ -341,7 +205,8 @@ class HFVLMPolicy(Policy):
         """Built on first use (decodes the vocabulary once: ~1 s for a 150k vocabulary)."""
         if self._grammar is None:
             grammar = AnswerGrammar(self.convention)
-            self._grammar = GrammarLogitsProcessor(decoded_tokens(self.tokenizer, grammar), grammar, self.stop_ids)
+            self._grammar = GrammarLogitsProcessor(decoded_tokens(self.tokenizer, grammar), grammar, self.stop_ids,
+                                                   self.compact_literals)
         return self._grammar
 
     def _generation_kwargs(self, k: int, budget: int) -> dict:
@@ -372,30 +237,41 @@ class HFVLMPolicy(Policy):
         kwargs = self._generation_kwargs(k, budget)
         prompt_len = inputs["input_ids"].shape[1]
         if self.constrained:
-            processor = self.grammar()
-            processor.prompt_len = prompt_len
-            kwargs["logits_processor"] = LogitsProcessorList([processor])
+            kwargs["logits_processor"] = LogitsProcessorList([self.grammar().for_prompt(prompt_len)])
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         out = self.model.generate(**inputs, **kwargs)
-        new = out[:, prompt_len:].tolist()  # (len(observations) * k, <= budget), grouped by observation
-        stops = set(self.stop_ids)
-        result: list[list[Answer]] = []
-        for i, obs in enumerate(observations):
-            width, height = obs.size
-            prefix = answer_prefix(obs.expression) if self.forced_prefix else ""
-            answers = []
-            for ids in new[i * k:(i + 1) * k]:
-                end = next((j for j, t in enumerate(ids) if t in stops), None)
-                self.stats.generated_tokens += len(ids) if end is None else end + 1
-                text = prefix + self.tokenizer.decode(ids[:end], skip_special_tokens=True)
-                answer = parse_answer(text, width, height, self.convention)
-                if end is None and answer.click is None:  # cut by the budget: not a deliberate stop
-                    answer = replace(answer, malformed=True)
-                self.stats.malformed += int(answer.malformed)
-                answers.append(answer)
-            result.append(answers)
+        result = decode_answers(self.tokenizer, out[:, prompt_len:].tolist(), observations, k, self.stop_ids,
+                                self.forced_prefix, self.convention, self.stats)
         self.stats.calls += 1
         self.stats.answers += len(observations) * k
         self.stats.seconds += time.perf_counter() - start
         return result
+
+
+def decode_answers(tokenizer, rows: list[list[int]], observations: Sequence[Observation], k: int,
+                   stop_ids: Sequence[int], forced_prefix: bool, convention: CoordinateConvention,
+                   stats) -> list[list[Answer]]:
+    """Generated ids (``len(observations) * k`` rows grouped by observation, prompt removed) -> answers.
+
+    Each row is cut at its first stop id; generated tokens (stop included, padding excluded) and
+    malformed answers are added to ``stats``. A row cut by the token budget without a click is
+    malformed: it is not a deliberate stop.
+    """
+    stops = set(stop_ids)
+    result: list[list[Answer]] = []
+    for i, obs in enumerate(observations):
+        width, height = obs.size
+        prefix = answer_prefix(obs.expression) if forced_prefix else ""
+        answers = []
+        for ids in rows[i * k:(i + 1) * k]:
+            end = next((j for j, t in enumerate(ids) if t in stops), None)
+            stats.generated_tokens += len(ids) if end is None else end + 1
+            text = prefix + tokenizer.decode(ids[:end], skip_special_tokens=True)
+            answer = parse_answer(text, width, height, convention)
+            if end is None and answer.click is None:
+                answer = replace(answer, malformed=True)
+            stats.malformed += int(answer.malformed)
+            answers.append(answer)
+        result.append(answers)
+    return result

@@ -25,7 +25,7 @@ def build_segmenter(
     """The tool named ``kind`` (``grabcut``, ``sam`` or ``hf-sam``), loaded once, sharing ``cache``.
 
     ``device``: auto (CUDA when available), cpu, cuda or cuda:N. Raises ModelLoadError (from
-    ``.loading``) naming the weights and the reason when they cannot be loaded.
+    ``agent.loading``) naming the weights and the reason when they cannot be loaded.
     """
     if kind == "grabcut":
         from .grabcut import GrabCutSegmenter

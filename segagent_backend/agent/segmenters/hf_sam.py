@@ -20,7 +20,7 @@ import torch
 from ..types import Box, Click, Segmentation
 from .base import Segmenter
 from .cache import EmbeddingCache
-from .loading import ModelLoadError, resolve_device
+from ..loading import ModelLoadError, resolve_device
 
 if TYPE_CHECKING:
     from transformers import SamModel, SamProcessor

@@ -21,7 +21,7 @@ import torch
 from ..types import Box, Click, Segmentation
 from .base import Segmenter
 from .cache import EmbeddingCache
-from .loading import ModelLoadError, resolve_device
+from ..loading import ModelLoadError, resolve_device
 
 if TYPE_CHECKING:  # segment_anything needs torchvision at import time: import it lazily
     from segment_anything import SamPredictor
