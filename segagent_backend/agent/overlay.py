@@ -1,19 +1,24 @@
 """What the policy sees: the image with the current mask painted on it (SegAgent's overlay)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-GREEN = np.array([0, 255, 0], dtype=np.float32)
+GREEN = (0, 255, 0)
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, color: np.ndarray = GREEN) -> np.ndarray:
+def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, color: tuple = GREEN) -> np.ndarray:
     """(H, W, 3) uint8 RGB + (H, W) bool mask -> (H, W, 3) uint8 RGB.
 
-    On mask pixels ``out = (1 - alpha) * image + alpha * color``; elsewhere the image unchanged.
-    No contour, no markers. Returns a new array.
+    On mask pixels ``out = (1 - alpha) * image + alpha * color`` (rounded half to even); elsewhere
+    the image unchanged. No contour, no markers. Returns a new array.
     """
     out = image.copy()
     if mask.any():
-        blended = (1.0 - alpha) * image[mask].astype(np.float32) + alpha * color
-        out[mask] = np.round(blended).astype(np.uint8)  # round half to even, like OpenCV/PIL blending
+        # blend the whole image with OpenCV's SIMD kernel, then a masked copy: ~5x faster than
+        # boolean indexing or np.copyto(where=...) on a 0.15 MP image
+        tint = np.empty_like(image)
+        tint[...] = color
+        blended = cv2.addWeighted(image, 1.0 - alpha, tint, alpha, 0.0)
+        cv2.copyTo(blended, np.ascontiguousarray(mask).view(np.uint8), out)
     return out
