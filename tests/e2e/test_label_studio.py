@@ -101,34 +101,56 @@ def label_studio(label_studio_bin, files_root, tmp_path_factory):
     stop(proc)
 
 
-@pytest.fixture(scope="module")
-def backend(label_studio, tmp_path_factory):
-    """Base URL of the backend under gunicorn, told where Label Studio is."""
+def serve_backend(label_studio, model_dir: Path, **settings):
+    """Start the backend under gunicorn, told where Label Studio is; (url, process)."""
     url, token = label_studio
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(MODEL_DIR=str(tmp_path_factory.mktemp("models")), LABEL_STUDIO_URL=url,
-               LABEL_STUDIO_API_KEY=token, WORKERS="1", THREADS="4")
+    env.update(MODEL_DIR=str(model_dir), LABEL_STUDIO_URL=url, LABEL_STUDIO_API_KEY=token, WORKERS="1",
+               THREADS="4", **settings)
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "1",
          "--threads", "4", "--worker-class", "gthread", "_wsgi:app"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     backend_url = f"http://127.0.0.1:{port}"
-    wait_for(f"{backend_url}/health", proc, 60, ok=lambda r: r.json()["model"] == "ready")
-    yield backend_url
+    wait_for(f"{backend_url}/health", proc, 90, ok=lambda r: r.json()["model"] == "ready")
+    return backend_url, proc
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, tmp_path_factory):
+    """The backend with the default tools and no policy."""
+    url, proc = serve_backend(label_studio, tmp_path_factory.mktemp("models"))
+    yield url
     stop(proc)
 
 
 @pytest.fixture(scope="module")
-def project(label_studio, backend, files_root):
+def policy_backend(label_studio, tmp_path_factory):
+    """The backend with a SegAgent policy (a tiny random Qwen2-VL saved like a real checkpoint)."""
+    from tests.tiny_vlms import make_tiny_qwen2_vl
+
+    folder = make_tiny_qwen2_vl(tmp_path_factory.mktemp("policy") / "tiny-qwen2-vl")
+    url, proc = serve_backend(label_studio, tmp_path_factory.mktemp("models"), SEGAGENT_POLICY=str(folder),
+                              SEGAGENT_MAX_STEPS="3")
+    yield url
+    stop(proc)
+
+
+def make_project(label_studio, backend_url: str, files_root: Path, title: str):
     url, token = label_studio
     ls = LabelStudio(base_url=url, api_key=token)
-    project = ls.projects.create(title="segagent e2e", label_config=CONFIG)
+    project = ls.projects.create(title=title, label_config=CONFIG)
     ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
     task = ls.tasks.create(project=project.id, data={"image": "/data/local-files/?d=images/disk.png",
                                                    "expression": "the red disk"})
-    ml = ls.ml.create(url=backend, project=project.id, is_interactive=True, title="segagent")
+    ml = ls.ml.create(url=backend_url, project=project.id, is_interactive=True, title="segagent")
     return ls, project, task, ml
+
+
+@pytest.fixture(scope="module")
+def project(label_studio, backend, files_root):
+    return make_project(label_studio, backend, files_root, "segagent e2e")
 
 
 def test_label_studio_connects_to_the_backend(project):
@@ -168,3 +190,20 @@ def test_start_training_reaches_the_webhook(project, backend):
     ls.ml.train(id=ml.id)
     metrics = requests.get(f"{backend}/metrics", timeout=5).text
     assert 'segagent_webhooks_total{action="START_TRAINING"} 1.0' in metrics
+
+
+def test_automatic_predictions_with_a_policy_are_stored_with_their_trajectory(label_studio, policy_backend, files_root):
+    ls, proj, task, ml = make_project(label_studio, policy_backend, files_root, "segagent e2e policy")
+    version = requests.get(f"{policy_backend}/health", timeout=5).json()["model_version"]
+    assert ls.ml.get(id=ml.id).state == "CO"
+    ls.actions.create(id="retrieve_tasks_predictions", project=proj.id, selected_items={"all": True, "excluded": []})
+    (prediction,) = list(ls.predictions.list(task=task.id))
+    assert prediction.model_version == version and 0.0 <= prediction.score <= 1.0
+    brush = [r for r in prediction.result if r["type"] == "brushlabels"]
+    clicks = [r for r in prediction.result if r["type"] == "keypointlabels"]
+    assert len(brush) == 1 and all(c["from_name"] == "trajectory" for c in clicks)
+    mask = decode_rle(brush[0]["value"]["rle"]).reshape(120, 160, 4)[:, :, 3]
+    assert mask.shape == (120, 160)
+    # a second retrieval skips the task: its prediction is of the current model version
+    ls.actions.create(id="retrieve_tasks_predictions", project=proj.id, selected_items={"all": True, "excluded": []})
+    assert len(list(ls.predictions.list(task=task.id))) == 1
