@@ -63,6 +63,8 @@ def episode_json(image: np.ndarray, episode: EpisodeResult, expression: Optional
             {"x": s.click.x, "y": s.click.y, "positive": s.click.positive, "iou_estimate": s.iou_estimate}
             for s in episode.trajectory
         ],
+        "malformed_answers": episode.malformed,
+        "stop_reason": episode.stop_reason,
         "result": result,
     }
 

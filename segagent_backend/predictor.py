@@ -109,7 +109,7 @@ class Predictor:
 
     def segmenter(self) -> Segmenter:
         self.load()
-        if self._segmenter is None:
+        if self._load_error:  # the segmenter or the policy: either makes the service unusable
             raise ModelUnavailable(f"the model failed to load: {self._load_error}")
         return self._segmenter
 
@@ -229,8 +229,9 @@ def check_model_paths(settings: Settings) -> None:
     """Fail at start, naming the setting, when a configured weights path does not exist."""
     if settings.segmenter == "sam" and not Path(settings.sam_checkpoint).is_file():
         raise SettingsError(f"SEGAGENT_SAM_CHECKPOINT={settings.sam_checkpoint!r}: no such file")
-    if settings.segmenter == "hf-sam":
-        model = settings.sam_model
-        looks_local = model.startswith((".", "/", "~")) or Path(model).exists()
+    folders = {"SEGAGENT_SAM_MODEL": settings.sam_model if settings.segmenter == "hf-sam" else None,
+               "SEGAGENT_POLICY": settings.policy}
+    for var, model in folders.items():  # a hub id is checked when it loads; a local path now
+        looks_local = model is not None and (model.startswith((".", "/", "~")) or Path(model).exists())
         if looks_local and not Path(model).expanduser().is_dir():
-            raise SettingsError(f"SEGAGENT_SAM_MODEL={model!r}: no such model folder")
+            raise SettingsError(f"{var}={model!r}: no such model folder")

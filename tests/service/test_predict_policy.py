@@ -79,4 +79,17 @@ def test_cli_expression_runs_the_policy(policy_folder, media_dir, tmp_path, monk
     data = json.loads(out.read_text())
     assert data["expression"] == "the red disk" and data["model_version"].startswith("segagent-")
     assert all(step["iou_estimate"] is not None for step in data["trajectory"])
+    assert data["malformed_answers"] == 0 and data["stop_reason"]
     assert np.array(data["mask"]["size"]).tolist() == [120, 160]
+
+
+def test_unreadable_policy_folder_is_reported_with_path_and_reason(make_settings, tmp_path, media_server):
+    from segagent_backend.app import create_app
+
+    broken = tmp_path / "broken-policy"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    app = create_app(make_settings(SEGAGENT_POLICY=broken))
+    reply = app.test_client().post("/predict", json=automatic_body(media_server, 1))
+    assert reply.status_code == 503 and "broken-policy" in reply.json["error"]
+    assert "broken-policy" in app.test_client().get("/health").json["model"]

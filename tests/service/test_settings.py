@@ -49,6 +49,8 @@ def test_missing_weights_fail_at_start_with_the_path(tmp_path):
     env = {"SEGAGENT_SEGMENTER": "hf-sam", "SEGAGENT_SAM_MODEL": str(tmp_path / "no-folder")}
     with pytest.raises(SettingsError, match="no-folder"):
         create_app(Settings.from_env(env))
+    with pytest.raises(SettingsError, match="SEGAGENT_POLICY=.*no-policy"):
+        create_app(Settings.from_env({"SEGAGENT_POLICY": str(tmp_path / "no-policy")}))
 
 
 def test_readme_documents_every_setting():
