@@ -45,7 +45,8 @@ import torch
 from ..protocol import QWEN_VL_CHAT_PROMPT, SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix
 from ..loading import ModelLoadError, resolve_device
 from .base import Observation, Policy
-from .hf_vlm import AnswerGrammar, GrammarLogitsProcessor, decode_answers, decoded_tokens
+from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
+from .hf_vlm import decode_answers
 
 STOP_WORDS = ("<|im_end|>", "<|im_start|>")
 TESTED_TRANSFORMERS = "4.31-4.32"
