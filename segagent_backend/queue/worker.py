@@ -20,6 +20,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from ..predictor import Predictor
@@ -31,8 +32,25 @@ from .status import WorkerHealth
 log = logging.getLogger(__name__)
 
 
+class JobTimeout(BaseException):
+    """A job ran past its ``job_timeout`` (SEGAGENT_JOB_TIMEOUT).
+
+    A BaseException, unlike RQ's JobTimeoutException: model and media code catch ``Exception`` to
+    turn bad inputs into per-task errors, and must not turn a timeout into one.
+    """
+
+
+class JobDeathPenalty(UnixSignalDeathPenalty):
+    """RQ's SIGALRM job timeout, raising ``JobTimeout``; other uses (dequeue timeouts) unchanged."""
+
+    def __init__(self, timeout, exception=JobTimeoutException, **kwargs):
+        super().__init__(timeout, JobTimeout if exception is JobTimeoutException else exception, **kwargs)
+
+
 class ResidentWorker(SimpleWorker):
     """A SimpleWorker that beats while it works and publishes the health of its resident model."""
+
+    death_penalty_class = JobDeathPenalty
 
     def __init__(self, queues: list[str], *, connection: redis.Redis, predictor: Predictor, names: QueueNames,
                  heartbeat: int, name: Optional[str] = None):

@@ -19,14 +19,32 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class SlowHandler(http.server.SimpleHTTPRequestHandler):
-    """``/slow/<seconds>/<file>`` serves ``<file>`` after sleeping: a slow image host."""
+    """``/slow/<seconds>/<file>`` serves ``<file>`` after sleeping: a slow image host.
+    ``/flaky/<n>/<key>/<file>``: the first ``n`` requests for ``key`` get HTTP 502, then the file."""
+
+    failures: dict = {}
+    lock = threading.Lock()
 
     def do_GET(self):
         parts = self.path.split("/")
         if len(parts) >= 4 and parts[1] == "slow":
             time.sleep(float(parts[2]))
             self.path = "/" + "/".join(parts[3:])
+        elif len(parts) >= 5 and parts[1] == "flaky":
+            with self.lock:
+                seen = self.failures.get(parts[3], 0)
+                self.failures[parts[3]] = seen + 1
+            if seen < int(parts[2]):
+                self.send_error(502, "the image host is overloaded")
+                return
+            self.path = "/" + "/".join(parts[4:])
         super().do_GET()
+
+    def copyfile(self, source, outputfile):
+        try:
+            super().copyfile(source, outputfile)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (deadline, killed worker)
+            pass
 
     def log_message(self, *args):
         pass
