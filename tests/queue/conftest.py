@@ -135,7 +135,7 @@ class Workers:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=3)  # a warm shutdown waits for the job: do not wait for slow ones
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -4,9 +4,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image
 
+from segagent_backend.app import create_app
+from segagent_backend.labelstudio.config import EXAMPLE_CONFIG
+from tests.conftest import make_disk_image
 from tests.service.payloads import keypoint, predict_body
+from tests.tiny_vlms import make_tiny_qwen2_vl
 
 
 def mask_of(prediction: dict) -> np.ndarray:
@@ -36,3 +42,41 @@ def test_clicks_are_answered_quickly_by_a_warm_worker(queue_app, workers, media_
     for _ in range(5):
         assert client.post("/predict", json=body).status_code == 200
     assert (time.perf_counter() - started) / 5 < 1.0
+
+
+@pytest.fixture(scope="module")
+def policy_folder(tmp_path_factory):
+    return make_tiny_qwen2_vl(tmp_path_factory.mktemp("policy") / "tiny-qwen2-vl")
+
+
+@pytest.fixture(scope="module")
+def disks(media_dir):
+    """Five task images with the disk in different places, so each task has its own mask."""
+    for i in range(5):
+        image, _ = make_disk_image(centre=(40 + 20 * i, 40 + 8 * i), radius=20 + 2 * i)
+        Image.fromarray(image).save(media_dir / f"disk{i}.png")
+    return [f"disk{i}.png" for i in range(5)]
+
+
+def test_batch_fans_out_in_chunks_and_keeps_task_order(queue_app, workers, make_settings, policy_folder, disks,
+                                                       media_server, slow_media):
+    policy = {"SEGAGENT_POLICY": policy_folder, "SEGAGENT_MAX_STEPS": 2}
+    workers.start(1, **policy)
+    app = queue_app(SEGAGENT_BATCH_CHUNK=2, SEGAGENT_PREDICT_DEADLINE=8, **policy)
+    body = predict_body("", None, config=EXAMPLE_CONFIG)
+    urls = [f"{media_server}/{name}" for name in disks[:4]] + [f"{slow_media}/slow/10/{disks[4]}"]
+    body["tasks"] = [{"id": i, "data": {"image": url, "expression": "the red disk"}} for i, url in enumerate(urls)]
+    started = time.monotonic()
+    reply = app.test_client().post("/predict", json=body)
+    assert time.monotonic() - started < 12
+    assert reply.status_code == 200, reply.json
+    results = reply.json["results"]
+    assert len(results) == 5
+    # the last chunk waits on a slow image host past the deadline: an error for it, never an empty result
+    assert "result" not in results[4] and results[4]["status"] == 504
+    inline = create_app(make_settings(**policy)).test_client().post("/predict", json=dict(body, tasks=body["tasks"][:4]))
+    for queued, local in zip(results[:4], inline.json["results"]):
+        assert np.array_equal(mask_of(queued), mask_of(local))
+        assert [c["value"] for c in queued["result"][1:]] == [c["value"] for c in local["result"][1:]]  # the clicks
+    masks = [mask_of(r) for r in results[:4]]
+    assert all(not np.array_equal(a, b) for a, b in zip(masks, masks[1:]))  # really one answer per task
