@@ -79,6 +79,9 @@ def prefix(redis_url):
         conn.delete(f"rq:job:{job_id}", f"rq:results:{job_id}")
     for key in conn.scan_iter(f"{name}:*"):
         conn.delete(key)
+    for queue in conn.smembers("rq:queues"):
+        if queue.decode().startswith(f"rq:queue:{name}-"):
+            conn.srem("rq:queues", queue)
 
 
 @pytest.fixture
