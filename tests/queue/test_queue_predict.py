@@ -80,3 +80,30 @@ def test_batch_fans_out_in_chunks_and_keeps_task_order(queue_app, workers, make_
         assert [c["value"] for c in queued["result"][1:]] == [c["value"] for c in local["result"][1:]]  # the clicks
     masks = [mask_of(r) for r in results[:4]]
     assert all(not np.array_equal(a, b) for a, b in zip(masks, masks[1:]))  # really one answer per task
+
+
+def test_a_click_overtakes_a_batch_backlog(queue_app, queue_env, workers, media_server, slow_media):
+    """One worker, five slow batch jobs queued first: the click is answered after at most the one
+    batch job already running, while the rest of the backlog still waits."""
+    import redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from segagent_backend.queue import status
+    from segagent_backend.queue.jobs import PredictJob
+    from segagent_backend.queue.names import QueueNames
+
+    workers.start(1)
+    conn = redis.Redis.from_url(queue_env["REDIS_URL"])
+    names = QueueNames(queue_env["SEGAGENT_QUEUE_PREFIX"])
+    batch = Queue(names.queue("batch"), connection=conn, serializer=JSONSerializer)
+    for i in range(5):  # distinct URLs (1.00 s, 1.01 s, ...): the worker's media cache must not help
+        slow = predict_body(f"{slow_media}/slow/1.0{i}/disk.png", [keypoint(50, 50, 160, 120)])
+        batch.enqueue("segagent_backend.queue.jobs.predict",
+                      PredictJob(slow["tasks"], slow["label_config"], slow["params"]["context"]).to_json())
+    started = time.monotonic()
+    reply = queue_app().test_client().post("/predict", json=predict_body(f"{media_server}/disk.png",
+                                                                         [keypoint(50, 50, 160, 120)]))
+    assert reply.status_code == 200, reply.json
+    assert time.monotonic() - started < 2.5
+    assert status.snapshot(conn, names).queues[1].queued >= 2
