@@ -28,7 +28,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     """
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    predictor = predictor or Predictor(settings)
+    # in queue mode the weights live on the worker machines: this process only names the version
+    predictor = predictor or Predictor(settings, check_paths=not settings.redis_url)
     metrics = Metrics()
     if settings.redis_url:
         dispatcher = QueueDispatcher(settings, predictor, metrics.observe_job)

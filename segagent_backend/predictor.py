@@ -43,7 +43,8 @@ def project_id(project: Any) -> Optional[str]:
 
 
 class Predictor:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, check_paths: bool = True):
+        """``check_paths=False`` where the weights live elsewhere (the web process in queue mode)."""
         self.settings = settings
         self.cache = EmbeddingCache(settings.cache_bytes)
         self.steps = StepCache()
@@ -62,7 +63,8 @@ class Predictor:
         self._load_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self.load_seconds: Optional[float] = None
-        check_model_paths(settings)
+        if check_paths:
+            check_model_paths(settings)
 
     # ----- the model -------------------------------------------------------------------------
     @property
