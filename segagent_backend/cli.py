@@ -199,6 +199,25 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"task ids {text!r} must be integers separated by commas") from None
+
+
+def cmd_preannotate(args: argparse.Namespace) -> int:
+    """Queue a project's tasks lacking a prediction of the current model version; workers post them."""
+    from .queue.preannotate import enqueue
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("segagent preannotate needs REDIS_URL (workers do the predicting)")
+    plan = enqueue(settings, args.project, args.tasks, args.force)
+    print(json.dumps({k: v for k, v in plan.to_json().items() if k != "jobs"} | {"jobs": len(plan.jobs)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segagent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", type=int, default=20, metavar="N", help="show at most N failures per queue")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_jobs)
+
+    p = sub.add_parser("preannotate", help="queue a Label Studio project's tasks for predictions posted by workers")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
+    p.add_argument("--force", action="store_true", help="also tasks that hold a prediction of this model version")
+    p.set_defaults(run=cmd_preannotate)
 
     p = sub.add_parser("settings", help="print the settings table (Markdown)")
     p.set_defaults(run=lambda a: print(settings_table()) or 0)
