@@ -17,6 +17,8 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from ..errors import RequestError
+from ..labelstudio.config import parse_label_config
+from ..labelstudio.context import parse_context
 from ..predictor import Predictor
 from ..settings import Settings
 from . import status
@@ -86,6 +88,9 @@ class QueueDispatcher:
     def predict(self, request: PredictRequest) -> list[dict]:
         """Fan the tasks out as jobs, wait for them until the deadline, answer in task order."""
         s = self.settings
+        # a bad label config or context is the caller's fault: answer 400 here, as in embedded mode,
+        # instead of queueing a job that can only fail
+        parse_context(request.context, parse_label_config(request.label_config, s.expression_field))
         kind = INTERACTIVE if request.interactive else BATCH
         # an interactive request carries one click context for all its tasks: one job, no fan-out
         size = len(request.tasks) if request.interactive else s.batch_chunk

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from ..errors import RequestError
 from ..media import MediaSource
 from ..predictor import Predictor
 from ..settings import Settings
@@ -64,7 +65,10 @@ def predict(data: dict) -> list[dict]:
         # the web process already answered with a deadline error: spend no GPU time on it
         return [predictor.error("the job started after its deadline; nobody waits for it", 504)] * len(job.tasks)
     source = MediaSource(job.hostname, job.access_token) if job.hostname else None
-    return predict_with_retries(predictor, job, source)
+    try:
+        return predict_with_retries(predictor, job, source)
+    except RequestError as exc:  # the request's own fault (e.g. its label config): no retry helps
+        return [predictor.error(exc.message, exc.status)] * len(job.tasks)
 
 
 def predict_with_retries(predictor: Predictor, job: PredictJob, source: Optional[MediaSource]) -> list[dict]:

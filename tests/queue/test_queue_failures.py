@@ -96,3 +96,13 @@ def test_a_job_survives_its_worker_being_killed(queue_app, workers, queue_env, s
             break
         time.sleep(0.1)
     assert [(w.pid, w.jobs_done) for w in alive] == [(survivor.pid, 1)]
+
+
+def test_bad_input_is_refused_before_queueing(queue_app, queue_env):
+    client = queue_app().test_client()
+    body = predict_body("http://127.0.0.1:9/x.png", CLICK)
+    body["label_config"] = "<View><Text name='t' value='$t'/></View>"
+    reply = client.post("/predict", json=body)
+    assert reply.status_code == 400 and "Image" in reply.json["error"]
+    conn = redis.Redis.from_url(queue_env["REDIS_URL"])
+    assert all(q.queued == 0 for q in status.snapshot(conn, QueueNames(queue_env["SEGAGENT_QUEUE_PREFIX"])).queues)
