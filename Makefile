@@ -41,6 +41,7 @@ test: install $(LS_STAMP)
 bench: install
 	$(PY) bench/click_cost.py
 	$(PY) bench/grabcut_noc.py
+	scripts/with-redis $(PY) bench/queue_overhead.py
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .pytest_cache

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from .errors import ModelUnavailable, RequestError
 from .metrics import Metrics
 from .predictor import Predictor
+from .queue.dispatch import InlineDispatcher, PredictRequest, QueueDispatcher
 from .settings import Settings
 from .webhook import handle_webhook
 
@@ -19,18 +20,29 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Optional[Settings] = None, predictor: Optional[Predictor] = None) -> Flask:
-    """Build the service. ``settings`` default to the environment; the model loads in the background
-    when ``settings.preload`` (else on the first request that needs it)."""
+    """Build the service. ``settings`` default to the environment.
+
+    Without ``REDIS_URL`` the model lives in this process and loads in the background when
+    ``settings.preload`` (else on the first request that needs it). With ``REDIS_URL`` this process
+    loads no model: /predict becomes jobs for ``segagent worker`` processes.
+    """
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    predictor = predictor or Predictor(settings)
+    # in queue mode the weights live on the worker machines: this process only names the version
+    predictor = predictor or Predictor(settings, check_paths=not settings.redis_url)
     metrics = Metrics()
-    metrics.cache_bytes.set_function(lambda: predictor.cache.nbytes)
-    metrics.cache_entries.set_function(lambda: len(predictor.cache))
-    metrics.model_ready.set_function(lambda: 1.0 if predictor.status == "ready" else 0.0)
+    if settings.redis_url:
+        dispatcher = QueueDispatcher(settings, predictor, metrics.observe_job)
+        metrics.watch_queues(dispatcher.snapshot)
+    else:
+        dispatcher = InlineDispatcher(predictor)
+        metrics.cache_bytes.set_function(lambda: predictor.cache.nbytes)
+        metrics.cache_entries.set_function(lambda: len(predictor.cache))
+        metrics.model_ready.set_function(lambda: 1.0 if predictor.status == "ready" else 0.0)
 
     app = Flask(__name__)
-    app.config.update(SEGAGENT_SETTINGS=settings, SEGAGENT_PREDICTOR=predictor, SEGAGENT_METRICS=metrics)
+    app.config.update(SEGAGENT_SETTINGS=settings, SEGAGENT_PREDICTOR=predictor, SEGAGENT_METRICS=metrics,
+                      SEGAGENT_DISPATCHER=dispatcher)
     _install_auth(app, settings)
     _install_metrics(app, metrics)
     _install_errors(app)
@@ -38,14 +50,17 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.get("/")
     @app.get("/health")
     def health():
-        body = {
-            "status": "UP", "model_class": "SegAgent", "model_version": predictor.model_version,
-            "segmenter": settings.segmenter, "model": predictor.status,
-            "embedding_cache": {"entries": len(predictor.cache), "bytes": predictor.cache.nbytes},
-        }
-        if settings.redis_url:
-            body["redis"] = redis_status(settings.redis_url)
-        if predictor.status.startswith("failed"):
+        body = {"status": "UP", "model_class": "SegAgent", "model_version": predictor.model_version,
+                "segmenter": settings.segmenter, "mode": dispatcher.mode}
+        if dispatcher.mode == "embedded":
+            body["model"] = predictor.status
+            body["embedding_cache"] = {"entries": len(predictor.cache), "bytes": predictor.cache.nbytes}
+            usable = not predictor.status.startswith("failed")
+        else:  # the models live in the workers: report theirs
+            usable, fields = dispatcher.health()
+            body.update(fields)
+            body["model"] = "ready" if any(w["model"] == "ready" for w in fields["workers"]) else "no worker"
+        if not usable:
             body["status"] = "ERROR"
             return jsonify(body), 503
         return jsonify(body)
@@ -65,7 +80,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise RequestError("'params' must be an object")
-        results = predictor.predict(tasks, body.get("label_config"), params.get("context"), body.get("project"))
+        results = dispatcher.predict(PredictRequest(tasks, body.get("label_config"), params.get("context"),
+                                                    body.get("project")))
         failed = [r for r in results if "result" not in r]
         metrics.predictions.labels("ok").inc(len(results) - len(failed))
         metrics.predictions.labels("error").inc(len(failed))
@@ -89,20 +105,9 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     def prometheus():
         return Response(metrics.render(), mimetype=metrics.content_type)
 
-    if settings.preload:
+    if settings.preload and dispatcher.mode == "embedded":
         predictor.start_loading()
     return app
-
-
-def redis_status(url: str) -> str:
-    """``ok`` when Redis answers a PING within half a second, else why not."""
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
-        return "ok"
-    except redis.RedisError as exc:
-        return f"unreachable: {exc}"
 
 
 def _json_object() -> dict:

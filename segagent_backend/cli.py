@@ -1,4 +1,5 @@
-"""The ``segagent`` command: ``predict`` one episode locally, ``serve`` the backend, ``settings``."""
+"""The ``segagent`` command: ``predict`` one episode locally, ``serve`` the backend, run a queue
+``worker``, show the ``jobs``, print the ``settings``."""
 from __future__ import annotations
 
 import argparse
@@ -130,6 +131,93 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def parse_queues(text: str) -> tuple[str, ...]:
+    """``interactive,batch`` -> ("interactive", "batch"): the order given is the priority order."""
+    from .queue.names import KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"queues {text!r}: give some of {','.join(KINDS)} (priority order)")
+    return kinds
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A resident model worker: load the models once, then run jobs from the queues until stopped."""
+    import logging
+
+    from .queue.worker import run_worker
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("segagent worker needs REDIS_URL (the Redis the web process queues jobs on)")
+    if args.device:
+        settings = settings.replace(device=args.device)
+    settings = settings.replace(preload=False)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_worker(settings, args.queues, args.name, args.burst)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """Queue depths, running jobs, failed jobs with their reasons, and the live workers."""
+    from dataclasses import asdict
+
+    from .queue import status
+    from .queue.names import QueueNames, connect
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("segagent jobs needs REDIS_URL")
+    import redis
+
+    conn, names = connect(settings.redis_url, settings.redis_timeout), QueueNames(settings.queue_prefix)
+    try:
+        snap = status.snapshot(conn, names)
+        running = status.running_jobs(conn, names)
+        failed = status.failed_jobs(conn, names, args.failed)
+    except redis.RedisError as exc:
+        print(f"segagent: Redis at {settings.redis_url} is unreachable: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"queues": [asdict(q) for q in snap.queues], "workers": [asdict(w) for w in snap.workers],
+                          "running": [{"queue": q, "id": j, "worker": w} for q, j, w in running],
+                          "failed": [asdict(f) for f in failed]}))
+        return 0
+    print(f"{'queue':<28}{'queued':>8}{'running':>9}{'failed':>8}")
+    for q in snap.queues:
+        print(f"{q.name:<28}{q.queued:>8}{q.running:>9}{q.failed:>8}")
+    print(f"\nworkers: {len(snap.workers)}")
+    for w in snap.workers:
+        print(f"  {w.name} on {w.host} [{w.device}] {w.model_version} ({w.model}), queues {w.queues}, "
+              f"{w.jobs_done} jobs, cache {w.cache_entries} images / {w.cache_bytes} B")
+    print(f"\nrunning: {len(running)}")
+    for q, j, w in running:
+        print(f"  {j} on {q} by {w}")
+    print(f"\nfailed (latest {args.failed} per queue): {len(failed)}")
+    for f in failed:
+        print(f"  {f.id} on {f.queue} at {f.ended_at}: {f.reason}")
+    return 0
+
+
+def parse_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"task ids {text!r} must be integers separated by commas") from None
+
+
+def cmd_preannotate(args: argparse.Namespace) -> int:
+    """Queue a project's tasks lacking a prediction of the current model version; workers post them."""
+    from .queue.preannotate import enqueue
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("segagent preannotate needs REDIS_URL (workers do the predicting)")
+    plan = enqueue(settings, args.project, args.tasks, args.force)
+    print(json.dumps({k: v for k, v in plan.to_json().items() if k != "jobs"} | {"jobs": len(plan.jobs)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segagent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default: PORT")
     p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("worker", help="run a resident model worker on the Redis queues (REDIS_URL)")
+    p.add_argument("--queues", type=parse_queues, default=("interactive", "batch", "train"), metavar="Q1,Q2",
+                   help="queues to serve, highest priority first (default: interactive,batch,train)")
+    p.add_argument("--device", help="pin the models to this device (cpu, cuda, cuda:N); default: DEVICE")
+    p.add_argument("--name", help="worker name prefix (default: segagent-HOST-PID)")
+    p.add_argument("--burst", action="store_true", help="quit once the queues are empty")
+    p.set_defaults(run=cmd_worker)
+
+    p = sub.add_parser("jobs", help="show queue depths, running and failed jobs and the live workers")
+    p.add_argument("--failed", type=int, default=20, metavar="N", help="show at most N failures per queue")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_jobs)
+
+    p = sub.add_parser("preannotate", help="queue a Label Studio project's tasks for predictions posted by workers")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
+    p.add_argument("--force", action="store_true", help="also tasks that hold a prediction of this model version")
+    p.set_defaults(run=cmd_preannotate)
 
     p = sub.add_parser("settings", help="print the settings table (Markdown)")
     p.set_defaults(run=lambda a: print(settings_table()) or 0)

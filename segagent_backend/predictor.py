@@ -43,7 +43,8 @@ def project_id(project: Any) -> Optional[str]:
 
 
 class Predictor:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, check_paths: bool = True):
+        """``check_paths=False`` where the weights live elsewhere (the web process in queue mode)."""
         self.settings = settings
         self.cache = EmbeddingCache(settings.cache_bytes)
         self.steps = StepCache()
@@ -62,7 +63,8 @@ class Predictor:
         self._load_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self.load_seconds: Optional[float] = None
-        check_model_paths(settings)
+        if check_paths:
+            check_model_paths(settings)
 
     # ----- the model -------------------------------------------------------------------------
     @property
@@ -128,8 +130,12 @@ class Predictor:
             self.project_sources[pid] = MediaSource(hostname, access_token if isinstance(access_token, str) else None)
         return config
 
-    def predict(self, tasks: list, label_config: str, context: Any = None, project: Any = None) -> list[dict]:
+    def predict(self, tasks: list, label_config: str, context: Any = None, project: Any = None,
+                source: Optional[MediaSource] = None) -> list[dict]:
         """One Label Studio prediction per task, in order.
+
+        ``source`` (where the project's Label Studio serves images) defaults to what the settings or
+        /setup said; a queue worker gets it from the web process with the job.
 
         Without context (automatic) every task of the request is an episode of one lockstep batch.
         A task that cannot be predicted gets ``{"error": ..., "status": ...}`` and NO ``result``
@@ -137,7 +143,7 @@ class Predictor:
         """
         config = parse_label_config(label_config, self.settings.expression_field)
         prompt = parse_context(context, config)
-        source = self._source(project)
+        source = source or self.source_for(project)
         if prompt is None:
             return self._automatic(tasks, config, source)
         results = []
@@ -149,7 +155,11 @@ class Predictor:
         return results
 
     def _error(self, exc: RequestError) -> dict:
-        return {"error": exc.message, "status": exc.status, "model_version": self.model_version}
+        return self.error(exc.message, exc.status)
+
+    def error(self, message: str, status: int) -> dict:
+        """A per-task error: no ``result`` key, so Label Studio stores no empty prediction."""
+        return {"error": message, "status": status, "model_version": self.model_version}
 
     def _automatic(self, tasks: list, config: LabelConfig, source: MediaSource) -> list[dict]:
         results: list[Optional[dict]] = [None] * len(tasks)
@@ -206,7 +216,7 @@ class Predictor:
             segmenter.set_image(image)
             return run_given_clicks(segmenter, clicks, box, self.steps)
 
-    def _source(self, project: Any) -> MediaSource:
+    def source_for(self, project: Any) -> MediaSource:
         """The settings win; else what /setup told us about this project's Label Studio."""
         if self.settings.label_studio_url:
             return self.media.source

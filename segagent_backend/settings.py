@@ -42,7 +42,17 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_REFINE", "refine", "false", "Interactive calls: let the policy continue from the annotator's clicks (true) or only follow them (false)."),
     ("DEVICE", "device", "auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."),
     ("MODEL_DIR", "model_dir", "./models", "Working directory for models, versions and the media download cache (`MODEL_DIR/cache/media`)."),
-    ("REDIS_URL", "redis_url", None, "Redis for the job queues (issue 4); unset = every job runs in-process (embedded mode)."),
+    ("REDIS_URL", "redis_url", None, "Redis for the job queues: set, the web process loads no model and `segagent worker` processes run the jobs; unset = every job runs in-process (embedded mode)."),
+    ("SEGAGENT_QUEUE_PREFIX", "queue_prefix", "segagent", "Name prefix of the queues (`<prefix>-interactive`, `-batch`, `-train`) and of the worker health keys: one prefix per deployment sharing a Redis."),
+    ("SEGAGENT_PREDICT_DEADLINE", "predict_deadline", "90", "Seconds a batch /predict waits for its jobs (below Label Studio's 100 s); unfinished tasks get a per-task error."),
+    ("SEGAGENT_INTERACTIVE_DEADLINE", "interactive_deadline", "20", "Seconds an interactive /predict (a click) waits for its job before answering with an error."),
+    ("SEGAGENT_BATCH_CHUNK", "batch_chunk", "4", "Tasks per batch job: a multi-task /predict fans out as jobs of this many tasks, run in lockstep on a worker."),
+    ("SEGAGENT_JOB_TIMEOUT", "job_timeout", "600", "Seconds a job may run on a worker before it is stopped and counted as failed."),
+    ("SEGAGENT_JOB_RETRIES", "job_retries", "2", "Times a job is re-queued after its worker died mid-job or it crashed (0 = never)."),
+    ("SEGAGENT_TRANSIENT_RETRIES", "transient_retries", "2", "Times a worker retries tasks that failed transiently (image host unreachable, CUDA out of memory) within one job."),
+    ("SEGAGENT_RETRY_BACKOFF", "retry_backoff", "0.5", "Seconds before the first transient retry; doubles on each further retry."),
+    ("SEGAGENT_WORKER_HEARTBEAT", "worker_heartbeat", "10", "Seconds between worker heartbeats; a running job whose worker missed two heartbeats is re-queued."),
+    ("SEGAGENT_REDIS_TIMEOUT", "redis_timeout", "2", "Seconds the web process waits for Redis to connect or answer before it reports Redis unreachable."),
     ("LABEL_STUDIO_URL", "label_studio_url", None, "Label Studio base URL (http:// or https://) used to download uploaded/local/cloud task images."),
     ("LABEL_STUDIO_API_KEY", "label_studio_api_key", None, "Label Studio access token used with `LABEL_STUDIO_URL`."),
     ("BASIC_AUTH_USER", "basic_auth_user", None, "HTTP Basic auth user required on every route (set with `BASIC_AUTH_PASS`)."),
@@ -80,6 +90,16 @@ class Settings:
     device: str = "auto"
     model_dir: Path = Path("./models")
     redis_url: Optional[str] = None
+    queue_prefix: str = "segagent"
+    predict_deadline: int = 90
+    interactive_deadline: int = 20
+    batch_chunk: int = 4
+    job_timeout: int = 600
+    job_retries: int = 2
+    transient_retries: int = 2
+    retry_backoff: float = 0.5
+    worker_heartbeat: int = 10
+    redis_timeout: float = 2.0
     label_studio_url: Optional[str] = None
     label_studio_api_key: Optional[str] = None
     basic_auth_user: Optional[str] = None
@@ -145,9 +165,14 @@ class Settings:
             fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         for attr, low in (("port", 1), ("workers", 1), ("threads", 1), ("max_image_pixels", 1),
                           ("cache_mb", 0), ("grabcut_max_side", 64), ("media_timeout", 1),
-                          ("max_steps", 0), ("candidates", 1), ("patience", 1)):
+                          ("max_steps", 0), ("candidates", 1), ("patience", 1), ("predict_deadline", 1),
+                          ("interactive_deadline", 1), ("batch_chunk", 1), ("job_timeout", 1), ("job_retries", 0),
+                          ("transient_retries", 0), ("retry_backoff", 0), ("worker_heartbeat", 1),
+                          ("redis_timeout", 0.1)):
             if getattr(self, attr) < low:
                 fail(attr, f"must be >= {low}")
+        if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():
+            fail("queue_prefix", "must hold only letters, digits, - and _")
         if self.port > 65535:
             fail("port", "must be <= 65535")
 

@@ -207,3 +207,48 @@ def test_automatic_predictions_with_a_policy_are_stored_with_their_trajectory(la
     # a second retrieval skips the task: its prediction is of the current model version
     ls.actions.create(id="retrieve_tasks_predictions", project=proj.id, selected_items={"all": True, "excluded": []})
     assert len(list(ls.predictions.list(task=task.id))) == 1
+
+
+def test_preannotate_a_project_through_queue_workers(label_studio, files_root, redis_url, tmp_path):
+    """`segagent preannotate` queues the tasks lacking this model version; a burst `segagent worker`
+    posts their predictions through the API; a second run queues nothing (idempotent)."""
+    import json
+    import uuid
+
+    import redis
+
+    from tests.tiny_vlms import make_tiny_qwen2_vl
+
+    url, token = label_studio
+    ls = LabelStudio(base_url=url, api_key=token)
+    project = ls.projects.create(title="segagent preannotate", label_config=CONFIG)
+    ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
+    ids = [ls.tasks.create(project=project.id, data={"image": "/data/local-files/?d=images/disk.png",
+                                                     "expression": "the red disk"}).id for _ in range(3)]
+    prefix = f"e2e{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "REDIS_URL": redis_url, "SEGAGENT_QUEUE_PREFIX": prefix, "LABEL_STUDIO_URL": url,
+           "LABEL_STUDIO_API_KEY": token, "SEGAGENT_BATCH_CHUNK": "2", "SEGAGENT_MAX_STEPS": "2",
+           "SEGAGENT_POLICY": str(make_tiny_qwen2_vl(tmp_path / "policy" / "tiny-qwen2-vl")),
+           "MODEL_DIR": str(tmp_path / "models"), "PYTHONPATH": str(REPO)}
+
+    def segagent(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "segagent_backend.cli", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    try:
+        plan = json.loads(segagent("preannotate", "--project", str(project.id)))
+        assert plan["queued"] == ids and plan["jobs"] == 2 and plan["already_predicted"] == 0
+        segagent("worker", "--burst", "--queues", "batch")  # runs the queued chunks, then quits
+        for task_id in ids:
+            (prediction,) = ls.predictions.list(task=task_id)
+            assert prediction.model_version == plan["model_version"]
+            assert [r["type"] for r in prediction.result][0] == "brushlabels"
+        again = json.loads(segagent("preannotate", "--project", str(project.id)))
+        assert again["queued"] == [] and again["already_predicted"] == 3 and again["jobs"] == 0
+    finally:
+        conn = redis.Redis.from_url(redis_url)
+        for key in list(conn.scan_iter(f"rq:*{prefix}-*")) + list(conn.scan_iter(f"{prefix}:*")):
+            conn.delete(key)
+        conn.srem("rq:queues", *[f"rq:queue:{prefix}-{kind}" for kind in ("interactive", "batch", "train")])

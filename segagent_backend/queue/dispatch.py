@@ -1,0 +1,191 @@
+"""Where a /predict runs: in this process (no Redis) or on the workers behind RQ queues.
+
+Both dispatchers answer ``predict(request) -> list[dict]``: one Label Studio prediction per task,
+in order; a task that could not be predicted gets a per-task error (no ``result`` key).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus, Retry
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from ..errors import RequestError
+from ..labelstudio.config import parse_label_config
+from ..labelstudio.context import parse_context
+from ..predictor import Predictor
+from ..settings import Settings
+from . import status
+from .jobs import PredictJob
+from .names import BATCH, INTERACTIVE, QueueNames, connect
+
+log = logging.getLogger(__name__)
+
+FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay visible (segagent jobs) for a week
+RESULT_GRACE = 60  # a result outlives the request's deadline by this much, then Redis drops it
+
+
+class QueueUnavailable(RequestError):
+    """Redis does not answer: the request cannot be queued (HTTP 503)."""
+
+    def __init__(self, exc: Exception):
+        super().__init__(f"the job queue (Redis) is unreachable: {type(exc).__name__}: {exc}", 503)
+
+
+@dataclass
+class PredictRequest:
+    tasks: list
+    label_config: Any
+    context: Any = None
+    project: Any = None
+
+    @property
+    def interactive(self) -> bool:
+        return self.context is not None
+
+
+class InlineDispatcher:
+    """Embedded mode: this process's one Predictor runs every job (model calls serialised)."""
+
+    mode = "embedded"
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def predict(self, request: PredictRequest) -> list[dict]:
+        return self.predictor.predict(request.tasks, request.label_config, request.context, request.project)
+
+    def health(self) -> tuple[bool, dict]:
+        return True, {}
+
+
+class QueueDispatcher:
+    """Queue mode: jobs go to RQ; this process loads no model and waits with a deadline.
+
+    ``on_job_done(queue, seconds)`` is told the enqueue-to-result time of every finished job.
+    """
+
+    mode = "queue"
+
+    def __init__(self, settings: Settings, predictor: Predictor,
+                 on_job_done: Optional[Callable[[str, float], None]] = None):
+        self.settings = settings
+        self.predictor = predictor  # not loaded: model_version, /setup's media sources, error shapes
+        self.names = QueueNames(settings.queue_prefix)
+        self.connection = connect(settings.redis_url, settings.redis_timeout)
+        self.on_job_done = on_job_done or (lambda queue, seconds: None)
+
+    def queue(self, kind: str) -> Queue:
+        return Queue(self.names.queue(kind), connection=self.connection, serializer=JSONSerializer)
+
+    # ----- /predict ----------------------------------------------------------------------------
+    def predict(self, request: PredictRequest) -> list[dict]:
+        """Fan the tasks out as jobs, wait for them until the deadline, answer in task order."""
+        s = self.settings
+        # a bad label config or context is the caller's fault: answer 400 here, as in embedded mode,
+        # instead of queueing a job that can only fail
+        parse_context(request.context, parse_label_config(request.label_config, s.expression_field))
+        kind = INTERACTIVE if request.interactive else BATCH
+        # an interactive request carries one click context for all its tasks: one job, no fan-out
+        size = len(request.tasks) if request.interactive else s.batch_chunk
+        seconds = s.interactive_deadline if request.interactive else s.predict_deadline
+        deadline = time.monotonic() + seconds
+        source = self.predictor.source_for(request.project)
+        chunks = [list(range(i, min(i + size, len(request.tasks)))) for i in range(0, len(request.tasks), size)]
+        queue = self.queue(kind)
+        try:
+            enqueued = time.monotonic()
+            jobs = [self._enqueue(queue, PredictJob(
+                [request.tasks[i] for i in chunk], request.label_config, request.context, request.project,
+                source.hostname, source.access_token, time.time() + seconds), seconds) for chunk in chunks]
+            finished = self._wait([job.id for job in jobs], deadline, queue.name, enqueued)
+        except redis.RedisError as exc:
+            raise QueueUnavailable(exc) from None
+        results: list[dict] = []
+        for chunk, job in zip(chunks, jobs):
+            results += self._answers(job, finished.get(job.id), len(chunk), kind, seconds)
+        return results
+
+    def _enqueue(self, queue: Queue, payload: PredictJob, seconds: float) -> Job:
+        s = self.settings
+        return queue.enqueue(
+            "segagent_backend.queue.jobs.predict", payload.to_json(),
+            job_timeout=s.job_timeout, result_ttl=int(seconds) + RESULT_GRACE, failure_ttl=FAILURE_TTL,
+            ttl=int(seconds) + 1,  # a job nobody picked up before the deadline is dropped, not run late
+            retry=Retry(max=s.job_retries) if s.job_retries else None,
+            description=f"predict {len(payload.tasks)} task(s) of project {payload.project}",
+        )
+
+    def _wait(self, job_ids: list[str], deadline: float, queue: str, enqueued: float) -> dict[str, Result]:
+        """Final results (successful or failed) by job id, read from RQ's result streams.
+
+        One blocking XREAD covers every pending job, so a click's answer arrives the moment the
+        worker writes it. A RETRIED entry (worker died, job re-queued) is not final: keep waiting.
+        """
+        last = {job_id: "0-0" for job_id in job_ids}
+        finished: dict[str, Result] = {}
+        block = max(0.05, min(1.0, self.settings.redis_timeout / 2))  # below the socket timeout
+        while len(finished) < len(job_ids):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            streams = {Result.get_key(j): last[j] for j in job_ids if j not in finished}
+            reply = self.connection.xread(streams, block=max(1, int(min(left, block) * 1000)))
+            for key, entries in reply or []:
+                job_id = key.decode().rsplit(":", 1)[1]
+                for entry_id, payload in entries:
+                    last[job_id] = entry_id.decode()
+                    result = Result.restore(job_id, last[job_id], payload, connection=self.connection,
+                                            serializer=JSONSerializer)
+                    if result.type in (Result.Type.SUCCESSFUL, Result.Type.FAILED, Result.Type.STOPPED):
+                        finished[job_id] = result
+                        self.on_job_done(queue, time.monotonic() - enqueued)
+        return finished
+
+    def _answers(self, job: Job, result: Optional[Result], count: int, kind: str, seconds: float) -> list[dict]:
+        error = self.predictor.error
+        if result is None:
+            state = self._give_up(job)
+            deadline_var = "SEGAGENT_INTERACTIVE_DEADLINE" if kind == INTERACTIVE else "SEGAGENT_PREDICT_DEADLINE"
+            return [error(f"no answer within {deadline_var}={seconds} s (job {job.id} was {state}); "
+                          f"is a `segagent worker` running on the {self.names.queue(kind)} queue?", 504)] * count
+        if result.type == Result.Type.SUCCESSFUL:
+            value = result.return_value
+            if isinstance(value, list) and len(value) == count:
+                return value
+            return [error(f"job {job.id} answered {type(value).__name__} instead of {count} predictions", 500)] * count
+        reason = (result.exc_string or "stopped").strip().splitlines()[-1]
+        return [error(f"job {job.id} failed on the worker: {reason}", 500)] * count
+
+    def _give_up(self, job: Job) -> str:
+        """Cancel a job still waiting in the queue (nobody will read it); report where it was."""
+        try:
+            state = job.get_status(refresh=True)
+            if state in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                job.cancel()
+            return state.value if state is not None else "gone"
+        except Exception as exc:  # already gone or Redis trouble: the answer is an error either way
+            return f"unknown ({type(exc).__name__})"
+
+    # ----- /health -----------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict]:
+        """(usable, fields for /health): Redis reachable, the live workers and their models."""
+        try:
+            self.connection.ping()
+            workers = status.workers(self.connection, self.names)
+        except redis.RedisError as exc:
+            return False, {"redis": f"unreachable: {type(exc).__name__}: {exc}", "workers": []}
+        return True, {"redis": "ok", "workers": [
+            {"name": w.name, "host": w.host, "device": w.device, "model_version": w.model_version,
+             "model": w.model, "queues": w.queues, "cache_entries": w.cache_entries, "cache_bytes": w.cache_bytes,
+             "jobs_done": w.jobs_done, "seconds_since_heartbeat": round(time.time() - w.heartbeat_at, 1)}
+            for w in workers]}
+
+    def snapshot(self) -> status.Snapshot:
+        return status.snapshot(self.connection, self.names)

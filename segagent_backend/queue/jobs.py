@@ -1,0 +1,127 @@
+"""What a worker executes: functions RQ calls by their dotted name, with JSON arguments.
+
+A worker process holds ONE resident ``Predictor`` (installed by ``worker.run_worker``), so the models
+load once per worker, not once per job, and the embedding cache stays warm between clicks.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from ..errors import RequestError
+from ..media import MediaSource
+from ..predictor import Predictor
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Statuses of per-task errors worth another try: the image host was unreachable or overloaded.
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+
+_resident: Optional[Predictor] = None
+
+
+def install(predictor: Predictor) -> None:
+    """Make ``predictor`` the one every job of this process uses (the worker does this at start)."""
+    global _resident
+    _resident = predictor
+
+
+def resident() -> Predictor:
+    """The process's predictor; built from the environment when a plain ``rq worker`` runs the job."""
+    global _resident
+    if _resident is None:
+        _resident = Predictor(Settings.from_env())
+    return _resident
+
+
+@dataclass
+class PredictJob:
+    """One chunk of a /predict request: what the web process sends a worker (JSON-serialisable)."""
+
+    tasks: list
+    label_config: Any
+    context: Any = None
+    project: Any = None
+    hostname: Optional[str] = None  # where the project's Label Studio serves images
+    access_token: Optional[str] = None
+    deadline: Optional[float] = None  # epoch seconds after which nobody waits for the answer
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PredictJob":
+        return cls(**data)
+
+
+def predict(data: dict) -> list[dict]:
+    """Run one chunk through the resident predictor: one Label Studio prediction per task, in order."""
+    job = PredictJob.from_json(data)
+    predictor = resident()
+    if job.deadline is not None and time.time() > job.deadline:
+        # the web process already answered with a deadline error: spend no GPU time on it
+        return [predictor.error("the job started after its deadline; nobody waits for it", 504)] * len(job.tasks)
+    source = MediaSource(job.hostname, job.access_token) if job.hostname else None
+    try:
+        return predict_with_retries(predictor, job, source)
+    except RequestError as exc:  # the request's own fault (e.g. its label config): no retry helps
+        return [predictor.error(exc.message, exc.status)] * len(job.tasks)
+
+
+def predict_with_retries(predictor: Predictor, job: PredictJob, source: Optional[MediaSource]) -> list[dict]:
+    """``predictor.predict`` with bounded, backed-off retries of transient failures.
+
+    Tasks whose image host was unreachable (HTTP 502-type per-task errors) are tried again alone;
+    a CUDA out-of-memory error frees the allocator's cache and runs the chunk again. Retries stop
+    early when the next one would end after the job's deadline.
+    """
+    settings = predictor.settings
+    results: list[Optional[dict]] = [None] * len(job.tasks)
+    pending = list(range(len(job.tasks)))
+    delay = settings.retry_backoff
+    for attempt in range(settings.transient_retries + 1):
+        last = attempt == settings.transient_retries
+        try:
+            answers = predictor.predict([job.tasks[i] for i in pending], job.label_config, job.context,
+                                        job.project, source)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or last or not _time_left(job, delay):
+                raise
+            log.warning("CUDA out of memory on %d task(s); freeing the cache and retrying in %.1f s",
+                        len(pending), delay)
+            free_accelerator_memory()
+        else:
+            for i, answer in zip(pending, answers):
+                results[i] = answer
+            pending = [i for i in pending if "result" not in results[i] and results[i].get("status") in TRANSIENT_STATUSES]
+            if not pending or last or not _time_left(job, delay):
+                break
+            log.info("retrying %d task(s) after transient errors in %.1f s", len(pending), delay)
+        time.sleep(delay)
+        delay *= 2
+    return results
+
+
+def _time_left(job: PredictJob, delay: float) -> bool:
+    return job.deadline is None or time.time() + delay < job.deadline
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (checked by name: this module must not import torch)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+
+
+def free_accelerator_memory() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")  # only a process that already uses torch can hold CUDA memory
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def noop(data: Any = None) -> Any:
+    """Returns its argument: measures the queue's own overhead (bench/queue_overhead.py)."""
+    return data

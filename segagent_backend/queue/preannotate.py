@@ -1,0 +1,122 @@
+"""Batch pre-annotation of a Label Studio project: ``segagent preannotate`` enqueues, workers post.
+
+No HTTP request waits for a whole project: the command lists the project's tasks, keeps those without
+a prediction of the current model version (all of them with ``force``), and enqueues them in chunks on
+the batch queue. A worker fetches each task fresh, checks again that it still lacks that version
+(so running the command twice, or a job retried after its worker died, posts nothing twice), predicts
+the chunk in lockstep and posts the predictions through Label Studio's API.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Optional
+
+from rq import Queue
+from rq.job import Retry
+from rq.serializers import JSONSerializer
+
+from ..errors import RequestError
+from ..settings import Settings
+from . import jobs
+from .names import BATCH, QueueNames, connect
+
+log = logging.getLogger(__name__)
+
+RESULT_TTL = 24 * 3600  # the per-chunk summaries stay readable for a day
+FAILURE_TTL = 7 * 24 * 3600
+
+
+def label_studio(settings: Settings):
+    """The SDK client for LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY (both required here)."""
+    from label_studio_sdk import LabelStudio
+
+    if not settings.label_studio_url or not settings.label_studio_api_key:
+        raise RequestError("pre-annotation talks to Label Studio: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+
+
+@dataclass
+class Plan:
+    """What ``enqueue`` did: the tasks it found, those it queued, the jobs it created."""
+
+    project: int
+    model_version: str
+    tasks: int = 0
+    queued: list[int] = field(default_factory=list)
+    already_predicted: int = 0
+    jobs: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] = None, force: bool = False,
+            model_version: Optional[str] = None) -> Plan:
+    """Queue every task of ``project`` (or of ``task_ids``) that lacks a prediction of ``model_version``."""
+    from ..predictor import Predictor
+
+    version = model_version or Predictor(settings, check_paths=False).model_version
+    ls = label_studio(settings)
+    wanted = set(task_ids) if task_ids is not None else None
+    plan = Plan(project, version)
+    seen = set()
+    # only ids and the versions already predicted: a project's predictions (masks) are never downloaded here
+    for task in ls.tasks.list(project=project, include="id,predictions_model_versions", page_size=1000):
+        if wanted is not None and task.id not in wanted:
+            continue
+        plan.tasks += 1
+        seen.add(task.id)
+        versions = set(filter(None, (task.predictions_model_versions or "").split(",")))
+        if version in versions and not force:
+            plan.already_predicted += 1
+        else:
+            plan.queued.append(task.id)
+    if wanted is not None and wanted - seen:
+        raise RequestError(f"task(s) {sorted(wanted - seen)[:10]} are not in project {project}")
+    queue = Queue(QueueNames(settings.queue_prefix).queue(BATCH),
+                  connection=connect(settings.redis_url, settings.redis_timeout), serializer=JSONSerializer)
+    size = settings.batch_chunk
+    for start in range(0, len(plan.queued), size):
+        chunk = plan.queued[start:start + size]
+        job = queue.enqueue(
+            "segagent_backend.queue.preannotate.run", {"project": project, "task_ids": chunk,
+                                                       "model_version": version, "force": force},
+            job_timeout=settings.job_timeout, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+            retry=Retry(max=settings.job_retries) if settings.job_retries else None,
+            description=f"preannotate {len(chunk)} task(s) of project {project}",
+        )
+        plan.jobs.append(job.id)
+    return plan
+
+
+def run(data: dict) -> dict:
+    """The worker's side: predict one chunk and post the predictions; a summary is the job's result."""
+    predictor = jobs.resident()
+    if predictor.model_version != data["model_version"]:
+        # another model answers here than the one the command planned for: posting would mislabel
+        raise RuntimeError(f"this worker serves {predictor.model_version}, the job wants {data['model_version']}")
+    ls = label_studio(predictor.settings)
+    project = ls.projects.get(id=data["project"])
+    tasks: list[dict[str, Any]] = []
+    skipped = []
+    for task_id in data["task_ids"]:
+        task = ls.tasks.get(id=str(task_id))
+        versions = {p.model_version for p in task.predictions or []}
+        if data["model_version"] in versions and not data["force"]:
+            skipped.append(task_id)  # posted by an earlier run of this job or of the command
+        else:
+            tasks.append({"id": task.id, "data": task.data})
+    job = jobs.PredictJob(tasks, project.label_config, None, data["project"])
+    answers = jobs.predict_with_retries(predictor, job, None) if tasks else []
+    posted, errors = [], {}
+    for task, answer in zip(tasks, answers):
+        if "result" not in answer:
+            errors[str(task["id"])] = answer["error"]
+            continue
+        ls.predictions.create(task=task["id"], result=answer["result"], score=answer["score"],
+                              model_version=answer["model_version"])
+        posted.append(task["id"])
+    if errors:
+        log.warning("project %s: %d task(s) not predicted: %s", data["project"], len(errors), errors)
+    return {"posted": posted, "skipped": skipped, "errors": errors}

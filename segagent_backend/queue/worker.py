@@ -1,0 +1,172 @@
+"""``segagent worker``: a resident model worker (RQ ``SimpleWorker``: no fork per job).
+
+The models load once at start and stay in memory between jobs, pinned to one device; the
+embedding cache stays warm. A background thread publishes the worker's health every heartbeat and,
+while a job runs, keeps the job's execution alive in RQ's started registry. That heartbeat is what
+makes a killed worker's job count as *abandoned* after two missed beats (RQ's own SimpleWorker only
+expires it after ``job_timeout + 60`` s), so the next worker's maintenance pass re-queues it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Optional
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+from rq.worker import SimpleWorker, WorkerStatus
+
+from ..predictor import Predictor
+from ..settings import Settings
+from . import jobs
+from .names import KINDS, QueueNames
+from .status import WorkerHealth
+
+log = logging.getLogger(__name__)
+
+
+class JobTimeout(BaseException):
+    """A job ran past its ``job_timeout`` (SEGAGENT_JOB_TIMEOUT).
+
+    A BaseException, unlike RQ's JobTimeoutException: model and media code catch ``Exception`` to
+    turn bad inputs into per-task errors, and must not turn a timeout into one.
+    """
+
+
+class JobDeathPenalty(UnixSignalDeathPenalty):
+    """RQ's SIGALRM job timeout, raising ``JobTimeout``; other uses (dequeue timeouts) unchanged."""
+
+    def __init__(self, timeout, exception=JobTimeoutException, **kwargs):
+        super().__init__(timeout, JobTimeout if exception is JobTimeoutException else exception, **kwargs)
+
+
+class ResidentWorker(SimpleWorker):
+    """A SimpleWorker that beats while it works and publishes the health of its resident model."""
+
+    death_penalty_class = JobDeathPenalty
+
+    def __init__(self, queues: list[str], *, connection: redis.Redis, predictor: Predictor, names: QueueNames,
+                 heartbeat: int, name: Optional[str] = None):
+        super().__init__(
+            [Queue(q, connection=connection, serializer=JSONSerializer) for q in queues],
+            connection=connection, serializer=JSONSerializer, name=name,
+            # blocking dequeue returns every `heartbeat` s, so maintenance (which re-queues abandoned
+            # jobs) runs that often even on an idle worker
+            worker_ttl=heartbeat + 15, maintenance_interval=heartbeat,
+        )
+        self.predictor = predictor
+        self.names = names
+        self.heartbeat_seconds = heartbeat
+        self.jobs_done = 0
+        self._current: Optional[tuple[Job, object]] = None
+        self._stop_beating = threading.Event()
+        self._beater: Optional[threading.Thread] = None
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """Two heartbeats: a running job whose worker missed both is abandoned (and retried)."""
+        return 2 * self.heartbeat_seconds
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Hot reload of a newly promoted model version (another issue) belongs here, between jobs:
+        # compare the announced version with self.predictor.model_version before performing `job`.
+        execution = self.prepare_execution(job)
+        self._current = (job, execution)
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            self._current = None
+            self.jobs_done += 1
+        self.set_state(WorkerStatus.IDLE)
+
+    # ----- health ------------------------------------------------------------------------------
+    def health(self) -> WorkerHealth:
+        p = self.predictor
+        current = self._current
+        return WorkerHealth(
+            name=self.name, host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.queue_names()),
+            device=describe_device(p.settings.device), model_version=p.model_version, model=p.status,
+            cache_entries=len(p.cache), cache_bytes=p.cache.nbytes, jobs_done=self.jobs_done,
+            current_job=current[0].id if current else "", heartbeat_at=time.time(),
+        )
+
+    def publish_health(self) -> None:
+        key = self.names.health_key(self.name)
+        with self.connection.pipeline() as pipe:
+            pipe.hset(key, mapping=self.health().to_redis())
+            pipe.expire(key, 3 * self.heartbeat_seconds)
+            pipe.sadd(self.names.workers_key, self.name)
+            pipe.execute()
+
+    def start_beating(self) -> None:
+        self._beater = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._beater.start()
+
+    def stop_beating(self) -> None:
+        self._stop_beating.set()
+        if self._beater is not None:
+            self._beater.join(timeout=5)
+        try:
+            self.connection.delete(self.names.health_key(self.name))
+            self.connection.srem(self.names.workers_key, self.name)
+        except redis.RedisError:
+            pass
+
+    def _beat(self) -> None:
+        interval = self.heartbeat_seconds / 2
+        while not self._stop_beating.wait(interval):
+            try:
+                current = self._current
+                if current is not None:
+                    self.maintain_heartbeats(*current)  # RQ's own: execution, job and worker TTLs
+                self.publish_health()
+            except redis.RedisError as exc:  # Redis restarting: keep beating, the loop reconnects
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:
+                log.exception("heartbeat failed")
+
+
+def describe_device(device: str) -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"{device} (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else device
+
+
+def run_worker(settings: Settings, kinds: tuple[str, ...] = KINDS, name: Optional[str] = None,
+               burst: bool = False) -> int:
+    """Load the models, then serve the queues (priority order) until SIGTERM/SIGINT.
+
+    When Redis goes away RQ's loop ends; the same resident models then serve a fresh RQ worker as
+    soon as Redis answers again, so a Redis restart costs no model reload.
+    """
+    predictor = Predictor(settings)
+    predictor.load()
+    if predictor.status.startswith("failed"):
+        log.error("the models failed to load: %s", predictor.status)
+        return 1
+    jobs.install(predictor)
+    names = QueueNames(settings.queue_prefix)
+    base = name or f"segagent-{socket.gethostname()}-{os.getpid()}"
+    log.info("worker %s ready: %s on %s, queues %s", base, predictor.model_version,
+             describe_device(settings.device), ", ".join(names.queues(kinds)))
+    wait = 1.0
+    while True:
+        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout)
+        worker = ResidentWorker(names.queues(kinds), connection=connection, predictor=predictor, names=names,
+                                heartbeat=settings.worker_heartbeat, name=f"{base}-{uuid.uuid4().hex[:6]}")
+        worker.start_beating()
+        try:
+            worker.work(burst=burst, logging_level=settings.log_level.upper())
+        except redis.RedisError as exc:
+            log.warning("Redis is unreachable (%s): retrying in %.0f s", exc, wait)
+        finally:
+            worker.stop_beating()
+        if burst or worker._stop_requested or worker._shutdown_requested_date is not None:  # SIGTERM/SIGINT
+            return 0
+        time.sleep(wait)
+        wait = min(wait * 2, 30.0)
