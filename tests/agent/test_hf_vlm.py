@@ -10,12 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests import tiny_vlms  # noqa: E402
 from segagent_backend.agent.policies.base import Observation  # noqa: E402
-from segagent_backend.agent.policies.hf_vlm import (  # noqa: E402
-    AnswerGrammar,
-    HFVLMPolicy,
-    decoded_tokens,
-    load_hf_vlm,
-)
+from segagent_backend.agent.policies.grammar import AnswerGrammar, decoded_tokens  # noqa: E402
+from segagent_backend.agent.policies.hf_vlm import HFVLMPolicy, load_hf_vlm  # noqa: E402
 from segagent_backend.agent.protocol import (  # noqa: E402
     SEGAGENT_LLAVA,
     SEGAGENT_QWEN,

@@ -32,8 +32,8 @@ import torch
 
 from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, parse_answer, task_text
 from ..loading import ModelLoadError, resolve_device
-from .base import Observation, Policy
-from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
+from .base import Observation
+from .text import TextAnswerPolicy
 
 # end-of-turn markers of the supported families; the ones the vocabulary has also stop generation
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
@@ -148,7 +148,7 @@ def load_hf_vlm(path_or_id: Union[str, Path], device: str = "auto", dtype: Union
 
 
 # ---------------------------------------------------------------------------------------------- policy
-class HFVLMPolicy(Policy):
+class HFVLMPolicy(TextAnswerPolicy):
     """SegAgent on a transformers chat VLM. ``propose`` batches all observations in one generate call.
 
     k == 1: greedy; k > 1: multinomial sampling at ``temperature`` (top-k/top-p off, whatever the
@@ -161,18 +161,12 @@ class HFVLMPolicy(Policy):
     def __init__(self, model, processor, convention: CoordinateConvention = SEGAGENT_QWEN, max_new_tokens: int = 24,
                  forced_prefix: bool = True, temperature: float = 1.0, constrained: Optional[bool] = None,
                  name: Optional[str] = None, compact_literals: bool = True):
-        super().__init__()
-        constrained = forced_prefix if constrained is None else constrained
-        if constrained and not forced_prefix:
-            raise ValueError("constrained decoding starts after the forced prefix: set forced_prefix=True")
-        self.model, self.processor, self.convention = model, processor, convention
-        self.max_new_tokens, self.forced_prefix, self.temperature = max_new_tokens, forced_prefix, temperature
-        self.constrained, self.compact_literals = constrained, compact_literals
-        self.tokenizer = processor.tokenizer
+        name = name or Path(str(getattr(model.config, "_name_or_path", "") or model.config.model_type)).name
+        super().__init__(processor.tokenizer, name, convention, max_new_tokens, forced_prefix, temperature,
+                         constrained, compact_literals)
+        self.model, self.processor = model, processor
         self.tokenizer.padding_side = "left"  # generation continues from the last position of every row
-        self._name = name or Path(str(getattr(model.config, "_name_or_path", "") or model.config.model_type)).name
         self.stop_ids = self._stop_ids()
-        self._grammar: Optional[GrammarLogitsProcessor] = None
 
     @classmethod
     def from_pretrained(cls, path_or_id: Union[str, Path], device: str = "auto", dtype: str = "auto",
@@ -180,10 +174,6 @@ class HFVLMPolicy(Policy):
         model, processor = load_hf_vlm(path_or_id, device=device, dtype=dtype)
         kwargs.setdefault("name", Path(str(path_or_id)).name)
         return cls(model, processor, **kwargs)
-
-    @property
-    def model_version(self) -> str:
-        return self._name
 
     def _stop_ids(self) -> list[int]:
         """The end-of-turn ids: the generation config's eos plus the known markers the vocabulary has."""
@@ -201,22 +191,11 @@ class HFVLMPolicy(Policy):
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text + answer_prefix(expression) if self.forced_prefix else text
 
-    def grammar(self) -> GrammarLogitsProcessor:
-        """Built on first use (decodes the vocabulary once: ~1 s for a 150k vocabulary)."""
-        if self._grammar is None:
-            grammar = AnswerGrammar(self.convention)
-            self._grammar = GrammarLogitsProcessor(decoded_tokens(self.tokenizer, grammar), grammar, self.stop_ids,
-                                                   self.compact_literals)
-        return self._grammar
-
     def _generation_kwargs(self, k: int, budget: int) -> dict:
         kwargs = dict(max_new_tokens=budget, eos_token_id=self.stop_ids, num_return_sequences=k,
                       pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                       else self.stop_ids[0])
-        if k == 1:
-            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-        else:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
+        kwargs.update(self.sampling_kwargs(k))
         return kwargs
 
     @torch.inference_mode()
@@ -230,11 +209,7 @@ class HFVLMPolicy(Policy):
         images = [Image.fromarray(np.ascontiguousarray(o.overlay)) for o in observations]
         texts = [self.prompt(o.expression) for o in observations]
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.model.device)
-        budget = self.max_new_tokens
-        if not self.forced_prefix:  # the model writes the echo itself: do not let it eat the answer's budget
-            budget += max(len(self.tokenizer.encode(answer_prefix(o.expression), add_special_tokens=False))
-                          for o in observations)
-        kwargs = self._generation_kwargs(k, budget)
+        kwargs = self._generation_kwargs(k, self.max_new_tokens + self.echo_tokens(observations))
         prompt_len = inputs["input_ids"].shape[1]
         if self.constrained:
             kwargs["logits_processor"] = LogitsProcessorList([self.grammar().for_prompt(prompt_len)])

@@ -44,8 +44,8 @@ import torch
 
 from ..protocol import QWEN_VL_CHAT_PROMPT, SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix
 from ..loading import ModelLoadError, resolve_device
-from .base import Observation, Policy
-from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
+from .base import Observation
+from .text import TextAnswerPolicy
 from .hf_vlm import decode_answers
 
 STOP_WORDS = ("<|im_end|>", "<|im_start|>")
@@ -95,7 +95,7 @@ def load_qwen_vl_chat(path: Union[str, Path], device: str = "auto", dtype: str =
     return model, tokenizer
 
 
-class QwenVLChatPolicy(Policy):
+class QwenVLChatPolicy(TextAnswerPolicy):
     """SegAgent-Qwen. k == 1 greedy, k > 1 multinomial sampling (top-k/top-p off) at ``temperature``.
 
     Batched with left padding (pad = eod) when the tokenizer accepts it, else one observation per
@@ -108,15 +108,10 @@ class QwenVLChatPolicy(Policy):
     def __init__(self, model, tokenizer, convention: CoordinateConvention = SEGAGENT_QWEN, max_new_tokens: int = 24,
                  forced_prefix: bool = True, temperature: float = 1.0, constrained: Optional[bool] = None,
                  name: Optional[str] = None, compact_literals: bool = True):
-        super().__init__()
-        constrained = forced_prefix if constrained is None else constrained
-        if constrained and not forced_prefix:
-            raise ValueError("constrained decoding starts after the forced prefix: set forced_prefix=True")
-        self.model, self.tokenizer, self.convention = model, tokenizer, convention
-        self.max_new_tokens, self.forced_prefix, self.temperature = max_new_tokens, forced_prefix, temperature
-        self.constrained, self.compact_literals = constrained, compact_literals
         source = getattr(getattr(model, "config", None), "_name_or_path", "") or "qwen-vl-chat"
-        self._name = name or Path(str(source)).name
+        super().__init__(tokenizer, name or Path(str(source)).name, convention, max_new_tokens, forced_prefix,
+                         temperature, constrained, compact_literals)
+        self.model = model
         eod = getattr(tokenizer, "eod_id", None)
         if eod is not None:
             tokenizer.pad_token_id = eod  # Qwen-VL has no pad token: the released code pads with eod
@@ -124,7 +119,6 @@ class QwenVLChatPolicy(Policy):
         self.stop_ids = sorted({ids[0] for ids in self.stop_words_ids} | ({eod} if eod is not None else set()))
         self.batched = self._left_padding()
         self.workdir: Optional[str] = tempfile.mkdtemp(prefix="segagent-qwenvl-")
-        self._grammar: Optional[GrammarLogitsProcessor] = None
 
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], device: str = "auto", dtype: str = "auto",
@@ -132,10 +126,6 @@ class QwenVLChatPolicy(Policy):
         model, tokenizer = load_qwen_vl_chat(path, device=device, dtype=dtype)
         kwargs.setdefault("name", Path(str(path)).name)
         return cls(model, tokenizer, **kwargs)
-
-    @property
-    def model_version(self) -> str:
-        return self._name
 
     def _left_padding(self) -> bool:
         """True when the tokenizer pads on the left with a pad id (needed for one batched generate)."""
@@ -160,13 +150,6 @@ class QwenVLChatPolicy(Policy):
         Image.fromarray(np.ascontiguousarray(observation.overlay)).save(path)
         return path
 
-    def grammar(self) -> GrammarLogitsProcessor:
-        if self._grammar is None:
-            grammar = AnswerGrammar(self.convention)
-            self._grammar = GrammarLogitsProcessor(decoded_tokens(self.tokenizer, grammar), grammar, self.stop_ids,
-                                                   self.compact_literals)
-        return self._grammar
-
     def _generate(self, prompts: list[str], k: int, extra_tokens: int = 0) -> list[list[int]]:
         """One generate call; returns the generated ids per row (prompt removed), rows grouped by prompt."""
         from transformers import LogitsProcessorList
@@ -178,10 +161,7 @@ class QwenVLChatPolicy(Policy):
                       stop_words_ids=self.stop_words_ids,
                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids,
                       generation_config=getattr(self.model, "generation_config", None), return_dict_in_generate=False)
-        if k == 1:
-            kwargs.update(do_sample=False)
-        else:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
+        kwargs.update(self.sampling_kwargs(k))
         if self.constrained:
             kwargs["logits_processor"] = LogitsProcessorList([self.grammar().for_prompt(input_ids.shape[1])])
         out = self.model.generate(input_ids, attention_mask=attention_mask, **kwargs)
@@ -195,9 +175,7 @@ class QwenVLChatPolicy(Policy):
         paths = [self.write_overlay(o) for o in observations]
         try:
             prompts = [self.prompt(p, o.expression) for p, o in zip(paths, observations)]
-            # without the forced prefix the model writes the echo too: do not let it eat the answer's budget
-            extra = 0 if self.forced_prefix else max(len(self.tokenizer.encode(answer_prefix(o.expression)))
-                                                     for o in observations)
+            extra = self.echo_tokens(observations)
             if self.batched:
                 rows = self._generate(prompts, k, extra)
             else:

@@ -1,0 +1,57 @@
+"""What the MLLM policies share: how an answer is decoded (forced prefix, grammar, greedy or sampled)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..protocol import SEGAGENT_QWEN, CoordinateConvention, answer_prefix
+from .base import Observation, Policy
+from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
+
+
+class TextAnswerPolicy(Policy):
+    """A policy that writes SegAgent answers as text with a tokenizer.
+
+    ``forced_prefix``: the answer's echo ``<ref>CAPTION</ref> Current IOU: `` is part of the prompt, so
+    the model writes only the estimate and the click. ``constrained`` (default: on with the forced
+    prefix, which it needs) restricts generation to the answer grammar. k == 1 is greedy; k > 1
+    samples at ``temperature`` with top-k/top-p off (tree search needs real samples). Subclasses
+    set ``self.stop_ids`` (end-of-turn ids) before the grammar is first used.
+    """
+
+    stop_ids: list[int]
+
+    def __init__(self, tokenizer, name: str, convention: CoordinateConvention = SEGAGENT_QWEN,
+                 max_new_tokens: int = 24, forced_prefix: bool = True, temperature: float = 1.0,
+                 constrained: Optional[bool] = None, compact_literals: bool = True):
+        super().__init__()
+        constrained = forced_prefix if constrained is None else constrained
+        if constrained and not forced_prefix:
+            raise ValueError("constrained decoding starts after the forced prefix: set forced_prefix=True")
+        self.tokenizer, self._name, self.convention = tokenizer, name, convention
+        self.max_new_tokens, self.forced_prefix, self.temperature = max_new_tokens, forced_prefix, temperature
+        self.constrained, self.compact_literals = constrained, compact_literals
+        self._grammar: Optional[GrammarLogitsProcessor] = None
+
+    @property
+    def model_version(self) -> str:
+        return self._name
+
+    def grammar(self) -> GrammarLogitsProcessor:
+        """Built on first use (decodes the vocabulary once: ~1 s for a 150k vocabulary)."""
+        if self._grammar is None:
+            grammar = AnswerGrammar(self.convention)
+            self._grammar = GrammarLogitsProcessor(decoded_tokens(self.tokenizer, grammar), grammar, self.stop_ids,
+                                                   self.compact_literals)
+        return self._grammar
+
+    def sampling_kwargs(self, k: int) -> dict:
+        if k == 1:
+            return dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+        return dict(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
+
+    def echo_tokens(self, observations: Sequence[Observation]) -> int:
+        """Extra token budget when the model writes the echo itself, so it cannot eat the answer's budget."""
+        if self.forced_prefix:
+            return 0
+        return max(len(self.tokenizer.encode(answer_prefix(o.expression), add_special_tokens=False))
+                   for o in observations)
