@@ -58,3 +58,8 @@ def test_readme_documents_every_setting():
     assert settings_table() in readme, "README settings table is stale: run scripts/update-readme-settings"
     for var, *_ in FIELDS:
         assert f"`{var}`" in readme
+
+
+def test_dataclass_defaults_agree_with_the_documented_ones():
+    # the README table shows FIELDS' defaults; Settings() must mean the same service
+    assert Settings() == Settings.from_env({})
