@@ -42,6 +42,7 @@ bench: install
 	$(PY) bench/click_cost.py
 	$(PY) bench/grabcut_noc.py
 	scripts/with-redis $(PY) bench/queue_overhead.py
+	scripts/with-redis $(PY) bench/queue_workers.py
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .pytest_cache

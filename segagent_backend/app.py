@@ -13,6 +13,7 @@ from .errors import ModelUnavailable, RequestError
 from .metrics import Metrics
 from .predictor import Predictor
 from .queue.dispatch import InlineDispatcher, PredictRequest, QueueDispatcher
+from .queue.names import BATCH
 from .settings import Settings
 from .webhook import handle_webhook
 
@@ -93,7 +94,9 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.post("/webhook")
     def webhook():
         body = _json_object()
-        reply = handle_webhook(body)
+        # embedded mode has no queue: the reply then says pre-annotation needs REDIS_URL
+        batch_queue = (lambda: dispatcher.queue(BATCH)) if dispatcher.mode != "embedded" else None
+        reply = handle_webhook(body, settings, batch_queue)
         metrics.webhooks.labels(reply["action"] if reply["known"] else "unknown").inc()
         return jsonify(reply)
 

@@ -53,6 +53,7 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_RETRY_BACKOFF", "retry_backoff", "0.5", "Seconds before the first transient retry; doubles on each further retry."),
     ("SEGAGENT_WORKER_HEARTBEAT", "worker_heartbeat", "10", "Seconds between worker heartbeats; a running job whose worker missed two heartbeats is re-queued."),
     ("SEGAGENT_REDIS_TIMEOUT", "redis_timeout", "2", "Seconds the web process waits for Redis to connect or answer before it reports Redis unreachable."),
+    ("SEGAGENT_PREANNOTATE_ON_CREATE", "preannotate_on_create", "false", "A `TASKS_CREATED` webhook queues pre-annotation of the new tasks (needs `REDIS_URL`, `LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`)."),
     ("LABEL_STUDIO_URL", "label_studio_url", None, "Label Studio base URL (http:// or https://) used to download uploaded/local/cloud task images."),
     ("LABEL_STUDIO_API_KEY", "label_studio_api_key", None, "Label Studio access token used with `LABEL_STUDIO_URL`."),
     ("BASIC_AUTH_USER", "basic_auth_user", None, "HTTP Basic auth user required on every route (set with `BASIC_AUTH_PASS`)."),
@@ -100,6 +101,7 @@ class Settings:
     retry_backoff: float = 0.5
     worker_heartbeat: int = 10
     redis_timeout: float = 2.0
+    preannotate_on_create: bool = False
     label_studio_url: Optional[str] = None
     label_studio_api_key: Optional[str] = None
     basic_auth_user: Optional[str] = None

@@ -90,6 +90,32 @@ def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] 
     return plan
 
 
+def enqueue_planning(queue: Queue, project: int, task_ids: list[int], settings: Settings) -> str:
+    """Queue ONE small job that plans pre-annotation of ``task_ids`` on a worker; returns its id.
+
+    The web process answers a webhook within Label Studio's 1 s: listing tasks through Label Studio's
+    API (what ``enqueue`` does) happens on the worker instead.
+    """
+    job = queue.enqueue(
+        "segagent_backend.queue.preannotate.plan", {"project": project, "task_ids": task_ids},
+        job_timeout=settings.job_timeout, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+        retry=Retry(max=settings.job_retries) if settings.job_retries else None,
+        description=f"plan pre-annotation of {len(task_ids)} new task(s) of project {project}",
+    )
+    return job.id
+
+
+def plan(data: dict) -> dict:
+    """The worker's side of ``enqueue_planning``: the planner for exactly those tasks.
+
+    Idempotent: tasks already holding a prediction of this worker's model version are skipped, so a
+    webhook delivered twice queues nothing twice.
+    """
+    predictor = jobs.resident()
+    return enqueue(predictor.settings, data["project"], data["task_ids"],
+                   model_version=predictor.model_version).to_json()
+
+
 def run(data: dict) -> dict:
     """The worker's side: predict one chunk and post the predictions; a summary is the job's result."""
     predictor = jobs.resident()
