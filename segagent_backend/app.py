@@ -108,7 +108,10 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
 
     @app.get("/versions")
     def versions():
-        return jsonify({"versions": [predictor.model_version]})
+        # the serving version first, then every registered one (newest first) Label Studio may pick from
+        registered = [m.version for m in reversed(predictor.registry.list_versions())]
+        serving = predictor.model_version
+        return jsonify({"versions": [serving] + [v for v in registered if v != serving]})
 
     @app.get("/metrics")
     def prometheus():

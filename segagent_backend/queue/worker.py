@@ -95,6 +95,7 @@ class ResidentWorker(SimpleWorker):
             device=describe_device(p.settings.device), model_version=p.model_version, model=p.status,
             cache_entries=len(p.cache), cache_bytes=p.cache.nbytes, jobs_done=self.jobs_done,
             current_job=current[0].id if current else "", heartbeat_at=time.time(),
+            reload_error=p.reload_error or "",
         )
 
     def publish_health(self) -> None:

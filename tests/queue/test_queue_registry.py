@@ -1,6 +1,8 @@
 """A real `segagent worker` picks up a promoted model version between jobs, without a restart."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from segagent_backend.registry import Registry
@@ -37,4 +39,18 @@ def test_worker_reloads_a_promoted_version_between_jobs(queue_app, workers, queu
     assert client.post("/setup", json={"schema": CONFIG, "project": "1.1"}).json["model_version"] == "v2"
     registry.rollback()
     assert served() == "v1"
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    registry.register(broken, {"version": "broken"})
+    registry.promote("broken")
+    assert served() == "v1"  # the failed load leaves v1 serving
+    end = time.monotonic() + 10
+    while time.monotonic() < end:  # the next heartbeat publishes the error
+        worker = client.get("/health").json["workers"][0]
+        if "reload_error" in worker:
+            break
+        time.sleep(0.2)
+    assert "broken" in worker["reload_error"] and worker["model_version"] == "v1"
     assert len(workers.procs) == 1 and workers.procs[0].poll() is None

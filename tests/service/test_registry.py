@@ -107,6 +107,7 @@ def test_hot_reload_in_a_running_app(make_settings, tiny_policies, media_server,
         return setup.json["model_version"], reply.json["results"][0]["model_version"]
 
     assert versions() == ("v1", "v1")
+    assert client.get("/versions").json["versions"] == ["v1", "v2"]
     first = predictor._policy
     registry.promote("v2")  # no restart: the next request loads and reports v2
     assert client.post("/predict", json=body).json["results"][0]["model_version"] == "v2"
