@@ -51,11 +51,14 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.get("/")
     @app.get("/health")
     def health():
+        predictor.maybe_reload()
         body = {"status": "UP", "model_class": "SegAgent", "model_version": predictor.model_version,
                 "segmenter": settings.segmenter, "mode": dispatcher.mode}
         if dispatcher.mode == "embedded":
             body["model"] = predictor.status
             body["embedding_cache"] = {"entries": len(predictor.cache), "bytes": predictor.cache.nbytes}
+            if predictor.reload_error:  # still serving the old version: UP, but say why it did not change
+                body["reload_error"] = predictor.reload_error
             usable = not predictor.status.startswith("failed")
         else:  # the models live in the workers: report theirs
             usable, fields = dispatcher.health()
@@ -69,6 +72,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.post("/setup")
     def setup():
         body = _json_object()
+        # a newly promoted version: reported (and, embedded, loaded) now, so Label Studio refreshes
+        predictor.maybe_reload()
         predictor.setup(body.get("schema"), body.get("project"), body.get("hostname"), body.get("access_token"))
         return jsonify({"model_version": predictor.model_version})
 
@@ -81,6 +86,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise RequestError("'params' must be an object")
+        predictor.maybe_reload()  # cheap unless a version was promoted since the last request
         results = dispatcher.predict(PredictRequest(tasks, body.get("label_config"), params.get("context"),
                                                     body.get("project")))
         failed = [r for r in results if "result" not in r]
@@ -102,7 +108,10 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
 
     @app.get("/versions")
     def versions():
-        return jsonify({"versions": [predictor.model_version]})
+        # the serving version first, then every registered one (newest first) Label Studio may pick from
+        registered = [m.version for m in reversed(predictor.registry.list_versions())]
+        serving = predictor.model_version
+        return jsonify({"versions": [serving] + [v for v in registered if v != serving]})
 
     @app.get("/metrics")
     def prometheus():

@@ -1,5 +1,5 @@
 """The ``segagent`` command: ``predict`` one episode locally, ``serve`` the backend, run a queue
-``worker``, show the ``jobs``, print the ``settings``."""
+``worker``, show the ``jobs``, manage model ``versions``, print the ``settings``."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ import numpy as np
 
 from .agent.types import Box, Click, EpisodeResult
 from .errors import RequestError
+from .registry import Registry, RegistryError
 from .settings import Settings, SettingsError, settings_table
 
 
@@ -218,6 +219,39 @@ def cmd_preannotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    """list | promote VERSION | rollback | register PATH: JSON on standard output."""
+    from dataclasses import asdict
+
+    registry = Registry.from_settings(Settings.from_env())
+    if args.action == "list":
+        current = registry.current()
+        print(json.dumps({"current": current.version, "history": list(current.history),
+                          "versions": [asdict(m) for m in registry.list_versions()]}, indent=2))
+        return 0
+    if args.action == "register":
+        if not args.target:
+            raise RegistryError("register needs the PATH of a trained policy folder")
+        try:
+            meta = json.loads(args.meta) if args.meta else {}
+        except ValueError as exc:
+            raise RegistryError(f"--meta is not JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise RegistryError("--meta must be a JSON object")
+        if args.version:
+            meta["version"] = args.version
+        print(json.dumps(asdict(registry.register(args.target, meta, move=args.move))))
+        return 0
+    if args.action == "promote":
+        if not args.target:
+            raise RegistryError("promote needs a VERSION")
+        current = registry.promote(args.target)
+    else:
+        current = registry.rollback()
+    print(json.dumps(current.to_json()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segagent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="also tasks that hold a prediction of this model version")
     p.set_defaults(run=cmd_preannotate)
 
+    p = sub.add_parser("versions", help="list, register, promote or roll back model versions (MODEL_DIR/versions)")
+    p.add_argument("action", choices=("list", "promote", "rollback", "register"))
+    p.add_argument("target", nargs="?", help="promote: VERSION; register: PATH of a trained policy folder")
+    p.add_argument("--meta", help="register: metadata JSON (base, data, counts, metrics, parent)")
+    p.add_argument("--version", help="register: the version name (default: v<N+1>)")
+    p.add_argument("--move", action="store_true", help="register: move the folder in instead of copying it")
+    p.set_defaults(run=cmd_versions)
+
     p = sub.add_parser("settings", help="print the settings table (Markdown)")
     p.set_defaults(run=lambda a: print(settings_table()) or 0)
     return parser
@@ -265,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (RequestError, SettingsError) as exc:
+    except (RequestError, SettingsError, RegistryError) as exc:
         print(f"segagent: {exc}", file=sys.stderr)
         return 2
 

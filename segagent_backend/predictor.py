@@ -25,6 +25,7 @@ from .labelstudio.config import LabelConfig, parse_label_config
 from .labelstudio.context import Prompt, parse_context
 from .labelstudio.tasks import expression, image_url, task_id
 from .media import MediaLoader, MediaSource
+from .registry import Registry
 from .settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ NO_POLICY = (
     "automatic predictions need a SegAgent policy model: set SEGAGENT_POLICY (a model folder or hub id); "
     "without one, segment interactively with the smart KeyPointLabels/RectangleLabels tools"
 )
+
+
+# Seconds without version checks after one failed (Redis away): requests must not each wait for a timeout.
+RECHECK_AFTER_FAILURE = 5.0
 
 
 def project_id(project: Any) -> Optional[str]:
@@ -63,8 +68,15 @@ class Predictor:
         self._load_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self.load_seconds: Optional[float] = None
+        # model versions: the promoted one replaces SEGAGENT_POLICY (None = no version promoted)
+        self.registry = Registry.from_settings(settings)
+        self._announced: tuple[Optional[str], int] = (None, -1)  # what maybe_reload last acted on
+        self._version: Optional[str] = None  # the registry version whose policy serves (or will)
+        self.reload_error: Optional[str] = None  # the last failed hot reload; the old policy still serves
+        self._unreachable_until = 0.0  # after a failed check, skip checks a while (no timeout per request)
         if check_paths:
             check_model_paths(settings)
+        self._check_announced()  # model_version names the version this process will serve from the start
 
     # ----- the model -------------------------------------------------------------------------
     @property
@@ -72,6 +84,8 @@ class Predictor:
         s = self.settings
         if s.model_version:
             return s.model_version
+        if self._version:  # a registry version: its name changes on promotion, so LS refreshes
+            return self._version
         weights = {"sam": s.sam_checkpoint, "hf-sam": s.sam_model}.get(s.segmenter)
         name = f"{s.segmenter}-{Path(weights).stem}" if weights else s.segmenter
         policy = f"{Path(s.policy).name}-" if s.policy else ""
@@ -93,21 +107,84 @@ class Predictor:
                 return
             started = time.perf_counter()
             s = self.settings
+            self._check_announced()  # the current version, if any, is what loads
             try:
                 self._segmenter = build_segmenter(
                     s.segmenter, self.cache, sam_checkpoint=s.sam_checkpoint, sam_type=s.sam_type,
                     sam_model=s.sam_model, device=s.device, grabcut_max_side=s.grabcut_max_side,
                 )
-                if s.policy:
-                    self._policy = build_policy(s.policy_kind, s.policy, device=s.device, dtype=s.dtype,
-                                                coordinates=s.coordinates, temperature=s.temperature)
+                self._policy = self._build_policy(self._version)
             except Exception as exc:
                 self._load_error = f"{type(exc).__name__}: {exc}"
                 log.exception("loading the models failed")
                 return
             self.load_seconds = time.perf_counter() - started
-            log.info("models loaded in %.2f s (%s, policy %s)", self.load_seconds, s.segmenter, s.policy)
+            log.info("models loaded in %.2f s (%s, policy %s)", self.load_seconds, s.segmenter, self.policy_source)
             self._loaded.set()
+
+    @property
+    def policy_source(self) -> Optional[str]:
+        """The folder (or hub id) the policy loads from: the current version's, else SEGAGENT_POLICY."""
+        return str(self.registry.model_folder(self._version)) if self._version else self.settings.policy
+
+    @property
+    def has_policy(self) -> bool:
+        return self.policy_source is not None
+
+    def _build_policy(self, version: Optional[str]) -> Optional[Policy]:
+        s = self.settings
+        source = str(self.registry.model_folder(version)) if version else s.policy
+        if source is None:
+            return None
+        return build_policy(s.policy_kind, source, device=s.device, dtype=s.dtype, coordinates=s.coordinates,
+                            temperature=s.temperature)
+
+    def _check_announced(self) -> Optional[tuple[Optional[str], int]]:
+        """The announced (version, counter) when it changed since the last check, else None."""
+        if time.monotonic() < self._unreachable_until:
+            return None
+        try:
+            announced = self.registry.announced()
+        except Exception as exc:  # Redis away or a torn file: keep serving what is loaded
+            log.warning("cannot read the current model version: %s", exc)
+            self._unreachable_until = time.monotonic() + RECHECK_AFTER_FAILURE
+            return None
+        if announced == self._announced:
+            return None
+        self._announced = announced
+        if not self._loaded.is_set():  # nothing loaded yet: load() picks this version
+            self._version = announced[0]
+        return announced
+
+    def maybe_reload(self) -> bool:
+        """Load the newly announced model version, if any; True when the serving policy changed.
+
+        Cheap when nothing changed (one Redis GET or one small file read), so embedded mode calls it
+        before each request and a worker between jobs. The segmenter stays; only the policy is
+        swapped, under the model lock, so no episode sees half of each. A version that fails to
+        load is reported in ``reload_error`` and the old one keeps serving; it is not retried until
+        the next promotion (the counter changes).
+        """
+        with self._load_lock:  # one loader at a time; the initial load() holds it too
+            announced = self._check_announced()
+            if announced is None or not self._loaded.is_set():
+                return False
+            if announced[0] == self._version:  # e.g. a rollback from a version that failed to load
+                self.reload_error = None
+                return False
+            version = announced[0]
+            started = time.perf_counter()
+            try:
+                policy = self._build_policy(version)
+            except Exception as exc:
+                self.reload_error = f"version {version!r} failed to load: {type(exc).__name__}: {exc}"
+                log.exception("hot reload of model version %r failed; %s keeps serving", version, self.model_version)
+                return False
+            with self._model_lock:
+                self._policy, self._version = policy, version
+            self.reload_error = None
+            log.info("model version %s loaded in %.2f s", self.model_version, time.perf_counter() - started)
+            return True
 
     def segmenter(self) -> Segmenter:
         self.load()
@@ -166,7 +243,7 @@ class Predictor:
         pending: list[tuple[int, EpisodeRequest]] = []
         for i, task in enumerate(tasks):
             try:
-                if not self.settings.policy:
+                if not self.has_policy:
                     raise RequestError(f"task {task_id(task)!r}: {NO_POLICY}", 501)
                 image = self.media.load(image_url(task, config), task_id(task), source)
                 pending.append((i, EpisodeRequest(image, expression(task, config) or "")))
@@ -184,7 +261,7 @@ class Predictor:
         box = prompt.box.to_pixels(width, height) if prompt.box is not None else None
         if not clicks and box is None:  # every click was deleted: no mask
             return {"result": [], "score": 0.0, "model_version": self.model_version}
-        if self.settings.refine and self.settings.policy:
+        if self.settings.refine and self.has_policy:
             request = EpisodeRequest(image, expression(task, config, prompt.label) or "", box, clicks)
             episode = self.run_policy([request])[0]
         else:

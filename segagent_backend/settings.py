@@ -67,7 +67,7 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_CACHE_MB", "cache_mb", "1024", "Byte budget of the per-image embedding cache (LRU, keyed by image content)."),
     ("SEGAGENT_GRABCUT_MAX_SIDE", "grabcut_max_side", "512", "GrabCut works on the image scaled to this longest side (speed); masks come back at full size."),
     ("SEGAGENT_EXPRESSION_FIELD", "expression_field", None, "Task data field holding the referring expression when the label config shows none."),
-    ("SEGAGENT_MODEL_VERSION", "model_version", None, "Overrides the reported model version (default: derived from the segmenter and its weights)."),
+    ("SEGAGENT_MODEL_VERSION", "model_version", None, "Overrides the reported model version (default: the promoted version of `MODEL_DIR/versions`, else derived from the policy, the segmenter and its weights)."),
     ("SEGAGENT_PRELOAD", "preload", "true", "Load the models in a background thread at start (true) or at the first request (false)."),
 )
 

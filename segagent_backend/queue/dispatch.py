@@ -184,7 +184,8 @@ class QueueDispatcher:
         return True, {"redis": "ok", "workers": [
             {"name": w.name, "host": w.host, "device": w.device, "model_version": w.model_version,
              "model": w.model, "queues": w.queues, "cache_entries": w.cache_entries, "cache_bytes": w.cache_bytes,
-             "jobs_done": w.jobs_done, "seconds_since_heartbeat": round(time.time() - w.heartbeat_at, 1)}
+             "jobs_done": w.jobs_done, "seconds_since_heartbeat": round(time.time() - w.heartbeat_at, 1),
+             **({"reload_error": w.reload_error} if w.reload_error else {})}
             for w in workers]}
 
     def snapshot(self) -> status.Snapshot:

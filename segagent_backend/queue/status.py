@@ -33,6 +33,7 @@ class WorkerHealth:
     jobs_done: int = 0
     current_job: str = ""
     heartbeat_at: float = 0.0
+    reload_error: str = ""  # a promoted version that failed to load ("" = none); the old one serves
 
     def to_redis(self) -> dict:
         return {k: str(v) for k, v in asdict(self).items()}

@@ -74,8 +74,9 @@ class ResidentWorker(SimpleWorker):
         return 2 * self.heartbeat_seconds
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        # Hot reload of a newly promoted model version (another issue) belongs here, between jobs:
-        # compare the announced version with self.predictor.model_version before performing `job`.
+        # Hot reload between jobs: a newly promoted model version loads before this job runs (never
+        # under a running job); a version that fails to load leaves the old one serving.
+        self.predictor.maybe_reload()
         execution = self.prepare_execution(job)
         self._current = (job, execution)
         try:
@@ -94,6 +95,7 @@ class ResidentWorker(SimpleWorker):
             device=describe_device(p.settings.device), model_version=p.model_version, model=p.status,
             cache_entries=len(p.cache), cache_bytes=p.cache.nbytes, jobs_done=self.jobs_done,
             current_job=current[0].id if current else "", heartbeat_at=time.time(),
+            reload_error=p.reload_error or "",
         )
 
     def publish_health(self) -> None:
