@@ -51,7 +51,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.get("/")
     @app.get("/health")
     def health():
-        predictor.maybe_reload()
+        predictor.reload_in_background()
         body = {"status": "UP", "model_class": "SegAgent", "model_version": predictor.model_version,
                 "segmenter": settings.segmenter, "mode": dispatcher.mode}
         if dispatcher.mode == "embedded":
@@ -72,8 +72,8 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.post("/setup")
     def setup():
         body = _json_object()
-        # a newly promoted version: reported (and, embedded, loaded) now, so Label Studio refreshes
-        predictor.maybe_reload()
+        # Label Studio gives /setup 3 s: a newly promoted version loads off-thread, never here
+        predictor.reload_in_background()
         predictor.setup(body.get("schema"), body.get("project"), body.get("hostname"), body.get("access_token"))
         return jsonify({"model_version": predictor.model_version})
 

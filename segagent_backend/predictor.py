@@ -186,6 +186,12 @@ class Predictor:
             log.info("model version %s loaded in %.2f s", self.model_version, time.perf_counter() - started)
             return True
 
+    def reload_in_background(self) -> None:
+        """For routes with tight timeouts (/health 1 s, /setup 3 s): notice a promotion and load it
+        off-thread; /predict (100 s) and workers call ``maybe_reload`` directly."""
+        if not self._load_lock.locked():  # a load or reload is already under way otherwise
+            threading.Thread(target=self.maybe_reload, name="model-reload", daemon=True).start()
+
     def segmenter(self) -> Segmenter:
         self.load()
         if self._load_error:  # the segmenter or the policy: either makes the service unusable

@@ -6,6 +6,7 @@ loader; what is checked is which version serves and is reported, not mask qualit
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -100,10 +101,12 @@ def test_hot_reload_in_a_running_app(make_settings, tiny_policies, media_server,
     body = predict_body(f"{media_server}/disk.png", None, config=EXAMPLE_CONFIG)
 
     def versions() -> tuple[str, str]:
-        setup = client.post("/setup", json={"schema": EXAMPLE_CONFIG, "project": "1.1"})
+        # /predict reloads a promoted version before answering; /setup never loads (3 s budget) and
+        # reports what serves
         reply = client.post("/predict", json=body)
         assert reply.status_code == 200, reply.json
         assert "result" in reply.json["results"][0]
+        setup = client.post("/setup", json={"schema": EXAMPLE_CONFIG, "project": "1.1"})
         return setup.json["model_version"], reply.json["results"][0]["model_version"]
 
     assert versions() == ("v1", "v1")
@@ -126,4 +129,8 @@ def test_hot_reload_in_a_running_app(make_settings, tiny_policies, media_server,
     assert health.status_code == 200 and health.json["model_version"] == "v1"
     assert "broken" in health.json["reload_error"]
     registry.rollback()
+    # /health (1 s budget) only notices the rollback and reloads off-thread: wait for that, bounded
+    deadline = time.monotonic() + 10
+    while "reload_error" in client.get("/health").json and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "reload_error" not in client.get("/health").json
