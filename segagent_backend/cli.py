@@ -209,14 +209,18 @@ def parse_ids(text: str) -> list[int]:
 
 def cmd_preannotate(args: argparse.Namespace) -> int:
     """Queue a project's tasks lacking a prediction of the current model version; workers post them."""
-    from .queue.preannotate import enqueue
+    from .queue.preannotate import enqueue, follow
 
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("segagent preannotate needs REDIS_URL (workers do the predicting)")
     plan = enqueue(settings, args.project, args.tasks, args.force)
-    print(json.dumps({k: v for k, v in plan.to_json().items() if k != "jobs"} | {"jobs": len(plan.jobs)}))
-    return 0
+    summary = {k: v for k, v in plan.to_json().items() if k not in ("jobs", "job_tasks")} | {"jobs": len(plan.jobs)}
+    if args.wait and plan.jobs:
+        state = follow(settings, plan)
+        summary |= {"tasks_done": state.tasks_done, "tasks_failed": state.tasks_failed}
+    print(json.dumps(summary))
+    return 1 if summary.get("tasks_failed") else 0
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -288,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
     p.add_argument("--force", action="store_true", help="also tasks that hold a prediction of this model version")
+    p.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="queue and return (default: follow the jobs with a progress bar; Ctrl-C stops only the bar)")
     p.set_defaults(run=cmd_preannotate)
 
     p = sub.add_parser("versions", help="list, register, promote or roll back model versions (MODEL_DIR/versions)")

@@ -46,6 +46,7 @@ class Plan:
     queued: list[int] = field(default_factory=list)
     already_predicted: int = 0
     jobs: list[str] = field(default_factory=list)
+    job_tasks: list[int] = field(default_factory=list)  # how many tasks each job holds
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -87,7 +88,51 @@ def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] 
             description=f"preannotate {len(chunk)} task(s) of project {project}",
         )
         plan.jobs.append(job.id)
+        plan.job_tasks.append(len(chunk))
     return plan
+
+
+@dataclass
+class Progress:
+    tasks_done: int = 0
+    tasks_failed: int = 0
+    jobs_left: int = 0
+
+
+def progress(settings: Settings, plan: Plan) -> Progress:
+    """How far the plan's jobs are: tasks of finished and of failed jobs, jobs still queued or running."""
+    from rq.job import Job, JobStatus
+
+    connection = connect(settings.redis_url, settings.redis_timeout)
+    fetched = Job.fetch_many(plan.jobs, connection=connection, serializer=JSONSerializer)
+    state = Progress()
+    for job, tasks in zip(fetched, plan.job_tasks):
+        status = job.get_status() if job is not None else JobStatus.FAILED  # expired: it cannot finish now
+        if status == JobStatus.FINISHED:
+            state.tasks_done += tasks
+        elif status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            state.tasks_failed += tasks
+        else:
+            state.jobs_left += 1
+    return state
+
+
+def follow(settings: Settings, plan: Plan, interval: float = 0.5) -> Progress:
+    """A progress bar over the plan's tasks until every job finished or failed. Interrupting it stops
+    nothing: the jobs stay queued, and running the command again skips the tasks already predicted."""
+    import time
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(plan.queued), unit="task", desc=f"project {plan.project}") as bar:
+        while True:
+            state = progress(settings, plan)
+            bar.n = state.tasks_done + state.tasks_failed
+            bar.set_postfix(failed=state.tasks_failed, refresh=False)
+            bar.refresh()
+            if not state.jobs_left:
+                return state
+            time.sleep(interval)
 
 
 def enqueue_planning(queue: Queue, project: int, task_ids: list[int], settings: Settings) -> str:

@@ -238,7 +238,7 @@ def test_preannotate_a_project_through_queue_workers(label_studio, files_root, r
         return done.stdout
 
     try:
-        plan = json.loads(segagent("preannotate", "--project", str(project.id)))
+        plan = json.loads(segagent("preannotate", "--project", str(project.id), "--no-wait"))
         assert plan["queued"] == ids and plan["jobs"] == 2 and plan["already_predicted"] == 0
         segagent("worker", "--burst", "--queues", "batch")  # runs the queued chunks, then quits
         for task_id in ids:
