@@ -64,6 +64,7 @@ class _Episode:
     request: EpisodeRequest
     given: int
     nodes: list[_Node]
+    digest: str  # the image's content digest, hashed once per episode
     path: list[_Node] = field(default_factory=list)
     malformed: int = 0
     stop_reason: str = ""
@@ -104,7 +105,7 @@ def _start(index: int, request: EpisodeRequest, segmenter: Segmenter) -> _Episod
         root = _Node((), np.zeros((height, width), bool), None)
     else:
         root = _Node(clicks, first.mask, first.logits, float(first.score))
-    return _Episode(index, request, len(clicks), [root])
+    return _Episode(index, request, len(clicks), [root], segmenter.image_key[1])
 
 
 def _judge(policy: Policy, episodes: list[_Episode], step: int, k: int) -> None:
@@ -139,7 +140,8 @@ def _expand(episode: _Episode, parent: _Node, segmenter: Segmenter) -> list[_Nod
     clicks = list(dict.fromkeys(a.click for a in parent.proposals if a.click is not None))
     if not clicks:
         return []
-    segmenter.set_image(episode.request.image)  # a cache hit: lockstep interleaves images
+    # lockstep interleaves images: switch back by the known digest (a cache hit, no re-hashing)
+    segmenter.set_image(episode.request.image, episode.digest)
     children = []
     for click in clicks:
         out = segmenter.segment(parent.clicks + (click,), episode.request.box, parent.logits)

@@ -143,3 +143,19 @@ def test_given_clicks_policy_replays_the_annotator(disk_image):
     clicks = [Click(80, 60), Click(5, 5, False)]
     result = run_episodes(GivenClicksPolicy([clicks]), GrabCutSegmenter(), [EpisodeRequest(image, "x")])[0]
     assert [s.click for s in result.trajectory] == clicks and result.stop_reason == "policy stopped"
+
+
+def test_each_image_is_hashed_once_per_episode_in_lockstep(samples, monkeypatch):
+    from segagent_backend.agent.segmenters import base
+
+    real_digest, hashed = base.image_digest, []
+
+    def counting_digest(image):
+        hashed.append(1)
+        return real_digest(image)
+
+    monkeypatch.setattr(base, "image_digest", counting_digest)
+    policy = Recording(SimulatorPolicy())
+    run_episodes(policy, GrabCutSegmenter(), requests_for(samples), LoopConfig(max_steps=3, stop_iou=1.0, patience=9))
+    assert len(policy.batches) >= 3  # several lockstep steps, each switching between the three images
+    assert len(hashed) == 3

@@ -45,11 +45,16 @@ class Segmenter(ABC):
             raise RuntimeError("set_image() must be called before segment()")
         return self._image_key
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Prepare ``image``: (H, W, 3) uint8 RGB. Encodes only when the cache misses."""
+    def set_image(self, image: np.ndarray, digest: Optional[str] = None) -> None:
+        """Prepare ``image``: (H, W, 3) uint8 RGB. Encodes only when the cache misses.
+
+        ``digest``: the image's content digest when the caller already has it (``image_key[1]`` of an
+        earlier ``set_image`` of the same, unchanged array), so switching back to an image in a
+        lockstep loop does not hash every pixel again.
+        """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        key = (self.cache_namespace, image_digest(image))
+        key = (self.cache_namespace, digest or image_digest(image))
         embedding = self.cache.get(key)
         if embedding is None:
             embedding, nbytes = self._encode(image)
