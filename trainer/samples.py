@@ -1,0 +1,58 @@
+"""SFT samples: one per recorded click of a trajectory and per caption.
+
+Step t shows the policy the image with mask M_t painted on it (M_0 = the start state's mask, else
+empty; M_t = the mask after click t-1) and the task text; the target is the policy's exact answer:
+``<ref>{caption}</ref> Current IOU: {round(100 * IoU(M_t))}  {Positive|Negative} point: (A, B)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from segagent_backend.agent.overlay import overlay_mask
+from segagent_backend.agent.protocol import SEGAGENT_QWEN, CoordinateConvention, format_answer
+from segagent_backend.agent.types import Click
+
+from .traces import Trace
+
+
+@dataclass
+class SFTSample:
+    """image: (H, W, 3) uint8 RGB; shown: (H, W) bool, the mask painted on it; target: the answer text."""
+
+    image: np.ndarray
+    shown: np.ndarray
+    expression: str
+    target: str
+    source: str = ""  # where it came from (image name / task id), for reports
+
+    @property
+    def overlay(self) -> np.ndarray:
+        """What the policy sees: (H, W, 3) uint8 RGB."""
+        return overlay_mask(self.image, self.shown)
+
+
+def step_samples(image: np.ndarray, expression: str, shown: Sequence[np.ndarray], ious: Sequence[float],
+                 clicks: Sequence[Click], convention: CoordinateConvention = SEGAGENT_QWEN,
+                 source: str = "") -> list[SFTSample]:
+    """One sample per click: ``shown[t]`` / ``ious[t]`` is the state click ``t`` was chosen on."""
+    height, width = image.shape[:2]
+    return [SFTSample(image, mask, expression, format_answer(expression, iou, click, width, height, convention), source)
+            for mask, iou, click in zip(shown, ious, clicks)]
+
+
+def samples_from_trace(trace: Trace, image: np.ndarray, convention: CoordinateConvention = SEGAGENT_QWEN,
+                       captions: Optional[Iterable[str]] = None) -> list[SFTSample]:
+    """Every step of ``trace`` x every caption (``captions`` overrides the trace's own)."""
+    if image.shape[:2] != trace.gt.shape:
+        raise ValueError(f"{trace.image_name}: image {image.shape[:2]} does not match the trace's mask {trace.gt.shape}")
+    first = trace.start.mask if trace.start is not None else np.zeros(trace.gt.shape, dtype=bool)
+    first_iou = trace.start.iou if trace.start is not None else 0.0
+    shown = [first] + [s.mask for s in trace.steps[:-1]]
+    ious = [first_iou] + [s.iou for s in trace.steps[:-1]]
+    out: list[SFTSample] = []
+    for caption in (list(captions) if captions is not None else trace.captions):
+        out += step_samples(image, caption, shown, ious, trace.clicks, convention, trace.image_name)
+    return out
