@@ -13,7 +13,8 @@ from .errors import ModelUnavailable, RequestError
 from .metrics import Metrics
 from .predictor import Predictor
 from .queue.dispatch import InlineDispatcher, PredictRequest, QueueDispatcher
-from .queue.names import BATCH
+from .queue.names import BATCH, TRAIN
+from .queue.training import ThreadStarter, queued_starter
 from .settings import Settings
 from .webhook import handle_webhook
 
@@ -40,6 +41,12 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         metrics.cache_bytes.set_function(lambda: predictor.cache.nbytes)
         metrics.cache_entries.set_function(lambda: len(predictor.cache))
         metrics.model_ready.set_function(lambda: 1.0 if predictor.status == "ready" else 0.0)
+
+    # training rounds: a job on the train queue, or a thread of this process in embedded mode
+    if dispatcher.mode == "embedded":
+        start_training = ThreadStarter(settings)
+    else:
+        start_training = queued_starter(settings, lambda: dispatcher.queue(TRAIN))
 
     app = Flask(__name__)
     app.config.update(SEGAGENT_SETTINGS=settings, SEGAGENT_PREDICTOR=predictor, SEGAGENT_METRICS=metrics,
@@ -102,7 +109,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         body = _json_object()
         # embedded mode has no queue: the reply then says pre-annotation needs REDIS_URL
         batch_queue = (lambda: dispatcher.queue(BATCH)) if dispatcher.mode != "embedded" else None
-        reply = handle_webhook(body, settings, batch_queue)
+        reply = handle_webhook(body, settings, batch_queue, start_training)
         metrics.webhooks.labels(reply["action"] if reply["known"] else "unknown").inc()
         return jsonify(reply)
 

@@ -17,6 +17,7 @@ POLICY_KINDS = ("hf-vlm", "qwen-vl-chat")
 COORDINATES = ("qwen", "llava")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+TRAIN_METHODS = ("lora", "full")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -54,6 +55,15 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_WORKER_HEARTBEAT", "worker_heartbeat", "10", "Seconds between worker heartbeats; a running job whose worker missed two heartbeats is re-queued."),
     ("SEGAGENT_REDIS_TIMEOUT", "redis_timeout", "2", "Seconds the web process waits for Redis to connect or answer before it reports Redis unreachable."),
     ("SEGAGENT_PREANNOTATE_ON_CREATE", "preannotate_on_create", "false", "A `TASKS_CREATED` webhook queues pre-annotation of the new tasks (needs `REDIS_URL`, `LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`)."),
+    ("SEGAGENT_TRAIN_EVERY", "train_every", "50", "Queue a training round after this many new corrections of a project (annotations submitted or updated); 0 = only on Start Training."),
+    ("SEGAGENT_TRAIN_METHOD", "train_method", "lora", "`lora` (peft adapters on the language model, merged into the saved version) or `full` fine-tuning (the vision tower stays frozen either way)."),
+    ("SEGAGENT_TRAIN_EPOCHS", "train_epochs", "2", "Epochs over a round's samples."),
+    ("SEGAGENT_TRAIN_LR", "train_lr", "0.0001", "Peak learning rate (cosine schedule)."),
+    ("SEGAGENT_TRAIN_BATCH", "train_batch", "4", "Samples per training step."),
+    ("SEGAGENT_STAR_ROUNDS", "star_rounds", "0", "StaR+ rounds after SFT: roll the policy out on the training images, keep its good clicks, replace the others with the simulator's, train again."),
+    ("SEGAGENT_HOLDOUT", "holdout", "0.2", "Fraction of a round's annotated tasks held out to compare the candidate with the serving policy (at least one)."),
+    ("SEGAGENT_FORCE_PROMOTE", "force_promote", "false", "Promote every trained candidate, even when it scores worse than the serving policy on the held-out tasks."),
+    ("SEGAGENT_TRAIN_TIMEOUT", "train_timeout", "21600", "Seconds a training round may run on a worker before it is stopped (a retried round resumes from its checkpoints)."),
     ("LABEL_STUDIO_URL", "label_studio_url", None, "Label Studio base URL (http:// or https://) used to download uploaded/local/cloud task images."),
     ("LABEL_STUDIO_API_KEY", "label_studio_api_key", None, "Label Studio access token used with `LABEL_STUDIO_URL`."),
     ("BASIC_AUTH_USER", "basic_auth_user", None, "HTTP Basic auth user required on every route (set with `BASIC_AUTH_PASS`)."),
@@ -102,6 +112,15 @@ class Settings:
     worker_heartbeat: int = 10
     redis_timeout: float = 2.0
     preannotate_on_create: bool = False
+    train_every: int = 50
+    train_method: str = "lora"
+    train_epochs: int = 2
+    train_lr: float = 1e-4
+    train_batch: int = 4
+    star_rounds: int = 0
+    holdout: float = 0.2
+    force_promote: bool = False
+    train_timeout: int = 21600
     label_studio_url: Optional[str] = None
     label_studio_api_key: Optional[str] = None
     basic_auth_user: Optional[str] = None
@@ -151,6 +170,12 @@ class Settings:
                 fail(attr, f"must be one of {', '.join(allowed)}")
         if not 0.0 < self.stop_iou <= 1.0:
             fail("stop_iou", "must be in (0, 1]")
+        if self.train_method not in TRAIN_METHODS:
+            fail("train_method", f"must be one of {', '.join(TRAIN_METHODS)}")
+        if not 0.0 < self.holdout < 1.0:
+            fail("holdout", "must be between 0 and 1")
+        if self.train_lr <= 0:
+            fail("train_lr", "must be > 0")
         if self.temperature <= 0:
             fail("temperature", "must be > 0")
         if self.sam_type is not None and self.sam_type not in SAM_TYPES:
@@ -170,7 +195,8 @@ class Settings:
                           ("max_steps", 0), ("candidates", 1), ("patience", 1), ("predict_deadline", 1),
                           ("interactive_deadline", 1), ("batch_chunk", 1), ("job_timeout", 1), ("job_retries", 0),
                           ("transient_retries", 0), ("retry_backoff", 0), ("worker_heartbeat", 1),
-                          ("redis_timeout", 0.1)):
+                          ("redis_timeout", 0.1), ("train_every", 0), ("train_epochs", 1), ("train_batch", 1),
+                          ("star_rounds", 0), ("train_timeout", 1)):
             if getattr(self, attr) < low:
                 fail(attr, f"must be >= {low}")
         if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():

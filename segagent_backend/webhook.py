@@ -6,8 +6,14 @@ from typing import Any, Callable, Optional
 import redis
 from rq import Queue
 
+from .corrections import CorrectionStore
 from .errors import RequestError
+from .labelstudio.annotations import corrections_from_webhook
 from .settings import Settings
+
+# (project id or None, data source) -> what was started; see queue/training.py
+StartTraining = Callable[[Optional[int], str], dict]
+ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"})
 
 # every action Label Studio 1.23 emits
 KNOWN_ACTIONS = frozenset({
@@ -18,14 +24,19 @@ KNOWN_ACTIONS = frozenset({
 
 
 def handle_webhook(body: dict, settings: Optional[Settings] = None,
-                   batch_queue: Optional[Callable[[], Queue]] = None) -> dict:
-    """Validate and acknowledge one event. Returns the JSON reply.
+                   batch_queue: Optional[Callable[[], Queue]] = None,
+                   start_training: Optional[StartTraining] = None) -> dict:
+    """Validate and acknowledge one event; the reply says what was done. Nothing slow happens here.
 
-    ``TASKS_CREATED`` queues one planning job for the new tasks when SEGAGENT_PREANNOTATE_ON_CREATE
-    is on (``batch_queue`` gives the queue; None in embedded mode). Recording corrections and training
-    on them (ANNOTATION_*, START_TRAINING) is not served by this version: the reply says so rather
-    than pretending. ``START_TRAINING`` bodies have no ``annotation`` or ``task`` key, and nothing
-    here reads one.
+    - ANNOTATION_CREATED / ANNOTATION_UPDATED / ANNOTATIONS_CREATED: the annotations are checked and
+      recorded as corrections (unusable ones are recorded as rejected, with the reason); every
+      SEGAGENT_TRAIN_EVERY new corrections of a project start a training round.
+    - ANNOTATIONS_DELETED / TASKS_DELETED: their corrections leave the next round.
+    - START_TRAINING: a round on every annotated task of the project (pulled from Label Studio when
+      LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are set, else the recorded corrections). Its body has no
+      ``annotation`` or ``task`` key, and nothing here reads one.
+    - TASKS_CREATED: one pre-annotation planning job when SEGAGENT_PREANNOTATE_ON_CREATE is on.
+    ``start_training`` runs or queues a round (None: training is not available in this process).
     """
     action = body.get("action")
     if not isinstance(action, str) or not action:
@@ -33,11 +44,66 @@ def handle_webhook(body: dict, settings: Optional[Settings] = None,
     if action not in KNOWN_ACTIONS:
         return {"status": "ok", "action": action, "known": False,
                 "note": f"unknown action {action!r}: nothing done"}
-    reply = {"status": "ok", "action": action, "known": True,
-             "note": "acknowledged; learning from annotations is not enabled in this version"}
+    reply = {"status": "ok", "action": action, "known": True, "note": "acknowledged"}
     if action == "TASKS_CREATED":
         reply.update(_tasks_created(body, settings, batch_queue))
+    elif settings is not None and action in ANNOTATION_ACTIONS:
+        reply.update(_record(body, action, settings, start_training))
+    elif settings is not None and action in ("ANNOTATIONS_DELETED", "TASKS_DELETED"):
+        reply.update(_forget(body, action, settings))
+    elif settings is not None and action == "START_TRAINING":
+        reply.update(_start_training(body, settings, start_training))
     return reply
+
+
+def _record(body: dict, action: str, settings: Settings, start_training: Optional[StartTraining]) -> dict:
+    good, bad = corrections_from_webhook(body, settings.expression_field)
+    store = CorrectionStore.from_settings(settings)
+    counts = store.record(good)
+    store.reject(bad, action)
+    reply: dict = {"recorded": [c.annotation_id for c in good],
+                   "rejected": [{"task": r.task_id, "annotation": r.annotation_id, "reason": r.reason} for r in bad]}
+    due = [p for p, n in counts.items() if settings.train_every and n >= settings.train_every]
+    if due and start_training is not None:
+        reply["training"] = [_start(settings, store, p, "corrections", start_training) for p in due]
+    reply["note"] = f"{len(good)} correction(s) recorded, {len(bad)} rejected"
+    return reply
+
+
+def _forget(body: dict, action: str, settings: Settings) -> dict:
+    key = "annotations" if action == "ANNOTATIONS_DELETED" else "tasks"
+    items = body.get(key)
+    if not isinstance(items, list):
+        raise RequestError(f"{action} needs an '{key}' list")
+    ids = [i.get("id") if isinstance(i, dict) else None for i in items]
+    if not all(_is_id(i) for i in ids):
+        raise RequestError(f"every item of '{key}' needs an integer 'id'")
+    store = CorrectionStore.from_settings(settings)
+    removed = store.delete_annotations(ids) if key == "annotations" else store.delete_tasks(ids)
+    return {"removed": removed, "note": f"{removed} correction(s) removed from the next training round"}
+
+
+def _start_training(body: dict, settings: Settings, start_training: Optional[StartTraining]) -> dict:
+    project = body.get("project")
+    project = project.get("id") if isinstance(project, dict) else project
+    if not _is_id(project):
+        raise RequestError("START_TRAINING needs 'project': {'id': <int>}")
+    if start_training is None:
+        return {"note": "acknowledged; training does not run in this process"}
+    source = "labelstudio" if settings.label_studio_url and settings.label_studio_api_key else "corrections"
+    store = CorrectionStore.from_settings(settings)
+    started = _start(settings, store, project, source, start_training)
+    return {"training": started, "note": f"training round on {source}: {started.get('note', 'started')}"}
+
+
+def _start(settings: Settings, store: CorrectionStore, project: Optional[int], source: str,
+           start_training: StartTraining) -> dict:
+    if not settings.policy:  # a round could only fail: say so instead of starting one
+        return {"project": project, "started": False, "note": "not started: set SEGAGENT_POLICY (the base policy)"}
+    started = {"started": True, **start_training(project, source)}
+    if not started.get("running"):
+        store.training_started(project)  # what arrives from now on counts towards the next round
+    return {"project": project, "source": source, **started}
 
 
 def _tasks_created(body: dict, settings: Optional[Settings], batch_queue: Optional[Callable[[], Queue]]) -> dict:

@@ -93,3 +93,35 @@ def summarize(runs: Sequence[NocRun], max_clicks: int = 20) -> dict[str, float]:
         "samples_with_drops": int(sum(count_drops(r.ious) > 0 for r in runs)),
         "s_per_click": (sum(r.seconds for r in runs) / calls) if calls else float("nan"),
     }
+
+
+@dataclass
+class PolicyScore:
+    """A policy's episodes on held-out samples: mean IoU (gIoU) and cumulative IoU (cIoU, the paper's
+    headline metric), and each sample's IoU in order."""
+
+    miou: float
+    ciou: float
+    samples: int
+    ious: list[float] = field(default_factory=list)
+
+    def not_worse_than(self, other: Optional["PolicyScore"]) -> bool:
+        """True when neither metric is lower than ``other``'s (always against no score at all)."""
+        return other is None or (self.miou >= other.miou and self.ciou >= other.ciou)
+
+
+def evaluate_policy(policy, segmenter: Segmenter, samples: Sequence[Sample], config=None) -> PolicyScore:
+    """Run ``policy``'s episodes on ``samples`` in lockstep and score the masks they return.
+
+    Each sample is its own referring expression; the ignore band is excluded from both metrics.
+    """
+    from segagent_backend.agent.loop import EpisodeRequest, LoopConfig, run_episodes
+    from segagent_backend.agent.metrics import ciou, intersection_union
+
+    if not samples:
+        raise ValueError("no samples to evaluate on")
+    requests = [EpisodeRequest(s.image, s.expression, gt=s.gt, ignore=s.ignore) for s in samples]
+    results = run_episodes(policy, segmenter, requests, config or LoopConfig())
+    pairs = [intersection_union(r.mask, s.gt, s.ignore) for r, s in zip(results, samples)]
+    ious = [inter / union if union else 1.0 for inter, union in pairs]
+    return PolicyScore(float(np.mean(ious)), ciou([p[0] for p in pairs], [p[1] for p in pairs]), len(samples), ious)

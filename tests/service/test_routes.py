@@ -37,6 +37,7 @@ def test_versions(client):
 WEBHOOK_BODIES = {
     "ANNOTATION_CREATED": {"annotation": {"id": 1, "result": []}, "task": {"id": 2, "data": {}}, "project": {"id": 3}},
     "ANNOTATIONS_DELETED": {"annotations": [{"id": 1}], "project": {"id": 3}},
+    "TASKS_DELETED": {"tasks": [{"id": 2}], "project": {"id": 3}},
     "START_TRAINING": {"project": {"id": 3, "label_config": "<View/>"}},  # no annotation, no task
 }
 

@@ -1,0 +1,144 @@
+"""Recorded corrections: annotations the next training round learns from, kept on disk.
+
+Layout (under ``MODEL_DIR/corrections``; shared storage when processes run on several machines)::
+
+    <project>/a<annotation id>.json   one Correction (an update overwrites it; a deletion removes it)
+    <project>/state.json              {"new": corrections recorded since the last training started}
+    rejected.jsonl                    every annotation that was not usable, with its reason
+
+Files are written atomically (temp file + rename) and the counter under an exclusive ``flock``, so
+several web processes can record at once and a crash never leaves half a record. Redis keeps
+nothing on disk on these machines; corrections must survive restarts, so they live here.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from .labelstudio.annotations import Correction, Rejected
+
+NO_PROJECT = "no-project"
+
+
+class CorrectionStore:
+    def __init__(self, root: os.PathLike):
+        self.root = Path(root)
+
+    @classmethod
+    def from_settings(cls, settings) -> "CorrectionStore":
+        return cls(Path(settings.model_dir) / "corrections")
+
+    # ----- writing -----------------------------------------------------------------------------
+    def record(self, corrections: Iterable[Correction]) -> dict[Optional[int], int]:
+        """Store ``corrections``; returns, per project, how many were recorded since training last started."""
+        counts: dict[Optional[int], int] = {}
+        for c in corrections:
+            folder = self._folder(c.project)
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_json(folder / _file_name(c), {**c.to_json(), "recorded_at": time.time()})
+            counts[c.project] = counts.get(c.project, 0) + 1
+        return {project: self._bump(project, n) for project, n in counts.items()}
+
+    def reject(self, rejected: Iterable[Rejected], action: str) -> None:
+        """Append the unusable annotations and their reasons to ``rejected.jsonl``."""
+        lines = [json.dumps({**asdict(r), "action": action, "at": time.time()}) + "\n" for r in rejected]
+        if lines:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / "rejected.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(lines)
+
+    def delete_annotations(self, annotation_ids: Iterable[int]) -> int:
+        """Remove these annotations from the next round; returns how many were recorded."""
+        return self._remove(f"a{i}.json" for i in annotation_ids)
+
+    def delete_tasks(self, task_ids: Iterable[int]) -> int:
+        """Remove every correction of these tasks (the tasks were deleted in Label Studio)."""
+        wanted = set(task_ids)
+        return self._remove(p.name for p, c in self._records() if c.task_id in wanted)
+
+    # ----- reading -----------------------------------------------------------------------------
+    def corrections(self, project: Optional[int] = None) -> list[Correction]:
+        """Every recorded correction (of ``project`` when given), oldest first."""
+        found = [(p.stat().st_mtime, c) for p, c in self._records(project)]
+        return [c for _, c in sorted(found, key=lambda pair: pair[0])]
+
+    def rejected(self) -> list[dict]:
+        path = self.root / "rejected.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def new_since_training(self, project: Optional[int]) -> int:
+        return int(_read_json(self._folder(project) / "state.json").get("new", 0))
+
+    def training_started(self, project: Optional[int]) -> None:
+        """A round takes everything recorded so far: the counter starts again from zero."""
+        with self._state(project) as state:
+            state["new"] = 0
+
+    # ----- internals ---------------------------------------------------------------------------
+    def _folder(self, project: Optional[int]) -> Path:
+        return self.root / (str(project) if project is not None else NO_PROJECT)
+
+    def _records(self, project: Optional[int] = None) -> Iterator[tuple[Path, Correction]]:
+        folders = [self._folder(project)] if project is not None else [
+            p for p in self.root.iterdir() if p.is_dir()] if self.root.is_dir() else []
+        for folder in folders:
+            for path in sorted(folder.glob("a*.json")):
+                try:
+                    yield path, Correction.from_json(json.loads(path.read_text(encoding="utf-8")))
+                except (OSError, ValueError, TypeError):
+                    continue  # removed meanwhile, or not ours
+
+    def _remove(self, names: Iterable[str]) -> int:
+        wanted = set(names)
+        removed = 0
+        if self.root.is_dir():
+            for folder in (p for p in self.root.iterdir() if p.is_dir()):
+                for name in wanted:
+                    try:
+                        (folder / name).unlink()
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
+
+    def _bump(self, project: Optional[int], n: int) -> int:
+        with self._state(project) as state:
+            state["new"] = int(state.get("new", 0)) + n
+            return state["new"]
+
+    @contextmanager
+    def _state(self, project: Optional[int]) -> Iterator[dict]:
+        folder = self._folder(project)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".state.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # read-modify-write across threads and processes
+            state = _read_json(folder / "state.json")
+            yield state
+            _write_json(folder / "state.json", state)
+
+
+def _file_name(c: Correction) -> str:
+    # an annotation id is unique in Label Studio; exports without one fall back to the task
+    return f"a{c.annotation_id}.json" if c.annotation_id is not None else f"at{c.task_id}.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    temp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

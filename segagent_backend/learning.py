@@ -1,0 +1,247 @@
+"""One training round of the service: annotations in, a new model version out, promoted if not worse.
+
+``run_training`` is what a train job runs (an RQ worker on the train queue, or a thread of the web
+process in embedded mode):
+
+1. the round's data: the project's recorded corrections, or (``source="labelstudio"``, the Start
+   Training button) every annotated task of the project pulled through the SDK;
+2. images fetched like /predict fetches them; masks checked against them (wrong size: rejected);
+3. a held-out split (``SEGAGENT_HOLDOUT``) chosen by task id, so it is stable across rounds;
+4. trajectories with the tool the workers serve, SFT (+ StaR+ rounds) from ``SEGAGENT_POLICY``;
+5. the candidate and the serving policy run episodes on the held-out tasks (mean IoU and cIoU);
+6. the candidate becomes a version with its metadata, promoted only when not worse
+   (``SEGAGENT_FORCE_PROMOTE`` promotes regardless); workers and web processes reload it.
+
+Every round leaves ``MODEL_DIR/training/<run>.json``: its status (running, promoted, kept, failed),
+the reason, counts, metrics and the rejected annotations. A failure at any point registers and
+promotes nothing; the serving version is untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .corrections import CorrectionStore
+from .labelstudio.annotations import Correction, Rejected, corrections_from_tasks
+from .media import MediaLoader, MediaSource
+from .registry import Registry
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The round cannot produce a candidate (no base policy, too little usable data, ...)."""
+
+
+@dataclass
+class TrainReport:
+    run: str
+    project: Optional[int]
+    source: str
+    status: str = "running"  # running | promoted | kept | failed | killed
+    reason: str = ""
+    version: Optional[str] = None
+    counts: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    rejected: list = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    finished_at: Optional[float] = None
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+
+def training_dir(settings: Settings) -> Path:
+    return Path(settings.model_dir) / "training"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def run_training(settings: Settings, project: Optional[int], source: str = "corrections",
+                 run: Optional[str] = None) -> TrainReport:
+    """One round (see the module docstring); never raises for a bad round: the report says why."""
+    report = TrainReport(run or new_run_id(), project, source)
+    _save(settings, report)
+    workdir = training_dir(settings) / report.run
+    try:
+        _round(settings, report, workdir)
+    except Exception as exc:
+        report.status, report.reason = "failed", f"{type(exc).__name__}: {exc}"
+        log.error("training run %s failed: %s\n%s", report.run, report.reason, traceback.format_exc())
+    report.finished_at = time.time()
+    _save(settings, report)
+    if report.status in ("promoted", "kept"):
+        shutil.rmtree(workdir, ignore_errors=True)  # the model now lives in its version folder
+    return report
+
+
+def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
+    from segagent_backend.agent.segmenters import EmbeddingCache, build_segmenter
+    from trainer.finetune import FinetuneConfig
+    from trainer.pipeline import train_policy
+    from trainer.samples import samples_from_trace
+    from trainer.trajectories import generate_traces
+
+    if not settings.policy:
+        raise TrainingError("no base policy to fine-tune: set SEGAGENT_POLICY")
+    store = CorrectionStore.from_settings(settings)
+    corrections, rejected = _collect(settings, store, report.project, report.source)
+    samples, more = _load_samples(settings, corrections)
+    report.rejected = [asdict(r) for r in rejected + more]
+    train, held_out = split(samples, settings.holdout)
+    report.counts = {"annotations": len(corrections), "rejected": len(report.rejected), "usable": len(samples),
+                     "train": len(train), "held_out": len(held_out)}
+    segmenter = build_segmenter(settings.segmenter, EmbeddingCache(settings.cache_bytes),
+                                sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
+                                sam_model=settings.sam_model, device=settings.device,
+                                grabcut_max_side=settings.grabcut_max_side)
+    traces = generate_traces(segmenter, train)
+    convention = _convention(settings)
+    sft = [s for trace, sample in zip(traces, train)
+           for s in samples_from_trace(trace, sample.image, convention, [sample.expression])]
+    report.counts.update(traces=len(traces), sft_samples=len(sft))
+    if not sft:
+        raise TrainingError("the trajectories gave no training samples")
+    config = FinetuneConfig(method=settings.train_method, epochs=settings.train_epochs,
+                            learning_rate=settings.train_lr, batch_size=settings.train_batch, device=settings.device)
+    outcome = train_policy(sft, settings.policy, workdir, config, star_rounds=settings.star_rounds, samples=train,
+                           segmenter=segmenter, policy_kind=settings.policy_kind, convention=convention,
+                           max_steps=settings.max_steps, progress=False)
+    _judge_and_register(settings, report, outcome, held_out, segmenter)
+
+
+def _collect(settings: Settings, store: CorrectionStore, project: Optional[int], source: str
+             ) -> tuple[list[Correction], list[Rejected]]:
+    if source == "corrections":
+        return store.corrections(project), []
+    if source != "labelstudio":
+        raise TrainingError(f"unknown data source {source!r}")
+    from .queue.preannotate import label_studio
+
+    if project is None:
+        raise TrainingError("training on a Label Studio project needs its id")
+    ls = label_studio(settings)
+    config = ls.projects.get(id=project).label_config
+    tasks = [t.model_dump() if hasattr(t, "model_dump") else dict(t)
+             for t in ls.tasks.list(project=project, fields="all")]
+    return corrections_from_tasks(tasks, config, project, settings.expression_field)
+
+
+def _load_samples(settings: Settings, corrections: list[Correction]):
+    """Corrections -> trainer Samples (image + mask); each one that cannot be used is a Rejected."""
+    from trainer.datasets import Sample
+
+    media = MediaLoader(settings.media_cache_dir, settings.max_image_pixels, settings.media_timeout,
+                        MediaSource(settings.label_studio_url, settings.label_studio_api_key))
+    samples, rejected = [], []
+    for c in corrections:
+        try:
+            image = media.load(c.image_url, c.task_id)
+            mask = c.mask()
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"the brush mask is {c.width}x{c.height}, the image {image.shape[1]}x{image.shape[0]}")
+        except Exception as exc:  # a deleted task, an unreachable image, a mask of the wrong size
+            rejected.append(Rejected(c.task_id, c.annotation_id, getattr(exc, "message", None) or str(exc)))
+            continue
+        samples.append(Sample(f"task-{c.task_id}", image, mask, np.zeros_like(mask), c.expression))
+    return samples, rejected
+
+
+def split(samples: list, fraction: float) -> tuple[list, list]:
+    """(train, held out): a stable ``fraction`` of the samples by a hash of their name, at least one
+    each; raises TrainingError with fewer than 2 samples (nothing to learn from AND judge on)."""
+    if len(samples) < 2:
+        raise TrainingError(f"need at least 2 usable annotations to train and evaluate, have {len(samples)}")
+    ranked = sorted(samples, key=lambda s: hashlib.sha256(s.name.encode()).hexdigest())
+    n_held = min(max(1, round(fraction * len(samples))), len(samples) - 1)
+    return ranked[n_held:], ranked[:n_held]
+
+
+def _judge_and_register(settings: Settings, report: TrainReport, outcome, held_out: list, segmenter) -> None:
+    from segagent_backend.agent.loop import LoopConfig
+    from segagent_backend.agent.policies import build_policy
+    from trainer.evaluation import evaluate_policy
+
+    registry = Registry.from_settings(settings)
+    loop = LoopConfig(settings.max_steps, settings.candidates, settings.stop_iou, settings.patience)
+    serving = registry.current().version
+    current_source = str(registry.model_folder(serving)) if serving else settings.policy
+
+    def score(source: str):
+        policy = build_policy(settings.policy_kind, source, device=settings.device, dtype=settings.dtype,
+                              coordinates=settings.coordinates, temperature=settings.temperature)
+        return evaluate_policy(policy, segmenter, held_out, loop)
+
+    candidate, current = score(str(outcome.model_dir)), score(current_source)
+    report.metrics = {"candidate": _metrics(candidate), "current": {**_metrics(current), "version": serving},
+                      "training": outcome.to_json()["rounds"]}
+    meta = {"base": settings.policy, "data": {"project": report.project, "source": report.source, "run": report.run},
+            "counts": report.counts, "metrics": report.metrics}
+    info = registry.register(outcome.model_dir, meta, move=True)
+    report.version = info.version
+    better = candidate.not_worse_than(current)
+    if better or settings.force_promote:
+        registry.promote(info.version)
+        report.status = "promoted"
+        report.reason = "not worse than the serving policy" if better else "forced (SEGAGENT_FORCE_PROMOTE)"
+    else:
+        report.status = "kept"
+        report.reason = (f"worse than the serving policy on {len(held_out)} held-out task(s): mIoU "
+                         f"{candidate.miou:.4f} vs {current.miou:.4f}, cIoU {candidate.ciou:.4f} vs {current.ciou:.4f}")
+
+
+def _metrics(score) -> dict:
+    return {"miou": score.miou, "ciou": score.ciou, "samples": score.samples}
+
+
+def _convention(settings: Settings):
+    from segagent_backend.agent.protocol import CONVENTIONS
+
+    return CONVENTIONS[settings.coordinates]
+
+
+def _save(settings: Settings, report: TrainReport) -> None:
+    folder = training_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f".{report.run}.json.tmp"
+    temp.write_text(json.dumps(asdict(report), indent=2))
+    os.replace(temp, folder / f"{report.run}.json")
+
+
+def list_reports(settings: Settings) -> list[TrainReport]:
+    """Every round's report, oldest first; a "running" round whose process is gone is "killed"."""
+    folder = training_dir(settings)
+    reports = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            report = TrainReport(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if report.status == "running" and report.host == socket.gethostname() and not _alive(report.pid):
+            report.status, report.reason = "killed", "its process ended before the round finished"
+        reports.append(report)
+    return reports
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
