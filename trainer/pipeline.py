@@ -80,9 +80,9 @@ def _train_round(r: int, data: list[SFTSample], base: str, out: Path, config: Fi
     log = folder / "train_log.json"
     if not ((folder / "model").is_dir() and log.is_file()):
         finetune(data, base, folder, config, progress=progress)
-    losses = json.loads(log.read_text()).get("losses") or [None]
-    speed = json.loads(log.read_text()).get("samples_per_second")
-    report = RoundReport(r, len(data), losses[0], losses[-1], speed)
+    written = json.loads(log.read_text())
+    losses = [entry["loss"] for entry in written.get("losses", [])] or [None]
+    report = RoundReport(r, len(data), losses[0], losses[-1], written.get("samples_per_second"))
     if star:
         report.rollout_iou, report.kept, report.replaced = star["rollout_iou"], star["kept"], star["replaced"]
     return report

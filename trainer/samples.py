@@ -3,6 +3,11 @@
 Step t shows the policy the image with mask M_t painted on it (M_0 = the start state's mask, else
 empty; M_t = the mask after click t-1) and the task text; the target is the policy's exact answer:
 ``<ref>{caption}</ref> Current IOU: {round(100 * IoU(M_t))}  {Positive|Negative} point: (A, B)``.
+
+One more sample per trajectory shows the FINAL mask with the estimate alone
+(``<ref>{caption}</ref> Current IOU: 98``): a stop. Without it the process reward model never sees
+a finished mask (a one-click trajectory would teach only "Current IOU: 0") and cannot pick or stop at
+one; the released parser reads an answer without a point as STOP, so the policy learns to stop too.
 """
 from __future__ import annotations
 
@@ -35,9 +40,10 @@ class SFTSample:
 
 
 def step_samples(image: np.ndarray, expression: str, shown: Sequence[np.ndarray], ious: Sequence[float],
-                 clicks: Sequence[Click], convention: CoordinateConvention = SEGAGENT_QWEN,
+                 clicks: Sequence[Optional[Click]], convention: CoordinateConvention = SEGAGENT_QWEN,
                  source: str = "") -> list[SFTSample]:
-    """One sample per click: ``shown[t]`` / ``ious[t]`` is the state click ``t`` was chosen on."""
+    """One sample per action: ``shown[t]`` / ``ious[t]`` is the state action ``t`` was chosen on; a
+    None action is a stop (the estimate alone)."""
     height, width = image.shape[:2]
     return [SFTSample(image, mask, expression, format_answer(expression, iou, click, width, height, convention), source)
             for mask, iou, click in zip(shown, ious, clicks)]
@@ -45,14 +51,17 @@ def step_samples(image: np.ndarray, expression: str, shown: Sequence[np.ndarray]
 
 def samples_from_trace(trace: Trace, image: np.ndarray, convention: CoordinateConvention = SEGAGENT_QWEN,
                        captions: Optional[Iterable[str]] = None) -> list[SFTSample]:
-    """Every step of ``trace`` x every caption (``captions`` overrides the trace's own)."""
+    """Every step of ``trace`` and its final stop x every caption (``captions`` overrides the trace's own)."""
     if image.shape[:2] != trace.gt.shape:
         raise ValueError(f"{trace.image_name}: image {image.shape[:2]} does not match the trace's mask {trace.gt.shape}")
     first = trace.start.mask if trace.start is not None else np.zeros(trace.gt.shape, dtype=bool)
     first_iou = trace.start.iou if trace.start is not None else 0.0
-    shown = [first] + [s.mask for s in trace.steps[:-1]]
-    ious = [first_iou] + [s.iou for s in trace.steps[:-1]]
+    shown = [first] + [s.mask for s in trace.steps]
+    ious = [first_iou] + [s.iou for s in trace.steps]
+    actions: list[Optional[Click]] = [*trace.clicks, None]
+    if not trace.steps:  # nothing was learnt on this trajectory: no stop lesson on an untouched start
+        return []
     out: list[SFTSample] = []
     for caption in (list(captions) if captions is not None else trace.captions):
-        out += step_samples(image, caption, shown, ious, trace.clicks, convention, trace.image_name)
+        out += step_samples(image, caption, shown, ious, actions, convention, trace.image_name)
     return out

@@ -95,4 +95,7 @@ def _step(state: _State, rollout: Rollout, proposed, segmenter: Segmenter, targe
     state.mask, state.logits = result.mask, result.logits
     rollout.ious.append(after)
     state.done = after >= target_iou
+    if state.done:  # the finished mask and a stop, as in the SFT data
+        return [sample, SFTSample(s.image, state.mask, s.expression,
+                                  format_answer(s.expression, after, None, width, height, convention), s.name)]
     return [sample]

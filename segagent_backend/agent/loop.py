@@ -154,12 +154,10 @@ def _estimate_key(node: _Node) -> float:
 
 
 def _result(episode: _Episode) -> EpisodeResult:
-    """The chosen node with the highest estimate (the last one when the policy gives none)."""
+    """The chosen node with the highest estimate, the latest of equals (the last one when the policy gives none)."""
     path = episode.path
-    if all(n.estimate is None for n in path):
-        best = path[-1]
-    else:
-        best = max(path, key=_estimate_key)
+    # the latest of equal estimates: when the PRM cannot tell two masks apart, the later one holds more clicks
+    best = max(reversed(path), key=_estimate_key)
     shown = {len(n.clicks): n.estimate for n in path}  # estimate of the mask each click was chosen on
     trajectory = [
         TrajectoryStep(click, None if i < episode.given else shown.get(i))

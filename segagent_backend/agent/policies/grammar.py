@@ -1,5 +1,5 @@
 """Constrained decoding of SegAgent answers: after the forced prefix the model may only write
-``IOU  (Positive|Negative) point: (NUM, NUM)`` and then an end-of-turn token.
+``IOU  (Positive|Negative) point: (NUM, NUM)`` or ``IOU`` alone (a stop) and then an end-of-turn token.
 
 Tokenizer-agnostic: the grammar is a small NFA over characters; the logits processor works on the
 decoded text of the vocabulary entries that can occur in an answer, and caches the allowed-token
@@ -31,8 +31,9 @@ class AnswerGrammar:
     def __init__(self, convention: CoordinateConvention = SEGAGENT_QWEN):
         int_digits = max(1, len(str(int(np.ceil(convention.scale)) - 1)))
         coord = (int_digits, convention.decimals)
+        # the estimate alone is a stop answer: the policy judges the mask it was shown good enough
         self.templates = tuple(("iou", " ", " ", *f"{kind} point: (", coord, ",", " ", coord, ")")
-                               for kind in ("Positive", "Negative"))
+                               for kind in ("Positive", "Negative")) + (("iou",),)
         self.start = frozenset((t, 0, 0, False) for t in range(len(self.templates)))
         self.alphabet = sorted(set("0123456789.").union(e for tp in self.templates for e in tp
                                                          if isinstance(e, str) and len(e) == 1))
@@ -73,7 +74,12 @@ class AnswerGrammar:
         return state
 
     def complete(self, state: frozenset) -> bool:
-        return any(pos == len(self.templates[t]) for t, pos, _, _ in state)
+        """True when the text so far is a whole answer (a template's last number counts once begun)."""
+        def done(t: int, pos: int, n: int) -> bool:
+            elements = self.templates[t]
+            return pos == len(elements) or (pos == len(elements) - 1 and n >= 1 and len(elements[pos]) != 1)
+
+        return any(done(t, pos, n) for t, pos, n, _ in state)
 
     def forced(self, state: frozenset) -> str:
         """The text every continuation of ``state`` starts with (up to the next choice or digit)."""

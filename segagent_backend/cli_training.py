@@ -1,0 +1,139 @@
+"""``segagent train`` (fine-tune a policy on data you have) and ``segagent training`` (the service's rounds)."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .settings import Settings
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a SegAgent policy on trajectories, image+mask folders or a "
+                                     "Label Studio export / project")
+    p.add_argument("--data", action="append", default=[], metavar="PATH",
+                   help="a trace JSON (SegAgent format; images from --images), a folder with images/ and masks/ "
+                        "(+ manifest.json), or a Label Studio JSON export (with --label-config); repeatable")
+    p.add_argument("--project", type=int, action="append", default=[],
+                   help="a Label Studio project pulled through the SDK (LABEL_STUDIO_URL/API_KEY); repeatable")
+    p.add_argument("--images", help="folder holding the images trace files name")
+    p.add_argument("--label-config", help="the project's label config XML file (for a Label Studio export)")
+    p.add_argument("--base", help="base policy: folder or hub id (default: SEGAGENT_POLICY)")
+    p.add_argument("--out", required=True, help="output folder; the policy lands in OUT/model (rerun to resume)")
+    p.add_argument("--method", choices=("lora", "full"), help="default: SEGAGENT_TRAIN_METHOD")
+    p.add_argument("--epochs", type=float, help="default: SEGAGENT_TRAIN_EPOCHS")
+    p.add_argument("--lr", type=float, help="default: SEGAGENT_TRAIN_LR")
+    p.add_argument("--batch", type=int, help="default: SEGAGENT_TRAIN_BATCH")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--star-rounds", type=int, help="StaR+ rounds after SFT (default: SEGAGENT_STAR_ROUNDS)")
+    p.add_argument("--starts", default="empty", help="trajectory start states for images+masks: empty,box,points")
+    p.add_argument("--register", action="store_true", help="register OUT/model as a new version (not promoted)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("training", help="the service's training rounds: run one now, or list them")
+    p.add_argument("action", choices=("run", "list"))
+    p.add_argument("--project", type=int, help="run: the Label Studio project (default: corrections of no project)")
+    p.add_argument("--source", choices=("corrections", "labelstudio"), default="corrections",
+                   help="run: the recorded corrections (default) or every annotated task pulled from Label Studio")
+    p.set_defaults(run=cmd_training)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.finetune import FinetuneConfig
+    from trainer.pipeline import train_policy
+
+    from .agent.protocol import CONVENTIONS
+    from .agent.segmenters import EmbeddingCache, build_segmenter
+    from .registry import Registry
+
+    settings = Settings.from_env()
+    base = args.base or settings.policy
+    if not base:
+        raise SystemExit("segagent train: give --base (or set SEGAGENT_POLICY)")
+    segmenter = build_segmenter(settings.segmenter, EmbeddingCache(settings.cache_bytes),
+                                sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
+                                sam_model=settings.sam_model, device=settings.device,
+                                grabcut_max_side=settings.grabcut_max_side)
+    convention = CONVENTIONS[settings.coordinates]
+    sft, samples = load_training_data(args, settings, segmenter, convention)
+    print(f"{len(sft)} SFT samples from {len(samples)} image(s)")
+    config = FinetuneConfig(method=args.method or settings.train_method, epochs=args.epochs or settings.train_epochs,
+                            learning_rate=args.lr or settings.train_lr, batch_size=args.batch or settings.train_batch,
+                            max_steps=args.max_steps, device=settings.device)
+    rounds = settings.star_rounds if args.star_rounds is None else args.star_rounds
+    outcome = train_policy(sft, base, Path(args.out), config, star_rounds=rounds, samples=samples,
+                           segmenter=segmenter, policy_kind=settings.policy_kind, convention=convention,
+                           max_steps=settings.max_steps)
+    print(json.dumps(outcome.to_json(), indent=2))
+    if args.register:
+        info = Registry.from_settings(settings).register(outcome.model_dir, {
+            "base": base, "data": {"paths": args.data, "projects": args.project},
+            "counts": {"sft_samples": len(sft), "images": len(samples)},
+            "metrics": {"training": outcome.to_json()["rounds"]}})
+        print(f"registered version {info.version} (promote it with: segagent versions promote {info.version})")
+    return 0
+
+
+def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, convention):
+    """(SFT samples, the trainer Samples they came from) of every --data and --project."""
+    from trainer.datasets import Sample, load_folder, read_rgb
+    from trainer.samples import samples_from_trace
+    from trainer.traces import read_traces
+    from trainer.trajectories import generate_traces
+
+    from .labelstudio.annotations import corrections_from_tasks
+    from .learning import _collect, _load_samples
+
+    traced, fresh = [], []  # (trace, image) pairs read from trace files; samples that need trajectories
+    for path in map(Path, args.data):
+        if path.is_dir():
+            manifest = path / "manifest.json"
+            fresh += load_folder(path / "images", path / "masks", manifest if manifest.is_file() else None)
+            continue
+        data = json.loads(path.read_text())
+        if isinstance(data, list) and data and isinstance(data[0], dict) and "annotations" in data[0]:
+            if not args.label_config:
+                raise SystemExit(f"segagent train: {path} is a Label Studio export: give --label-config")
+            corrections, rejected = corrections_from_tasks(data, Path(args.label_config).read_text(),
+                                                           expression_field=settings.expression_field)
+            fresh += _report_rejected(_load_samples(settings, corrections), rejected)
+            continue
+        if not args.images:
+            raise SystemExit(f"segagent train: {path} is a trace file: give --images")
+        traced += [(t, read_rgb(Path(args.images) / t.image_name)) for t in read_traces(path)]
+    for project in args.project:
+        corrections, rejected = _collect(settings, None, project, "labelstudio")
+        fresh += _report_rejected(_load_samples(settings, corrections), rejected)
+    starts = tuple(k for k in args.starts.split(",") if k)
+    traces = generate_traces(segmenter, fresh, starts=starts, progress=True)
+    sft = [x for trace, image in traced for x in samples_from_trace(trace, image, convention)]
+    sft += [x for trace, s in zip(traces, [s for s in fresh for _ in starts])
+            for x in samples_from_trace(trace, s.image, convention)]
+    if not sft:
+        raise SystemExit("segagent train: the data gave no training samples")
+    samples = fresh + [Sample(t.image_name, image, t.gt, t.ignore if t.ignore is not None else np.zeros_like(t.gt),
+                              (t.captions or [""])[0]) for t, image in traced]
+    return sft, samples
+
+
+def _report_rejected(loaded, rejected) -> list:
+    samples, more = loaded
+    for r in list(rejected) + list(more):
+        print(f"skipped task {r.task_id} (annotation {r.annotation_id}): {r.reason}")
+    return samples
+
+
+def cmd_training(args: argparse.Namespace) -> int:
+    from .learning import list_reports, run_training
+
+    settings = Settings.from_env()
+    if args.action == "list":
+        for report in list_reports(settings):
+            print(f"{report.run}  project {report.project}  {report.status:9s} {report.version or '-':8s} {report.reason}")
+        return 0
+    report = run_training(settings, args.project, args.source)
+    print(json.dumps(asdict(report), indent=2))
+    return 0 if report.status in ("promoted", "kept") else 1
