@@ -52,12 +52,13 @@ def star_samples(policy: Policy, segmenter: Segmenter, samples: Sequence[Sample]
     states = [_State(s, np.zeros(s.gt.shape, dtype=bool)) for s in samples]
     rollouts = [Rollout(s.name) for s in samples]
     out: list[SFTSample] = []
-    for _ in range(max_steps):
+    for step in range(max_steps):
         active = [i for i, st in enumerate(states) if not st.done]
         if not active:
             break
-        observations = [Observation(states[i].sample.image, states[i].mask, states[i].sample.expression, episode=i)
-                        for i in active]
+        # gt / ignore / clicks serve a simulator policy; an MLLM sees only the overlay and the text
+        observations = [Observation(st.sample.image, st.mask, st.sample.expression, step, tuple(st.clicks), i,
+                                    st.sample.gt, st.sample.ignore) for i, st in ((i, states[i]) for i in active)]
         answers = policy.propose(observations, k=1)
         for i, answer in zip(active, answers):
             out += _step(states[i], rollouts[i], answer[0].click, segmenter, target_iou, convention)
