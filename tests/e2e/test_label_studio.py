@@ -7,6 +7,7 @@ sends START_TRAINING to /webhook. `make test` installs the server into .venv-ls 
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -252,3 +253,54 @@ def test_preannotate_a_project_through_queue_workers(label_studio, files_root, r
         for key in list(conn.scan_iter(f"rq:*{prefix}-*")) + list(conn.scan_iter(f"{prefix}:*")):
             conn.delete(key)
         conn.srem("rq:queues", *[f"rq:queue:{prefix}-{kind}" for kind in ("interactive", "batch", "train")])
+
+
+def test_annotations_in_label_studio_train_a_version_that_serves(label_studio, files_root, disk_image, tmp_path):
+    """Annotations submitted in Label Studio reach /webhook as Label Studio sends them and are recorded;
+    Start Training pulls the project through the SDK, trains, judges on held-out tasks and promotes; the
+    next "Retrieve predictions" stores predictions of the new model version."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    from tests.service.test_learning_loop import FAST_ROUND
+    from tests.tiny_vlms import make_tiny_qwen2_vl
+
+    policy = make_tiny_qwen2_vl(tmp_path / "policy" / "tiny-qwen2-vl")
+    backend_url, proc = serve_backend(label_studio, tmp_path / "models", SEGAGENT_POLICY=str(policy),
+                                      SEGAGENT_TRAIN_EVERY="0", **FAST_ROUND)
+    try:
+        url, token = label_studio
+        ls = LabelStudio(base_url=url, api_key=token)
+        project = ls.projects.create(title="segagent learning", label_config=CONFIG)
+        ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
+        ml = ls.ml.create(url=backend_url, project=project.id, is_interactive=True, title="segagent")
+        ls.webhooks.create(url=f"{backend_url}/webhook", project=project.id, send_payload=True,
+                           actions=["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"])
+        before = ls.ml.get(id=ml.id).model_version
+        region = {"id": "m1", "type": "brushlabels", "from_name": "mask", "to_name": "image",
+                  "original_width": 160, "original_height": 120, "image_rotation": 0,
+                  "value": {"format": "rle", "rle": mask2rle(disk_image[1].astype(np.uint8) * 255),
+                            "brushlabels": ["Disk"]}}
+        tasks = [ls.tasks.create(project=project.id, data={"image": "/data/local-files/?d=images/disk.png",
+                                                           "expression": "the red disk"}) for _ in range(3)]
+        for task in tasks:
+            ls.annotations.create(id=task.id, result=[region])
+        recorded = sorted((tmp_path / "models" / "corrections" / str(project.id)).glob("a*.json"))
+        assert len(recorded) == 3, "Label Studio's ANNOTATION_CREATED webhooks must have been recorded"
+
+        ls.ml.train(id=ml.id)  # Start Training: a round on the project pulled through the SDK
+        reports = tmp_path / "models" / "training"
+        end = time.monotonic() + 240
+        while time.monotonic() < end:
+            done = [json.loads(p.read_text()) for p in reports.glob("*.json")]
+            if done and done[0]["status"] != "running":
+                break
+            time.sleep(1)
+        (report,) = done
+        assert report["status"] == "promoted" and report["source"] == "labelstudio", report
+        assert report["counts"]["usable"] == 3 and report["counts"]["held_out"] == 1
+        ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                          selected_items={"all": True, "excluded": []})
+        versions = {p.model_version for t in tasks for p in ls.predictions.list(task=t.id)}
+        assert versions == {report["version"]} and report["version"] != before
+    finally:
+        stop(proc)
