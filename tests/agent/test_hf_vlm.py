@@ -80,13 +80,13 @@ def test_constrained_greedy_and_sampling(loaded, name):
     assert_shape(sampled, 3)
     for o, answers in zip(obs, greedy + sampled):
         for answer in answers:
-            # constrained decoding: every answer is well formed, a click inside the image
-            assert not answer.malformed and answer.click is not None, answer.text
+            # constrained decoding: every answer is well formed: a click, or the estimate alone (a stop)
+            assert not answer.malformed and (answer.click is not None or answer.text.rstrip()[-1].isdigit()), answer.text
             assert answer.text.startswith(answer_prefix(o.expression))
             assert 0 <= answer.iou_estimate <= 1
     for o, answers in zip(obs * 2, greedy + sampled):
         w, h = o.size
-        assert all(0 <= a.click.x < w and 0 <= a.click.y < h for a in answers)
+        assert all(0 <= a.click.x < w and 0 <= a.click.y < h for a in answers if a.click is not None)
     assert policy.stats.calls == 3 and policy.stats.answers == 3 + 3 + 9
     assert policy.stats.malformed == 0 and policy.stats.generated_tokens > 0 and policy.stats.seconds > 0
 

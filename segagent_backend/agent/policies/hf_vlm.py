@@ -60,7 +60,31 @@ def video_less_processor_class(model_type: str) -> type:
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
-    return type(base.__name__ + "WithoutVideo", (base,), {"__init__": __init__})
+    return type(base.__name__ + "WithoutVideo", (base,), {"__init__": __init__, "real_class_name": base.__name__})
+
+
+def save_processor(processor, folder: Union[str, Path]) -> None:
+    """``processor.save_pretrained(folder)`` under the REAL processor class name.
+
+    ``save_pretrained`` writes ``type(processor).__name__`` as ``processor_class``; for the
+    video-less subclass that is e.g. ``Qwen2VLProcessorWithoutVideo``, a name no other program can
+    resolve. The saved configs get the stock class's name (``Qwen2VLProcessor``), as a real
+    checkpoint has it; :func:`load_hf_vlm` loads it back either way.
+    """
+    import json
+
+    folder = Path(folder)
+    processor.save_pretrained(folder)
+    real = getattr(type(processor), "real_class_name", None)
+    if real is None:
+        return
+    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("processor_class") not in (None, real):
+                data["processor_class"] = real
+                path.write_text(json.dumps(data, indent=2))
 
 
 def _resolve_source(path_or_id: Union[str, Path]) -> str:
@@ -147,6 +171,31 @@ def load_hf_vlm(path_or_id: Union[str, Path], device: str = "auto", dtype: Union
     return model.eval(), processor
 
 
+# ---------------------------------------------------------------------------------------------- prompt
+def chat_prompt(processor, expression: str, forced_prefix: bool = True) -> str:
+    """The text of one policy step: the chat template over [image, ``task_text(expression)``] with the
+    generation prompt, + the forced prefix ``answer_prefix(expression)`` when ``forced_prefix``.
+
+    The one definition inference (:meth:`HFVLMPolicy.prompt`) and fine-tuning (``trainer.sft_data``)
+    share, so a model is trained on exactly the prompt it is asked with.
+    """
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": task_text(expression)}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text + answer_prefix(expression) if forced_prefix else text
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The end-of-turn ids a policy stops on: the generation config's eos plus the known markers
+    (:data:`END_OF_TURN`) the vocabulary has, plus the tokenizer's eos; sorted, unique."""
+    eos = model.generation_config.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[t] for t in END_OF_TURN if t in vocab]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
 # ---------------------------------------------------------------------------------------------- policy
 class HFVLMPolicy(TextAnswerPolicy):
     """SegAgent on a transformers chat VLM. ``propose`` batches all observations in one generate call.
@@ -176,20 +225,11 @@ class HFVLMPolicy(TextAnswerPolicy):
         return cls(model, processor, **kwargs)
 
     def _stop_ids(self) -> list[int]:
-        """The end-of-turn ids: the generation config's eos plus the known markers the vocabulary has."""
-        eos = self.model.generation_config.eos_token_id
-        ids = [eos] if isinstance(eos, int) else list(eos or [])
-        vocab = self.tokenizer.get_vocab()
-        ids += [vocab[t] for t in END_OF_TURN if t in vocab]
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return sorted(set(ids))
+        return stop_token_ids(self.model, self.tokenizer)
 
     def prompt(self, expression: str) -> str:
         """The chat-template prompt for one observation (+ the forced prefix)."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": task_text(expression)}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + answer_prefix(expression) if self.forced_prefix else text
+        return chat_prompt(self.processor, expression, self.forced_prefix)
 
     def _generation_kwargs(self, k: int, budget: int) -> dict:
         kwargs = dict(max_new_tokens=budget, eos_token_id=self.stop_ids, num_return_sequences=k,
