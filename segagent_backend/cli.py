@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import cli_training, cli_trajectories
 from .agent.types import Box, Click, EpisodeResult
 from .errors import RequestError
 from .registry import Registry, RegistryError
@@ -303,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="register: the version name (default: v<N+1>)")
     p.add_argument("--move", action="store_true", help="register: move the folder in instead of copying it")
     p.set_defaults(run=cmd_versions)
+
+    cli_trajectories.add_parser(sub)
+
+    cli_training.add_parsers(sub)
 
     p = sub.add_parser("settings", help="print the settings table (Markdown)")
     p.set_defaults(run=lambda a: print(settings_table()) or 0)

@@ -1,10 +1,14 @@
 """Click trajectories as data, and SegAgent's trace JSON.
 
-A trace file is ``{"data": [trace, ...]}``; one trace (the release's field names, read by its tools)::
+A trace file is ``{"info": {...}, "data": [trace, ...]}``; one trace (the release's field names, read by its tools)::
 
     {"image_name": "x.jpg", "height": H, "width": W,
-     "gt_ann": {"caption": ["..."], "segmentation": COCO RLE, "bbox": [x, y, w, h], "area": A},
-     "clicks_list": [{"idx": 0, "coor": [row, col], "is_positive": true, "mask": COCO RLE, "iou": 0.71}, ...]}
+     "gt_ann": {"object_id": 0, "caption": ["..."], "segmentation": COCO RLE, "bbox": [x, y, w, h], "area": A},
+     "clicks_list": [{"idx": 0, "coor": [row, col], "is_positive": true, "mask": COCO RLE,
+                      "box": [x, y, w, h], "area": A, "iou": 0.71}, ...]}
+
+(``box`` / ``area`` of a click describe its mask; the release's ``evaluate_sample`` writes them and its
+``check_record.py`` reads ``gt_ann.object_id``.) The file also carries the release's ``info`` object.
 
 Masks are COCO RLE (pycocotools, ``counts`` as a string); ``coor`` is [row, col] in pixels of the
 original image. ``mask`` is the mask AFTER the click. Two fields of ours ride along and are ignored
@@ -17,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -73,6 +77,9 @@ class StartState:
     iou: float
     clicks: list[Click] = field(default_factory=list)
     box: Optional[Box] = None
+    #: the tool's state after making the start mask (``Segmentation.logits``), fed back with the first
+    #: click; not written to JSON (None after reading: the trajectory code recomputes it)
+    logits: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -86,6 +93,9 @@ class Trace:
     steps: list[TraceStep] = field(default_factory=list)
     start: Optional[StartState] = None
     ignore: Optional[np.ndarray] = None
+    #: which object of the image: the release's ``gt_ann.object_id``, any JSON value (an int; the
+    #: release's referring sets write ``[index, 1]``)
+    object_id: Any = 0
 
     @property
     def height(self) -> int:
@@ -103,11 +113,12 @@ class Trace:
 def trace_to_json(trace: Trace) -> dict:
     data = {
         "image_name": trace.image_name, "height": trace.height, "width": trace.width,
-        "gt_ann": {"caption": list(trace.captions), "segmentation": mask_to_rle(trace.gt),
+        "gt_ann": {"object_id": trace.object_id, "caption": list(trace.captions), "segmentation": mask_to_rle(trace.gt),
                    "bbox": mask_bbox(trace.gt), "area": int(np.count_nonzero(trace.gt))},
         "clicks_list": [
             {"idx": i, "coor": [int(round(s.click.y)), int(round(s.click.x))], "is_positive": bool(s.click.positive),
-             "mask": mask_to_rle(s.mask), "iou": float(s.iou)}
+             "mask": mask_to_rle(s.mask), "box": mask_bbox(s.mask), "area": int(np.count_nonzero(s.mask)),
+             "iou": float(s.iou)}
             for i, s in enumerate(trace.steps)
         ],
     }
@@ -145,17 +156,21 @@ def trace_from_json(data: dict) -> Trace:
             clicks = [Click(float(c), float(r), bool(p)) for r, c, p in s.get("clicks", [])]
             start = StartState(s["kind"], rle_to_mask(s["mask"]), float(s["iou"]), clicks, box)
         ignore = rle_to_mask(data["ignore"]) if data.get("ignore") else None
-        return Trace(str(data.get("image_name", "")), gt, captions, steps, start, ignore)
+        object_id = ann.get("object_id", 0)
+        return Trace(str(data.get("image_name", "")), gt, captions, steps, start, ignore, object_id)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a SegAgent trace: missing or malformed {exc}") from None
 
 
-def write_traces(path: Union[str, os.PathLike], traces: list[Trace]) -> None:
-    """Write a trace file atomically (temp file + rename)."""
+def write_traces(path: Union[str, os.PathLike], traces: list[Trace], info: Optional[dict] = None) -> None:
+    """Write a trace file ``{"info": info, "data": [...]}`` atomically (temp file + rename).
+
+    ``info``: JSON-able description of how the traces were made (the release stores its arguments
+    under ``info.args``; its ``merge_json.py`` expects the key)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps({"data": [trace_to_json(t) for t in traces]}))
+    temp.write_text(json.dumps({"info": dict(info or {}), "data": [trace_to_json(t) for t in traces]}))
     os.replace(temp, path)
 
 
