@@ -41,6 +41,9 @@ test: install $(LS_STAMP)
 bench: install
 	$(PY) bench/click_cost.py
 	$(PY) bench/grabcut_noc.py
+	$(PY) bench/trajectory_throughput.py
+	$(PY) bench/training_throughput.py
+	$(PY) bench/star_round.py
 	scripts/with-redis $(PY) bench/queue_overhead.py
 	scripts/with-redis $(PY) bench/queue_workers.py
 
