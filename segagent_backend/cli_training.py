@@ -46,17 +46,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.pipeline import train_policy
 
     from .agent.protocol import CONVENTIONS
-    from .agent.segmenters import EmbeddingCache, build_segmenter
+    from .predictor import segmenter_from_settings
     from .registry import Registry
 
     settings = Settings.from_env()
     base = args.base or settings.policy
     if not base:
         raise SystemExit("segagent train: give --base (or set SEGAGENT_POLICY)")
-    segmenter = build_segmenter(settings.segmenter, EmbeddingCache(settings.cache_bytes),
-                                sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
-                                sam_model=settings.sam_model, device=settings.device,
-                                grabcut_max_side=settings.grabcut_max_side)
+    segmenter = segmenter_from_settings(settings)
     convention = CONVENTIONS[settings.coordinates]
     sft, samples = load_training_data(args, settings, segmenter, convention)
     print(f"{len(sft)} SFT samples from {len(samples)} image(s)")

@@ -59,14 +59,10 @@ def tool_settings(args: argparse.Namespace) -> Settings:
 
 def build_tool(settings: Settings):
     """The interactive tool exactly as a service process loads it (paths checked first)."""
-    from .agent.segmenters import EmbeddingCache, build_segmenter
-    from .predictor import check_model_paths
+    from .predictor import check_model_paths, segmenter_from_settings
 
     check_model_paths(settings)
-    return build_segmenter(settings.segmenter, EmbeddingCache(settings.cache_bytes),
-                           sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
-                           sam_model=settings.sam_model, device=settings.device,
-                           grabcut_max_side=settings.grabcut_max_side)
+    return segmenter_from_settings(settings)
 
 
 def cmd_trajectories(args: argparse.Namespace) -> int:

@@ -90,7 +90,7 @@ def run_training(settings: Settings, project: Optional[int], source: str = "corr
 
 
 def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
-    from segagent_backend.agent.segmenters import EmbeddingCache, build_segmenter
+    from .predictor import segmenter_from_settings
     from trainer.finetune import FinetuneConfig
     from trainer.pipeline import train_policy
     from trainer.samples import samples_from_trace
@@ -105,10 +105,7 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
     train, held_out = split(samples, settings.holdout)
     report.counts = {"annotations": len(corrections), "rejected": len(report.rejected), "usable": len(samples),
                      "train": len(train), "held_out": len(held_out)}
-    segmenter = build_segmenter(settings.segmenter, EmbeddingCache(settings.cache_bytes),
-                                sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
-                                sam_model=settings.sam_model, device=settings.device,
-                                grabcut_max_side=settings.grabcut_max_side)
+    segmenter = segmenter_from_settings(settings)  # its own: the serving one may be busy with /predict
     traces = generate_traces(segmenter, train)
     convention = _convention(settings)
     sft = [s for trace, sample in zip(traces, train)

@@ -109,10 +109,7 @@ class Predictor:
             s = self.settings
             self._check_announced()  # the current version, if any, is what loads
             try:
-                self._segmenter = build_segmenter(
-                    s.segmenter, self.cache, sam_checkpoint=s.sam_checkpoint, sam_type=s.sam_type,
-                    sam_model=s.sam_model, device=s.device, grabcut_max_side=s.grabcut_max_side,
-                )
+                self._segmenter = segmenter_from_settings(s, self.cache)
                 self._policy = self._build_policy(self._version)
             except Exception as exc:
                 self._load_error = f"{type(exc).__name__}: {exc}"
@@ -316,6 +313,14 @@ def fit_to_size(mask: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray
     log.warning("Label Studio sees the image as %sx%s, we loaded %sx%s: resizing the mask",
                 size[0], size[1], mask.shape[1], mask.shape[0])
     return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def segmenter_from_settings(settings: Settings, cache: Optional[EmbeddingCache] = None) -> Segmenter:
+    """The interactive tool the settings name, loaded as every service process loads it."""
+    return build_segmenter(settings.segmenter, cache or EmbeddingCache(settings.cache_bytes),
+                           sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
+                           sam_model=settings.sam_model, device=settings.device,
+                           grabcut_max_side=settings.grabcut_max_side)
 
 
 def check_model_paths(settings: Settings) -> None:

@@ -16,8 +16,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import tiny_vlms  # noqa: E402
-from conftest import make_disk_image  # noqa: E402
+from tests import tiny_vlms  # noqa: E402
+from tests.conftest import make_disk_image  # noqa: E402
 from segagent_backend.agent.loading import ModelLoadError  # noqa: E402
 from segagent_backend.agent.loop import EpisodeRequest, run_episodes  # noqa: E402
 from segagent_backend.agent.metrics import iou  # noqa: E402

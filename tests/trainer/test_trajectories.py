@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from conftest import make_disk_image
+from tests.conftest import make_disk_image
 from segagent_backend.agent.clicker import next_click
 from segagent_backend.agent.metrics import iou
 from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter

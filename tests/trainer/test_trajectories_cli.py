@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import make_disk_image
+from tests.conftest import make_disk_image
 from segagent_backend.cli import main
 from trainer.traces import read_traces
 from trainer.trajectories import final_iou
