@@ -317,7 +317,7 @@ def fit_to_size(mask: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray
 
 def segmenter_from_settings(settings: Settings, cache: Optional[EmbeddingCache] = None) -> Segmenter:
     """The interactive tool the settings name, loaded as every service process loads it."""
-    return build_segmenter(settings.segmenter, cache or EmbeddingCache(settings.cache_bytes),
+    return build_segmenter(settings.segmenter, cache if cache is not None else EmbeddingCache(settings.cache_bytes),
                            sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
                            sam_model=settings.sam_model, device=settings.device,
                            grabcut_max_side=settings.grabcut_max_side)

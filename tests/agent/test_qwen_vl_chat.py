@@ -189,7 +189,8 @@ def test_constrained_decoding_through_the_stand_in():
     # one character per token: "100  Positive point: (999, 999)" + stop can take 32 steps
     with make(max_new_tokens=32)[0] as policy:
         result = policy.propose(observations(), k=2)
-        assert all(not a.malformed and a.click is not None for answers in result for a in answers)
+        # well formed: a click, or the estimate alone (a stop the grammar admits)
+        assert all(not a.malformed and a.iou_estimate is not None for answers in result for a in answers)
         assert policy.stats.malformed == 0, [a.text for answers in result for a in answers]
 
 
