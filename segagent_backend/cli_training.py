@@ -82,7 +82,7 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
     from trainer.trajectories import generate_traces
 
     from .labelstudio.annotations import corrections_from_tasks
-    from .learning import _collect, _load_samples
+    from .learning import collect_corrections, load_samples
 
     traced, fresh = [], []  # (trace, image) pairs read from trace files; samples that need trajectories
     for path in map(Path, args.data):
@@ -96,14 +96,14 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
                 raise SystemExit(f"segagent train: {path} is a Label Studio export: give --label-config")
             corrections, rejected = corrections_from_tasks(data, Path(args.label_config).read_text(),
                                                            expression_field=settings.expression_field)
-            fresh += _report_rejected(_load_samples(settings, corrections), rejected)
+            fresh += _report_rejected(load_samples(settings, corrections), rejected)
             continue
         if not args.images:
             raise SystemExit(f"segagent train: {path} is a trace file: give --images")
         traced += [(t, read_rgb(Path(args.images) / t.image_name)) for t in read_traces(path)]
     for project in args.project:
-        corrections, rejected = _collect(settings, None, project, "labelstudio")
-        fresh += _report_rejected(_load_samples(settings, corrections), rejected)
+        corrections, rejected = collect_corrections(settings, project, "labelstudio")
+        fresh += _report_rejected(load_samples(settings, corrections), rejected)
     starts = tuple(k for k in args.starts.split(",") if k)
     traces = generate_traces(segmenter, fresh, starts=starts, progress=True)
     sft = [x for trace, image in traced for x in samples_from_trace(trace, image, convention)]

@@ -98,9 +98,8 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
 
     if not settings.policy:
         raise TrainingError("no base policy to fine-tune: set SEGAGENT_POLICY")
-    store = CorrectionStore.from_settings(settings)
-    corrections, rejected = _collect(settings, store, report.project, report.source)
-    samples, more = _load_samples(settings, corrections)
+    corrections, rejected = collect_corrections(settings, report.project, report.source)
+    samples, more = load_samples(settings, corrections)
     report.rejected = [asdict(r) for r in rejected + more]
     train, held_out = split(samples, settings.holdout)
     report.counts = {"annotations": len(corrections), "rejected": len(report.rejected), "usable": len(samples),
@@ -121,10 +120,11 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
     _judge_and_register(settings, report, outcome, held_out, segmenter)
 
 
-def _collect(settings: Settings, store: CorrectionStore, project: Optional[int], source: str
-             ) -> tuple[list[Correction], list[Rejected]]:
+def collect_corrections(settings: Settings, project: Optional[int], source: str
+                        ) -> tuple[list[Correction], list[Rejected]]:
+    """The round's annotations: the recorded corrections, or the project pulled from Label Studio."""
     if source == "corrections":
-        return store.corrections(project), []
+        return CorrectionStore.from_settings(settings).corrections(project), []
     if source != "labelstudio":
         raise TrainingError(f"unknown data source {source!r}")
     from .queue.preannotate import label_studio
@@ -138,7 +138,7 @@ def _collect(settings: Settings, store: CorrectionStore, project: Optional[int],
     return corrections_from_tasks(tasks, config, project, settings.expression_field)
 
 
-def _load_samples(settings: Settings, corrections: list[Correction]):
+def load_samples(settings: Settings, corrections: list[Correction]):
     """Corrections -> trainer Samples (image + mask); each one that cannot be used is a Rejected."""
     from trainer.datasets import Sample
 
