@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from .corrections import CorrectionStore
-from .labelstudio.annotations import Correction, Rejected, corrections_from_tasks
+from .labelstudio.annotations import Correction, Rejected, check_mask, corrections_from_tasks
 from .media import MediaLoader, MediaSource
 from .registry import Registry
 from .settings import Settings
@@ -148,7 +148,7 @@ def load_samples(settings: Settings, corrections: list[Correction]):
     for c in corrections:
         try:
             image = media.load(c.image_url, c.task_id)
-            mask = c.mask()
+            mask = check_mask(c)
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"the brush mask is {c.width}x{c.height}, the image {image.shape[1]}x{image.shape[0]}")
         except Exception as exc:  # a deleted task, an unreachable image, a mask of the wrong size

@@ -20,6 +20,9 @@ from .config import ConfigError, LabelConfig, parse_label_config
 from .tasks import expression
 
 BRUSH = "brushlabels"
+# Pixels of masks a webhook decodes (~13 ms per megapixel): a bulk event beyond it is answered within
+# Label Studio's 1 s and the rest is decoded, and rejected if need be, when a round loads it.
+WEBHOOK_DECODE_PIXELS = 20_000_000
 
 
 class AnnotationError(ValueError):
@@ -82,8 +85,13 @@ def decode_brush(rle: list[int], width: int, height: int) -> np.ndarray:
     return flat.reshape(height, width, 4)[:, :, 3] > 0
 
 
-def correction_from(annotation: Any, task: Any, config: LabelConfig, project: Optional[int] = None) -> Correction:
-    """Check one annotation of ``task`` and keep what training needs; AnnotationError says why not."""
+def correction_from(annotation: Any, task: Any, config: LabelConfig, project: Optional[int] = None,
+                    decode: bool = True) -> Correction:
+    """Check one annotation of ``task`` and keep what training needs; AnnotationError says why not.
+
+    ``decode``: also decode the mask (RLE that fits its size, not empty). A training round decodes
+    every mask again, so one left undecoded here is still rejected with its reason, only later.
+    """
     if not isinstance(annotation, dict) or not isinstance(task, dict):
         raise AnnotationError("annotation and task must be objects")
     if annotation.get("was_cancelled"):
@@ -111,9 +119,17 @@ def correction_from(annotation: Any, task: Any, config: LabelConfig, project: Op
         raise AnnotationError("no referring expression for the task")
     correction = Correction(project, task_id, annotation.get("id"), url, text, rles, width, height, labels[0],
                             _corrected_prediction(annotation, task), data)
-    if not correction.mask().any():
-        raise AnnotationError("the brush mask is empty")
+    if decode:
+        check_mask(correction)
     return correction
+
+
+def check_mask(correction: Correction) -> np.ndarray:
+    """The correction's mask; AnnotationError when its RLE does not fit or it is empty."""
+    mask = correction.mask()
+    if not mask.any():
+        raise AnnotationError("the brush mask is empty")
+    return mask
 
 
 def _region_size(regions: list[dict]) -> tuple[int, int]:
@@ -148,7 +164,8 @@ def corrections_from_webhook(body: dict, expression_field: Optional[str] = None
     by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)}
     pairs = [(a, by_id.get(a.get("task")) if isinstance(a, dict) and isinstance(a.get("task"), int)
               else (tasks[i] if i < len(tasks) else None)) for i, a in enumerate(annotations)]
-    return _check_all(pairs, project.get("label_config"), _project_id(project), expression_field)
+    return _check_all(pairs, project.get("label_config"), _project_id(project), expression_field,
+                      WEBHOOK_DECODE_PIXELS)
 
 
 def corrections_from_tasks(tasks: Iterable[dict], label_config: str, project: Optional[int] = None,
@@ -163,8 +180,9 @@ def corrections_from_tasks(tasks: Iterable[dict], label_config: str, project: Op
     return _check_all(pairs, label_config, project, expression_field)
 
 
-def _check_all(pairs: list, label_config: Any, project: Optional[int], expression_field: Optional[str]
-               ) -> tuple[list[Correction], list[Rejected]]:
+def _check_all(pairs: list, label_config: Any, project: Optional[int], expression_field: Optional[str],
+               decode_pixels: Optional[int] = None) -> tuple[list[Correction], list[Rejected]]:
+    """Check every (annotation, task) pair; masks are decoded while ``decode_pixels`` lasts (None: all)."""
     ids = [(t.get("id") if isinstance(t, dict) else None, a.get("id") if isinstance(a, dict) else None)
            for a, t in pairs]
     try:
@@ -172,11 +190,16 @@ def _check_all(pairs: list, label_config: Any, project: Optional[int], expressio
     except ConfigError as exc:
         return [], [Rejected(t, a, f"label config: {exc}") for t, a in ids]
     good, bad = [], []
+    budget = decode_pixels
     for (annotation, task), (tid, aid) in zip(pairs, ids):
         try:
-            good.append(correction_from(annotation, task, config, project))
+            correction = correction_from(annotation, task, config, project, decode=budget is None or budget > 0)
         except AnnotationError as exc:
             bad.append(Rejected(tid, aid, str(exc)))
+            continue
+        good.append(correction)
+        if budget is not None:
+            budget -= correction.width * correction.height
     return good, bad
 
 

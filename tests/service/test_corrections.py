@@ -137,3 +137,21 @@ def test_start_training_without_a_base_policy_starts_nothing(make_settings):
     reply = handle_webhook({"action": "START_TRAINING", "project": {"id": 7}}, settings,
                            start_training=lambda p, s: pytest.fail("must not start"))
     assert not reply["training"]["started"] and "SEGAGENT_POLICY" in reply["training"]["note"]
+
+
+def test_a_big_bulk_event_is_answered_fast_and_checked_when_a_round_loads_it(make_settings, monkeypatch, mask,
+                                                                             media_server):
+    from segagent_backend.labelstudio import annotations
+    from segagent_backend.learning import load_samples
+
+    monkeypatch.setattr(annotations, "WEBHOOK_DECODE_PIXELS", mask.size)  # room for one mask only
+    bad = brush(mask)
+    bad["value"]["rle"] = brush(np.zeros_like(mask))["value"]["rle"]  # empty, but not decoded in the request
+    event = {"action": "ANNOTATIONS_CREATED", "project": {"id": 7, "label_config": CONFIG},
+             "annotation": [{"id": 1, "task": 2, "result": [brush(mask)]}, {"id": 3, "task": 4, "result": [bad]}],
+             "task": [{"id": 2, "data": {"image": "http://x/2.png"}}, {"id": 4, "data": {"image": "http://x/4.png"}}]}
+    good, rejected = corrections_from_webhook(event)
+    assert [c.annotation_id for c in good] == [1, 3] and not rejected  # the second mask was not decoded
+    good[1].image_url = f"{media_server}/disk.png"
+    samples, rejected = load_samples(make_settings(), good[1:])
+    assert samples == [] and rejected[0].reason == "the brush mask is empty"
