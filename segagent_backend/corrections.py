@@ -83,6 +83,15 @@ class CorrectionStore:
         with self._state(project) as state:
             state["new"] = 0
 
+    def claim_round(self, project: Optional[int], every: int) -> bool:
+        """True (and the counter back to zero) when ``every`` new corrections are waiting; checked and
+        reset under one lock, so two processes recording at once never both start a round."""
+        with self._state(project) as state:
+            due = every > 0 and int(state.get("new", 0)) >= every
+            if due:
+                state["new"] = 0
+            return due
+
     # ----- internals ---------------------------------------------------------------------------
     def _folder(self, project: Optional[int]) -> Path:
         return self.root / (str(project) if project is not None else NO_PROJECT)

@@ -36,6 +36,7 @@ import numpy as np
 from .corrections import CorrectionStore
 from .labelstudio.annotations import Correction, Rejected, check_mask, corrections_from_tasks
 from .media import MediaLoader, MediaSource
+from .queue.jobs import free_accelerator_memory
 from .registry import Registry
 from .settings import Settings
 
@@ -117,6 +118,7 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
     outcome = train_policy(sft, settings.policy, workdir, config, star_rounds=settings.star_rounds, samples=train,
                            segmenter=segmenter, policy_kind=settings.policy_kind, convention=convention,
                            max_steps=settings.max_steps, progress=False)
+    free_accelerator_memory()  # the trainer's model is gone; its cached blocks need not wait for the next one
     _judge_and_register(settings, report, outcome, held_out, segmenter)
 
 
@@ -178,10 +180,13 @@ def _judge_and_register(settings: Settings, report: TrainReport, outcome, held_o
     serving = registry.current().version
     current_source = str(registry.model_folder(serving)) if serving else settings.policy
 
-    def score(source: str):
+    def score(source: str):  # one policy in memory at a time
         policy = build_policy(settings.policy_kind, source, device=settings.device, dtype=settings.dtype,
                               coordinates=settings.coordinates, temperature=settings.temperature)
-        return evaluate_policy(policy, segmenter, held_out, loop)
+        result = evaluate_policy(policy, segmenter, held_out, loop)
+        del policy
+        free_accelerator_memory()
+        return result
 
     candidate, current = score(str(outcome.model_dir)), score(current_source)
     report.metrics = {"candidate": _metrics(candidate), "current": {**_metrics(current), "version": serving},

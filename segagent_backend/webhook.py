@@ -63,8 +63,8 @@ def _record(body: dict, action: str, settings: Settings, start_training: Optiona
     store.reject(bad, action)
     reply: dict = {"recorded": [c.annotation_id for c in good],
                    "rejected": [{"task": r.task_id, "annotation": r.annotation_id, "reason": r.reason} for r in bad]}
-    due = [p for p, n in counts.items() if settings.train_every and n >= settings.train_every]
-    if due and start_training is not None:
+    due = [p for p in counts if start_training is not None and store.claim_round(p, settings.train_every)]
+    if due:
         reply["training"] = [_start(settings, store, p, "corrections", start_training) for p in due]
     reply["note"] = f"{len(good)} correction(s) recorded, {len(bad)} rejected"
     return reply
@@ -100,10 +100,8 @@ def _start(settings: Settings, store: CorrectionStore, project: Optional[int], s
            start_training: StartTraining) -> dict:
     if not settings.policy:  # a round could only fail: say so instead of starting one
         return {"project": project, "started": False, "note": "not started: set SEGAGENT_POLICY (the base policy)"}
-    started = {"started": True, **start_training(project, source)}
-    if not started.get("running"):
-        store.training_started(project)  # what arrives from now on counts towards the next round
-    return {"project": project, "source": source, **started}
+    store.training_started(project)  # what arrives from now on counts towards the next round
+    return {"project": project, "source": source, "started": True, **start_training(project, source)}
 
 
 def _tasks_created(body: dict, settings: Optional[Settings], batch_queue: Optional[Callable[[], Queue]]) -> dict:

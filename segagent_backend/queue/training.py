@@ -71,7 +71,8 @@ class ThreadStarter:
     def __call__(self, project: Optional[int], source: str) -> dict:
         with self._lock:
             if self.thread is not None and self.thread.is_alive():
-                return {"running": True, "note": "a training round is already running; new corrections join the next"}
+                return {"started": False, "running": True,
+                        "note": "a training round is already running; these corrections join the next one"}
             run = new_run_id()
             self.thread = threading.Thread(target=self._run, args=(project, source, run), name=f"train-{run}",
                                            daemon=True)

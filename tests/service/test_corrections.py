@@ -155,3 +155,12 @@ def test_a_big_bulk_event_is_answered_fast_and_checked_when_a_round_loads_it(mak
     good[1].image_url = f"{media_server}/disk.png"
     samples, rejected = load_samples(make_settings(), good[1:])
     assert samples == [] and rejected[0].reason == "the brush mask is empty"
+
+
+def test_only_one_of_two_racing_processes_claims_the_round(tmp_path, mask):
+    good, _ = corrections_from_webhook(body(1, 2, [brush(mask)]))
+    a, b = CorrectionStore(tmp_path), CorrectionStore(tmp_path)  # two web processes, one MODEL_DIR
+    a.record(good)
+    b.record(good)
+    assert [a.claim_round(7, 2), b.claim_round(7, 2)] == [True, False]
+    assert a.new_since_training(7) == 0
