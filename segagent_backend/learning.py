@@ -114,7 +114,8 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
     if not sft:
         raise TrainingError("the trajectories gave no training samples")
     config = FinetuneConfig(method=settings.train_method, epochs=settings.train_epochs,
-                            learning_rate=settings.train_lr, batch_size=settings.train_batch, device=settings.device)
+                            learning_rate=settings.train_lr, batch_size=settings.train_batch,
+                            save_steps=settings.train_save_steps, device=settings.device)
     outcome = train_policy(sft, settings.policy, workdir, config, star_rounds=settings.star_rounds, samples=train,
                            segmenter=segmenter, policy_kind=settings.policy_kind, convention=convention,
                            max_steps=settings.max_steps, progress=False)

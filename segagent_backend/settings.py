@@ -60,6 +60,7 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_TRAIN_EPOCHS", "train_epochs", "2", "Epochs over a round's samples."),
     ("SEGAGENT_TRAIN_LR", "train_lr", "0.0001", "Peak learning rate (cosine schedule)."),
     ("SEGAGENT_TRAIN_BATCH", "train_batch", "4", "Samples per training step."),
+    ("SEGAGENT_TRAIN_SAVE_STEPS", "train_save_steps", "200", "Optimizer steps between training checkpoints: a round whose worker dies resumes from the last one."),
     ("SEGAGENT_STAR_ROUNDS", "star_rounds", "0", "StaR+ rounds after SFT: roll the policy out on the training images, keep its good clicks, replace the others with the simulator's, train again."),
     ("SEGAGENT_HOLDOUT", "holdout", "0.2", "Fraction of a round's annotated tasks held out to compare the candidate with the serving policy (at least one)."),
     ("SEGAGENT_FORCE_PROMOTE", "force_promote", "false", "Promote every trained candidate, even when it scores worse than the serving policy on the held-out tasks."),
@@ -117,6 +118,7 @@ class Settings:
     train_epochs: int = 2
     train_lr: float = 1e-4
     train_batch: int = 4
+    train_save_steps: int = 200
     star_rounds: int = 0
     holdout: float = 0.2
     force_promote: bool = False
@@ -195,7 +197,7 @@ class Settings:
                           ("max_steps", 0), ("candidates", 1), ("patience", 1), ("predict_deadline", 1),
                           ("interactive_deadline", 1), ("batch_chunk", 1), ("job_timeout", 1), ("job_retries", 0),
                           ("transient_retries", 0), ("retry_backoff", 0), ("worker_heartbeat", 1),
-                          ("redis_timeout", 0.1), ("train_every", 0), ("train_epochs", 1), ("train_batch", 1),
+                          ("redis_timeout", 0.1), ("train_every", 0), ("train_epochs", 1), ("train_batch", 1), ("train_save_steps", 1),
                           ("star_rounds", 0), ("train_timeout", 1)):
             if getattr(self, attr) < low:
                 fail(attr, f"must be >= {low}")

@@ -37,6 +37,7 @@ class RoundReport:
     first_loss: Optional[float] = None
     last_loss: Optional[float] = None
     samples_per_second: Optional[float] = None
+    resumed_from: Optional[str] = None  # the checkpoint a restarted run continued from
     rollout_iou: Optional[float] = None  # mean IoU of the previous round's policy's own episodes
     kept: Optional[int] = None
     replaced: Optional[int] = None
@@ -82,7 +83,8 @@ def _train_round(r: int, data: list[SFTSample], base: str, out: Path, config: Fi
         finetune(data, base, folder, config, progress=progress)
     written = json.loads(log.read_text())
     losses = [entry["loss"] for entry in written.get("losses", [])] or [None]
-    report = RoundReport(r, len(data), losses[0], losses[-1], written.get("samples_per_second"))
+    report = RoundReport(r, len(data), losses[0], losses[-1], written.get("samples_per_second"),
+                         written.get("resumed_from"))
     if star:
         report.rollout_iou, report.kept, report.replaced = star["rollout_iou"], star["kept"], star["replaced"]
     return report

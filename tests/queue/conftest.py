@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -97,11 +98,12 @@ class Workers:
     def __init__(self, env: dict, tmp_path: Path):
         self.env, self.tmp_path, self.procs = env, tmp_path, []
 
-    def start(self, n: int = 1, wait: bool = True, **extra) -> list[subprocess.Popen]:
+    def start(self, n: int = 1, wait: bool = True, model_dir: Optional[Path] = None, **extra) -> list[subprocess.Popen]:
+        """``n`` workers, each with a MODEL_DIR of its own unless ``model_dir`` (shared storage) is given."""
         started = []
         for _ in range(n):
             env = {**os.environ, **self.env, **{k: str(v) for k, v in extra.items()},
-                   "MODEL_DIR": str(self.tmp_path / f"worker{len(self.procs)}"), "PYTHONPATH": str(REPO)}
+                   "MODEL_DIR": str(model_dir or self.tmp_path / f"worker{len(self.procs)}"), "PYTHONPATH": str(REPO)}
             log = open(self.tmp_path / f"worker{len(self.procs)}.log", "w")
             proc = subprocess.Popen([sys.executable, "-m", "segagent_backend.cli", "worker"], cwd=REPO, env=env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -59,3 +59,40 @@ def base_policy_dir(tmp_path):
     folder = tmp_path / "policy"
     folder.mkdir()
     return folder
+
+
+def test_a_round_whose_worker_is_killed_resumes_on_another(workers, queue_env, tmp_path, media_server, disk_image):
+    """SIGKILL the worker in the middle of training: the job is re-queued, another worker (sharing
+    MODEL_DIR) resumes from the last checkpoint, and the round still ends promoted."""
+    import os
+    import signal
+
+    from segagent_backend.corrections import CorrectionStore
+    from segagent_backend.labelstudio.annotations import corrections_from_webhook
+    from segagent_backend.queue.training import queued_starter
+    from segagent_backend.settings import Settings
+
+    shared = tmp_path / "shared"
+    env = {"SEGAGENT_POLICY": str(make_tiny_qwen2_vl(tmp_path / "base")), **FAST_ROUND,
+           "SEGAGENT_TRAIN_EPOCHS": "150", "SEGAGENT_TRAIN_SAVE_STEPS": "10"}
+    settings = Settings.from_env({**queue_env, **env, "MODEL_DIR": str(shared)})
+    url = f"{media_server}/disk.png"
+    CorrectionStore.from_settings(settings).record(
+        [c for t in (1, 2, 3) for c in corrections_from_webhook(annotation_event(t, url, disk_image[1]))[0]])
+    (victim,) = workers.start(1, model_dir=shared, **env)
+    run = queued_starter(settings)(3, "corrections")["run"]
+    checkpoints = shared / "training" / run / "rounds" / "0" / "checkpoints"
+    end = time.monotonic() + 120
+    while time.monotonic() < end and not list(checkpoints.glob("checkpoint-*")):
+        time.sleep(0.2)
+    assert list(checkpoints.glob("checkpoint-*")), workers.logs()
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert [r.status for r in list_reports(settings)] == ["killed"]  # its process is gone
+    workers.start(1, model_dir=shared, **env)
+    end = time.monotonic() + 240
+    while time.monotonic() < end and list_reports(settings)[-1].status in ("running", "killed"):
+        time.sleep(0.5)
+    (report,) = list_reports(settings)
+    assert report.run == run and report.status == "promoted", (report, workers.logs())
+    assert "checkpoint-" in report.metrics["training"][0]["resumed_from"]
