@@ -1,4 +1,4 @@
-"""Label Studio webhooks: acknowledged at once (Label Studio waits 1 s), never worked on in the request."""
+"""Label Studio webhooks: answered at once (Label Studio waits 1 s); nothing slow runs in the request."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -61,6 +61,8 @@ def _record(body: dict, action: str, settings: Settings, start_training: Optiona
     store = CorrectionStore.from_settings(settings)
     counts = store.record(good)
     store.reject(bad, action)
+    # an update that made an annotation unusable (its mask erased) must not leave the old version to train on
+    store.delete_annotations([r.annotation_id for r in bad if isinstance(r.annotation_id, int)])
     reply: dict = {"recorded": [c.annotation_id for c in good],
                    "rejected": [{"task": r.task_id, "annotation": r.annotation_id, "reason": r.reason} for r in bad]}
     due = [p for p in counts if start_training is not None and store.claim_round(p, settings.train_every)]

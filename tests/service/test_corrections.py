@@ -114,6 +114,10 @@ def test_webhook_records_rejects_and_deletes(make_settings, mask):
     assert len(store.corrections()) == 1 and np.array_equal(store.corrections()[0].mask(), ~mask)
     reply = handle_webhook({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}], "project": {"id": 7}}, settings)
     assert reply["removed"] == 1 and store.corrections() == []
+    # an update that erases the mask forgets the version recorded before
+    handle_webhook(body(1, 2, [brush(mask)]), settings)
+    reply = handle_webhook(body(1, 2, [], action="ANNOTATION_UPDATED"), settings)
+    assert reply["rejected"][0]["annotation"] == 1 and store.corrections() == []
 
 
 def test_every_n_corrections_start_one_round(make_settings, mask):
