@@ -55,6 +55,8 @@ def run(repeats: int, batch: int, k: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model, processor = load_hf_vlm(make_tiny_qwen2_vl(Path(tmp) / "qwen2_vl"), device="cpu")
     policies = {name: HFVLMPolicy(model, processor, **kw) for name, kw in MODES.items()}
+    for policy in policies.values():
+        policy.allow_stop = False  # a random model would stop at once: measure click answers
     obs = observations(batch)
     for policy in policies.values():  # warm-up (and the grammar's one-time vocabulary pass)
         policy.propose(obs, k)

@@ -83,6 +83,7 @@ def main() -> int:
         import_segment_anything()
         tool = SamSegmenter.from_checkpoint(make_tiny_sam_checkpoint(Path(tmp) / "sam.pth"), device="cpu")
         policy = HFVLMPolicy.from_pretrained(make_tiny_qwen2_vl(Path(tmp) / "qwen2-vl"), device="cpu")
+        policy.allow_stop = False  # a random model would stop at once: measure steps that click
         requests = [EpisodeRequest(image, text) for image, text in images(args.episodes)]
         # every episode runs exactly `steps` steps: no stop on the estimate, no patience stop
         config = LoopConfig(max_steps=args.steps, stop_iou=1.0, patience=args.steps + 1)

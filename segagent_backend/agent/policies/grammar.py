@@ -28,12 +28,12 @@ class AnswerGrammar:
 
     IOU_NEXT = {(0, "0"): 1, (0, "1"): 2, (2, "0"): 3, (3, "0"): 5}
 
-    def __init__(self, convention: CoordinateConvention = SEGAGENT_QWEN):
+    def __init__(self, convention: CoordinateConvention = SEGAGENT_QWEN, allow_stop: bool = True):
         int_digits = max(1, len(str(int(np.ceil(convention.scale)) - 1)))
         coord = (int_digits, convention.decimals)
         # the estimate alone is a stop answer: the policy judges the mask it was shown good enough
         self.templates = tuple(("iou", " ", " ", *f"{kind} point: (", coord, ",", " ", coord, ")")
-                               for kind in ("Positive", "Negative")) + (("iou",),)
+                               for kind in ("Positive", "Negative")) + ((("iou",),) if allow_stop else ())
         self.start = frozenset((t, 0, 0, False) for t in range(len(self.templates)))
         self.alphabet = sorted(set("0123456789.").union(e for tp in self.templates for e in tp
                                                          if isinstance(e, str) and len(e) == 1))

@@ -19,6 +19,9 @@ class TextAnswerPolicy(Policy):
     """
 
     stop_ids: list[int]
+    #: the grammar admits the estimate alone (a stop); False = clicks only, as the released weights
+    #: answer (the benchmarks use it: a random model would take the stop at once)
+    allow_stop: bool = True
 
     def __init__(self, tokenizer, name: str, convention: CoordinateConvention = SEGAGENT_QWEN,
                  max_new_tokens: int = 24, forced_prefix: bool = True, temperature: float = 1.0,
@@ -39,7 +42,7 @@ class TextAnswerPolicy(Policy):
     def grammar(self) -> GrammarLogitsProcessor:
         """Built on first use (decodes the vocabulary once: ~1 s for a 150k vocabulary)."""
         if self._grammar is None:
-            grammar = AnswerGrammar(self.convention)
+            grammar = AnswerGrammar(self.convention, self.allow_stop)
             self._grammar = GrammarLogitsProcessor(decoded_tokens(self.tokenizer, grammar), grammar, self.stop_ids,
                                                    self.compact_literals)
         return self._grammar
