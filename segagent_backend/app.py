@@ -10,6 +10,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import ModelUnavailable, RequestError
+from .learning import list_reports
 from .metrics import Metrics
 from .predictor import Predictor
 from .queue.dispatch import InlineDispatcher, PredictRequest, QueueDispatcher
@@ -71,6 +72,10 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
             usable, fields = dispatcher.health()
             body.update(fields)
             body["model"] = "ready" if any(w["model"] == "ready" for w in fields["workers"]) else "no worker"
+        latest = list_reports(settings, last=1)
+        if latest:  # the newest training round, so a failed or kept one is seen where people look
+            r = latest[0]
+            body["training"] = {"run": r.run, "status": r.status, "reason": r.reason, "version": r.version}
         if not usable:
             body["status"] = "ERROR"
             return jsonify(body), 503

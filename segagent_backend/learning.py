@@ -225,11 +225,13 @@ def _save(settings: Settings, report: TrainReport) -> None:
     os.replace(temp, folder / f"{report.run}.json")
 
 
-def list_reports(settings: Settings) -> list[TrainReport]:
-    """Every round's report, oldest first; a "running" round whose process is gone is "killed"."""
+def list_reports(settings: Settings, last: Optional[int] = None) -> list[TrainReport]:
+    """Every round's report (the ``last`` N), oldest first; a "running" round whose process is gone
+    is "killed". Run ids start with their start time, so file names sort in time order."""
     folder = training_dir(settings)
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
     reports = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in paths[-last:] if last else paths:
         try:
             report = TrainReport(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):

@@ -71,6 +71,9 @@ def test_webhooks_train_evaluate_promote_and_predict_with_the_new_version(make_s
     assert any(r["type"] == "brushlabels" for r in reply["result"])
     setup = client.post("/setup", json={"schema": CONFIG, "project": "3.1"}).json
     assert setup["model_version"] == report.version
+    health = client.get("/health").json
+    assert health["training"] == {"run": report.run, "status": "promoted", "reason": report.reason,
+                                  "version": report.version}
 
 
 def test_a_worse_candidate_is_kept_not_promoted(make_settings, base_policy, media_server, disk_image):
