@@ -1,5 +1,6 @@
 """The ``segagent`` command: ``predict`` one episode locally, ``serve`` the backend, run a queue
-``worker``, show the ``jobs``, manage model ``versions``, print the ``settings``."""
+``worker``, show the ``jobs``, ``preannotate`` a project, manage model ``versions``, make
+``trajectories``, ``train`` a policy, run or list ``training`` rounds, print the ``settings``."""
 from __future__ import annotations
 
 import argparse
