@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 import cv2  # noqa: E402
 
 from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
-from trainer.datasets import default_grabcut_dir, load_grabcut  # noqa: E402
+from trainer.datasets import default_grabcut_dir, grabcut_names, load_grabcut  # noqa: E402
 from trainer.evaluation import NocRun, run_noc, summarize  # noqa: E402
 
 PUBLISHED_GRAPH_CUT = {"noc85": 7.98, "noc90": 10.00}
@@ -106,10 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not (root / "manifest.json").is_file():
         print(f"SKIP: GrabCut dataset not found at {root} (pass --data or set SEGAGENT_GRABCUT_DIR)")
         return 0
-    with open(root / "manifest.json", encoding="utf-8") as f:
-        names = [row["name"] for row in json.load(f)]
-    if args.limit is not None:
-        names = names[: args.limit]
+    names = grabcut_names(root, args.limit)
     configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:

@@ -80,7 +80,7 @@ def main() -> int:
     if not (root / "manifest.json").is_file():
         print(f"skipped: GrabCut set not found at {root} (set --data or SEGAGENT_GRABCUT_DIR)")
         return 0
-    samples = load_grabcut(root)[: args.images]
+    samples = load_grabcut(root, limit=args.images)
     image_paths = {row["name"]: row["image"] for row in json.loads((root / "manifest.json").read_text())}
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))

@@ -64,7 +64,7 @@ def instrument(policy: HFVLMPolicy, tool: SamSegmenter) -> list:
 def images(n: int) -> list[tuple[np.ndarray, str]]:
     root = default_grabcut_dir(REPO)
     if (root / "manifest.json").is_file():
-        return [(s.image, s.expression) for s in load_grabcut(root)[:n]]
+        return [(s.image, s.expression) for s in load_grabcut(root, limit=n)]
     rng = np.random.default_rng(0)
     return [(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), "the object") for _ in range(n)]
 

@@ -49,7 +49,7 @@ def main() -> int:
     if not (root / "manifest.json").is_file():
         print(f"skipped: GrabCut set not found at {root} (set SEGAGENT_GRABCUT_DIR)")
         return 0
-    samples = load_grabcut(root)[: args.images]
+    samples = load_grabcut(root, limit=args.images)
     tool = build_segmenter("grabcut", EmbeddingCache(2**30))
     loop = LoopConfig(max_steps=7)
     with tempfile.TemporaryDirectory() as tmp:

@@ -85,9 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not (root / "manifest.json").is_file():
         print(f"SKIP: GrabCut dataset not found at {root} (pass --data or set SEGAGENT_GRABCUT_DIR)")
         return 0
-    with open(root / "manifest.json", encoding="utf-8") as f:
-        names = [row["name"] for row in json.load(f)][: args.limit or None]
-    samples = load_grabcut(root, names)
+    samples = load_grabcut(root, limit=args.limit or None)
     starts = tuple(k for k in args.starts.split(",") if k)
 
     timing = Timing()

@@ -70,11 +70,19 @@ def read_trimap(path: Union[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     return mask == TRIMAP_OBJECT, mask == TRIMAP_IGNORE
 
 
-def load_grabcut(root: Union[str, Path], names: Optional[list[str]] = None) -> list[Sample]:
-    """All samples of the manifest under ``root`` (or only those in ``names``, in manifest order)."""
+def grabcut_names(root: Union[str, Path], limit: Optional[int] = None) -> list[str]:
+    """The sample names of the manifest under ``root``, in manifest order (the first ``limit``)."""
+    with open(Path(root) / "manifest.json", encoding="utf-8") as f:
+        return [row["name"] for row in json.load(f)][:limit]
+
+
+def load_grabcut(root: Union[str, Path], names: Optional[list[str]] = None,
+                 limit: Optional[int] = None) -> list[Sample]:
+    """The samples of the manifest under ``root`` in manifest order: all, those in ``names``, or the
+    first ``limit`` (only the images asked for are read)."""
     root = Path(root)
     with open(root / "manifest.json", encoding="utf-8") as f:
-        rows = json.load(f)
+        rows = json.load(f)[:limit]
     wanted = set(names) if names is not None else None
     samples = []
     for row in rows:

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from segagent_backend.agent.protocol import SEGAGENT_QWEN, CoordinateConvention
+from segagent_backend.agent.protocol import CONVENTIONS, SEGAGENT_QWEN, CoordinateConvention
 from segagent_backend.agent.segmenters.base import Segmenter
 
 from .datasets import Sample
@@ -100,7 +100,7 @@ def _refine(r: int, out: Path, samples: Sequence[Sample], segmenter: Segmenter, 
     from .evaluation import evaluate_policy
     from .star import star_samples
 
-    coordinates = next(name for name, c in _conventions().items() if c == convention)
+    coordinates = next(name for name, c in CONVENTIONS.items() if c == convention)
     policy = build_policy(policy_kind, str(out / "rounds" / str(r - 1) / "model"), coordinates=coordinates)
     score = evaluate_policy(policy, segmenter, samples, LoopConfig(max_steps=max_steps))
     refined, rollouts = star_samples(policy, segmenter, samples, max_steps=max_steps, convention=convention)
@@ -112,9 +112,3 @@ def _refine(r: int, out: Path, samples: Sequence[Sample], segmenter: Segmenter, 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "star.json").write_text(json.dumps(star, indent=2))
     return refined, star
-
-
-def _conventions() -> dict:
-    from segagent_backend.agent.protocol import CONVENTIONS
-
-    return CONVENTIONS
