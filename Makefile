@@ -36,6 +36,7 @@ run: install
 	$(VENV)/bin/segagent serve
 
 test: install $(LS_STAMP)
+	@scripts/ensure-docker-compose    # the compose file is validated by docker-compose (installed when missing)
 	LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 bench: install
