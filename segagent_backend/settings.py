@@ -18,6 +18,7 @@ COORDINATES = ("qwen", "llava")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 TRAIN_METHODS = ("lora", "full")
+PROTOCOLS = ("release", "extended")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -39,6 +40,7 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_CANDIDATES", "candidates", "1", "Clicks sampled per step for tree search (1 = greedy)."),
     ("SEGAGENT_STOP_IOU", "stop_iou", "0.95", "Stop once the policy's own IoU estimate of the mask reaches this."),
     ("SEGAGENT_PATIENCE", "patience", "3", "Stop after this many steps without a better estimate."),
+    ("SEGAGENT_PROTOCOL", "protocol", None, "`release`: the paper's evaluation rules exactly (`SEGAGENT_MAX_STEPS` calls, no early stop, the release's mask selection, parser and overlay); `extended`: PRM stop, patience, tree search. Default: `release` for `qwen-vl-chat`, `extended` for `hf-vlm`."),
     ("SEGAGENT_TEMPERATURE", "temperature", "1.0", "Sampling temperature of tree-search candidates."),
     ("SEGAGENT_REFINE", "refine", "false", "Interactive calls: let the policy continue from the annotator's clicks (true) or only follow them (false)."),
     ("DEVICE", "device", "auto", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."),
@@ -97,6 +99,7 @@ class Settings:
     candidates: int = 1
     stop_iou: float = 0.95
     patience: int = 3
+    protocol: Optional[str] = None
     temperature: float = 1.0
     refine: bool = False
     device: str = "auto"
@@ -143,7 +146,8 @@ class Settings:
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
         """Read every variable of ``FIELDS`` from ``env`` (default ``os.environ``) and validate."""
         env = os.environ if env is None else env
-        raw = {attr: _blank_to_none(env.get(var, default)) for var, attr, default, _ in FIELDS}
+        # a variable set but left empty (a blank line of .env, compose's ${VAR:-}) means its default
+        raw = {attr: _blank_to_none(env.get(var)) or default for var, attr, default, _ in FIELDS}
         types = {f.name: f.type for f in fields(cls)}
         values = {attr: _convert(_var_of(attr), value, types[attr]) for attr, value in raw.items()}
         settings = cls(**values)
@@ -167,6 +171,8 @@ class Settings:
             raise SettingsError("SEGAGENT_SEGMENTER=sam needs SEGAGENT_SAM_CHECKPOINT (a segment-anything .pth file)")
         if self.segmenter == "hf-sam" and not self.sam_model:
             raise SettingsError("SEGAGENT_SEGMENTER=hf-sam needs SEGAGENT_SAM_MODEL (hub id or model folder)")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            fail("protocol", f"must be one of {', '.join(PROTOCOLS)}")
         for attr, allowed in (("policy_kind", POLICY_KINDS), ("coordinates", COORDINATES), ("dtype", DTYPES)):
             if getattr(self, attr) not in allowed:
                 fail(attr, f"must be one of {', '.join(allowed)}")
@@ -205,6 +211,13 @@ class Settings:
             fail("queue_prefix", "must hold only letters, digits, - and _")
         if self.port > 65535:
             fail("port", "must be <= 65535")
+
+    def loop_config(self):
+        """The episode loop's settings (one place builds them for every caller)."""
+        from .agent.loop import LoopConfig
+
+        protocol = self.protocol or ("release" if self.policy_kind == "qwen-vl-chat" else "extended")
+        return LoopConfig(self.max_steps, self.candidates, self.stop_iou, self.patience, protocol)
 
     @property
     def cache_bytes(self) -> int:
