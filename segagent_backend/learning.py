@@ -172,12 +172,11 @@ def split(samples: list, fraction: float) -> tuple[list, list]:
 
 
 def _judge_and_register(settings: Settings, report: TrainReport, outcome, held_out: list, segmenter) -> None:
-    from segagent_backend.agent.loop import LoopConfig
     from segagent_backend.agent.policies import build_policy
     from trainer.evaluation import evaluate_policy
 
     registry = Registry.from_settings(settings)
-    loop = LoopConfig(settings.max_steps, settings.candidates, settings.stop_iou, settings.patience)
+    loop = settings.loop_config()
     serving = registry.current().version
     current_source = str(registry.model_folder(serving)) if serving else settings.policy
 

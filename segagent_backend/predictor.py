@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .agent.episode import StepCache, run_given_clicks
-from .agent.loop import EpisodeRequest, LoopConfig, run_episodes
+from .agent.loop import EpisodeRequest, run_episodes
 from .agent.policies import Policy, build_policy
 from .agent.segmenters import EmbeddingCache, Segmenter, build_segmenter
 from .agent.types import EpisodeResult
@@ -62,7 +62,7 @@ class Predictor:
         self.project_sources: dict[str, MediaSource] = {}  # what /setup told us, per project
         self._segmenter: Optional[Segmenter] = None
         self._policy: Optional[Policy] = None
-        self.loop_config = LoopConfig(settings.max_steps, settings.candidates, settings.stop_iou, settings.patience)
+        self.loop_config = settings.loop_config()
         self._load_error: Optional[str] = None
         self._loaded = threading.Event()
         self._load_lock = threading.Lock()

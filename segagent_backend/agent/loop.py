@@ -8,6 +8,11 @@ node's PRM score (``Current IOU`` of the mask it was shown) and its next proposa
 of the chosen node is run through the tool, the next call scores all K children and proposes their
 continuations, and the best child is kept. K = 1 is greedy decoding. The returned mask is the
 chosen node with the highest estimate over all steps.
+
+Two protocols. ``release`` is the paper's evaluation code exactly: ``max_steps`` policy calls, no
+early stop (an answer without a readable click ends the episode), greedy, and the mask chosen as the
+release chooses it (:func:`release_choice`). ``extended`` adds the PRM stop threshold, patience,
+tree search and the later of equal estimates.
 """
 from __future__ import annotations
 
@@ -33,6 +38,11 @@ class LoopConfig:
     candidates: int = 1
     stop_iou: float = 0.95
     patience: int = 3
+    protocol: str = "extended"  # or "release": the paper's rules (candidates, stop_iou, patience unused)
+
+    @property
+    def release(self) -> bool:
+        return self.protocol == "release"
 
 
 @dataclass
@@ -78,21 +88,24 @@ def run_episodes(
 ) -> list[EpisodeResult]:
     """Run ``requests`` in lockstep; one EpisodeResult each, in order."""
     episodes = [_start(i, r, segmenter) for i, r in enumerate(requests)]
-    for step in range(config.max_steps + 1):
+    # the release makes max_steps calls and never judges the mask after the last click
+    calls = config.max_steps if config.release else config.max_steps + 1
+    for step in range(calls):
         active = [e for e in episodes if not e.stop_reason]
         if not active:
             break
-        _judge(policy, active, step, config.candidates)
+        _judge(policy, active, step, 1 if config.release else config.candidates, config.release)
         for episode in active:
             best = max(episode.nodes, key=_estimate_key)  # the first of equals
             episode.path.append(best)
-            episode.stop_reason = _stop_reason(episode, step, config)
+            episode.stop_reason = "max steps" if config.release and step == calls - 1 else (
+                "" if config.release else _stop_reason(episode, step, config))
             if not episode.stop_reason:
                 episode.nodes = _expand(episode, best, segmenter)
                 if not episode.nodes:
                     malformed = all(a.malformed for a in best.proposals)
                     episode.stop_reason = "malformed answer" if malformed else "policy stopped"
-    return [_result(e) for e in episodes]
+    return [_release_result(e) if config.release else _result(e) for e in episodes]
 
 
 def _start(index: int, request: EpisodeRequest, segmenter: Segmenter) -> _Episode:
@@ -108,14 +121,15 @@ def _start(index: int, request: EpisodeRequest, segmenter: Segmenter) -> _Episod
     return _Episode(index, request, len(clicks), [root], segmenter.image_key[1])
 
 
-def _judge(policy: Policy, episodes: list[_Episode], step: int, k: int) -> None:
+def _judge(policy: Policy, episodes: list[_Episode], step: int, k: int, release: bool = False) -> None:
     """One batched policy call over every node of every active episode: PRM score + proposals."""
     owners, observations = [], []
     for e in episodes:
         r = e.request
         for node in e.nodes:
             owners.append((e, node))
-            observations.append(Observation(r.image, node.mask, r.expression, step, node.clicks, e.index, r.gt, r.ignore))
+            observations.append(Observation(r.image, node.mask, r.expression, step, node.clicks, e.index, r.gt,
+                                            r.ignore, release=release))
     for (episode, node), answers in zip(owners, policy.propose(observations, k)):
         estimates = [a.iou_estimate for a in answers if a.iou_estimate is not None]
         node.estimate = float(np.mean(estimates)) if estimates else None
@@ -165,4 +179,29 @@ def _result(episode: _Episode) -> EpisodeResult:
     ]
     score = best.estimate if best.estimate is not None else best.tool_score
     return EpisodeResult(best.mask, float(score), trajectory, episode.request.box, episode.malformed,
+                         episode.stop_reason)
+
+
+def release_choice(estimates: Sequence[Optional[float]], clicks: int) -> int:
+    """How many clicks the release's returned mask holds (0 = the empty start mask).
+
+    ``estimates[i]`` is answer i's estimate of the mask shown at step i (the mask after i clicks);
+    ``clicks`` masks exist after the episode. One unreadable estimate makes them all 0; the first
+    argmax i wins; i > 0 returns the mask after click i, i = 0 the mask after the first click.
+    """
+    scores = [0.0] * len(estimates) if any(e is None for e in estimates) else list(estimates)
+    best = int(np.argmax(scores)) if scores else 0
+    return min(max(best, 1), clicks)
+
+
+def _release_result(episode: _Episode) -> EpisodeResult:
+    path = episode.path
+    # the mask after each count of policy clicks (the annotator's clicks, if any, came before)
+    masks = {len(n.clicks) - episode.given: n for n in path + episode.nodes}
+    chosen = masks[release_choice([n.estimate for n in path], max(masks))]
+    estimates = [n.estimate for n in path]
+    trajectory = [TrajectoryStep(click, None if i < episode.given or i >= len(estimates) else estimates[i])
+                  for i, click in enumerate(chosen.clicks)]
+    score = chosen.estimate if chosen.estimate is not None and None not in estimates else 0.0
+    return EpisodeResult(chosen.mask, float(score), trajectory, episode.request.box, episode.malformed,
                          episode.stop_reason)

@@ -7,14 +7,18 @@ import numpy as np
 GREEN = (0, 255, 0)
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, color: tuple = GREEN) -> np.ndarray:
+def overlay_mask(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, color: tuple = GREEN,
+                 truncate: bool = False) -> np.ndarray:
     """(H, W, 3) uint8 RGB + (H, W) bool mask -> (H, W, 3) uint8 RGB.
 
     On mask pixels ``out = (1 - alpha) * image + alpha * color`` (rounded half to even); elsewhere
-    the image unchanged. No contour, no markers. Returns a new array.
+    the image unchanged. No contour, no markers. Returns a new array. ``truncate``: the release's
+    arithmetic (the float blend assigned to uint8, i.e. floored), which the released model saw.
     """
     out = image.copy()
-    if mask.any():
+    if mask.any() and truncate:
+        out[mask] = ((1.0 - alpha) * image[mask] + alpha * np.asarray(color, np.float64)).astype(np.uint8)
+    elif mask.any():
         # blend the whole image with OpenCV's SIMD kernel, then a masked copy: ~5x faster than
         # boolean indexing or np.copyto(where=...) on a 0.15 MP image
         tint = np.empty_like(image)

@@ -99,9 +99,16 @@ _BOX = re.compile(r"<box>\((\d+),\s*(\d+)\),\((\d+),\s*(\d+)\)</box>")
 _PAIR = re.compile(r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)")
 
 
-def parse_answer(text: str, width: int, height: int, convention: CoordinateConvention = SEGAGENT_QWEN) -> Answer:
+def parse_answer(text: str, width: int, height: int, convention: CoordinateConvention = SEGAGENT_QWEN,
+                 strict: bool = False) -> Answer:
     """The released parser's rules: positive if ``Positive point`` occurs, else negative if ``Negative
-    point`` occurs, else stop; the numbers are the first ``(A, B)`` after the last ``point:``."""
+    point`` occurs, else stop; the numbers are the first ``(A, B)`` after the last ``point:``.
+
+    ``strict`` (the ``release`` protocol) reads numbers exactly as the release does, with Python's
+    ``int()``: what it cannot read (decimals, a missing pair, an unreadable estimate) is a stop.
+    """
+    if strict:
+        return _parse_release(text, width, height, convention)
     iou_match = _IOU.search(text)
     iou = min(max(float(iou_match.group(1)), 0.0), 100.0) / 100.0 if iou_match else None
     box_match = _BOX.search(text)
@@ -116,6 +123,35 @@ def parse_answer(text: str, width: int, height: int, convention: CoordinateConve
     if pair is None:
         return Answer(None, iou, text, malformed=True, box=box)
     x, y = convention.decode(float(pair.group(1)), float(pair.group(2)), width, height)
+    return Answer(Click(x, y, positive), iou, text, box=box)
+
+
+def _release_int(text: str) -> Optional[int]:
+    try:
+        return int(text)  # Python's own rules, as the release: " 311" and "+5" read, "3.5" does not
+    except ValueError:
+        return None
+
+
+def _parse_release(text: str, width: int, height: int, convention: CoordinateConvention) -> Answer:
+    """The released evaluation code's parser: ``int()`` of the word after ``Current IOU:`` and of the two
+    parts of the first ``(...)`` after the last ``point:``; anything else ends the episode (a stop)."""
+    iou = None
+    if "Current IOU:" in text:
+        words = text.split("Current IOU:", 1)[1].split()
+        value = _release_int(words[0]) if words else None
+        iou = None if value is None else min(max(value, 0), 100) / 100.0
+    box_match = _BOX.search(text)
+    box = tuple(float(v) for v in box_match.groups()) if box_match else None
+    positive = True if "Positive point" in text else False if "Negative point" in text else None
+    if positive is None:
+        return Answer(None, iou, text, malformed=iou is None, box=box)
+    tail = text.rsplit("point:", 1)[-1]
+    inside = tail.split("(", 1)[1].split(")", 1)[0].split(",") if "(" in tail and ")" in tail else []
+    numbers = [_release_int(part) for part in inside]
+    if len(numbers) != 2 or None in numbers:
+        return Answer(None, iou, text, malformed=True, box=box)
+    x, y = convention.decode(float(numbers[0]), float(numbers[1]), width, height)
     return Answer(Click(x, y, positive), iou, text, box=box)
 
 

@@ -32,11 +32,12 @@ class Observation:
     gt: Optional[np.ndarray] = None
     ignore: Optional[np.ndarray] = None
     extra: dict = field(default_factory=dict)
+    release: bool = False  # the paper's protocol: the release's overlay arithmetic and strict parser
 
     @cached_property
     def overlay(self) -> np.ndarray:
         """The image with ``mask`` painted green at alpha 0.5, (H, W, 3) uint8 RGB."""
-        return overlay_mask(self.image, self.mask)
+        return overlay_mask(self.image, self.mask, truncate=self.release)
 
     @property
     def size(self) -> tuple[int, int]:

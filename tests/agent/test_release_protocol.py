@@ -1,0 +1,91 @@
+"""The paper's protocol as a preset: the release's selection and stop rules, strict parser, overlay arithmetic."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pytest
+
+from segagent_backend.agent.loop import EpisodeRequest, LoopConfig, release_choice, run_episodes
+from segagent_backend.agent.overlay import overlay_mask
+from segagent_backend.agent.policies.base import Observation, Policy
+from segagent_backend.agent.protocol import Answer, parse_answer
+from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
+from segagent_backend.agent.types import Click
+
+from conftest import make_disk_image
+
+
+@pytest.mark.parametrize("estimates, clicks, expected", [
+    ([0.0, 0.5, 0.9, 0.7], 4, 2),        # argmax i > 0: the mask after click i
+    ([0.9, 0.5, 0.2], 3, 1),             # argmax 0: the mask after the first click
+    ([0.0, 0.8, 0.8, 0.3], 4, 1),        # the first of equals
+    ([0.0, 0.6, None, 0.9], 4, 1),       # one unreadable estimate makes them all 0 -> argmax 0
+    ([0.0], 0, 0),                       # no click was ever made: the start mask
+])
+def test_release_choice_on_hand_made_estimates(estimates, clicks, expected):
+    assert release_choice(estimates, clicks) == expected
+
+
+class Scripted(Policy):
+    """Answers from a script: one (estimate, click) pair per call and episode; None click = stop."""
+
+    def __init__(self, script: Sequence[tuple[Optional[float], Optional[Click]]]):
+        super().__init__()
+        self.script, self.calls, self.release_flags = list(script), 0, []
+
+    def propose(self, observations: Sequence[Observation], k: int = 1):
+        estimate, click = self.script[self.calls]
+        self.calls += 1
+        self.release_flags += [o.release for o in observations]
+        return [[Answer(click, estimate)] * k for _ in observations]
+
+
+def run(script, max_steps=7):
+    image, _ = make_disk_image()
+    policy = Scripted(script)
+    result = run_episodes(policy, GrabCutSegmenter(), [EpisodeRequest(image, "the red disk")],
+                          LoopConfig(max_steps=max_steps, protocol="release", stop_iou=0.5, patience=1))[0]
+    return policy, result
+
+
+def test_release_makes_max_steps_calls_without_early_stop():
+    clicks = [Click(80 + d, 60, True) for d in range(7)]
+    # estimates that would stop the extended loop at once (stop_iou 0.5, patience 1)
+    policy, result = run([(0.99, c) for c in clicks])
+    assert policy.calls == 7 and set(policy.release_flags) == {True}
+    assert result.stop_reason == "max steps"
+    assert len(result.trajectory) == 1  # all equal: the first argmax (0) returns the mask after click 1
+
+
+def test_release_returns_the_mask_after_the_argmax_click():
+    clicks = [Click(80, 60, True), Click(10, 10, False), Click(100, 60, True), Click(5, 100, False)]
+    policy, result = run([(0.0, clicks[0]), (0.4, clicks[1]), (0.9, clicks[2]), (0.5, clicks[3])], max_steps=4)
+    assert [s.click for s in result.trajectory] == clicks[:2] and result.score == pytest.approx(0.9)
+
+
+def test_an_unreadable_answer_ends_the_release_episode():
+    policy, result = run([(0.0, Click(80, 60, True)), (0.7, Click(90, 60, True)), (0.8, None)])
+    assert policy.calls == 3 and result.stop_reason == "policy stopped"
+    assert len(result.trajectory) == 2  # argmax 2 -> the mask after click 2
+
+
+def test_strict_parser_reads_what_int_reads_and_stops_on_the_rest():
+    ok = parse_answer("<ref>x</ref> Current IOU: 87  Positive point: (500, 250)", 200, 100, strict=True)
+    assert ok.click == Click(50.0, 50.0, True) and ok.iou_estimate == pytest.approx(0.87)
+    spaced = parse_answer("<ref>x</ref> Current IOU: 3  Negative point: ( 500 ,250 )", 200, 100, strict=True)
+    assert spaced.click == Click(50.0, 50.0, False)  # int() strips blanks
+    decimals = parse_answer("<ref>x</ref> Current IOU: 87  Positive point: (0.5, 0.25)", 200, 100, strict=True)
+    assert decimals.click is None and decimals.malformed
+    assert parse_answer("<ref>x</ref> Current IOU: 87  Positive point: (0.5, 0.25)", 200, 100).click is not None
+    bad_iou = parse_answer("<ref>x</ref> Current IOU: 8.5  Positive point: (5, 5)", 200, 100, strict=True)
+    assert bad_iou.iou_estimate is None and bad_iou.click is not None
+
+
+def test_release_overlay_truncates_the_blend():
+    image = np.array([[[11, 200, 3], [0, 0, 0]]], np.uint8)
+    mask = np.array([[True, False]])
+    truncated = overlay_mask(image, mask, truncate=True)
+    assert truncated[0, 0].tolist() == [5, 227, 1]  # floor((v + c) / 2), c = (0, 255, 0)
+    assert truncated[0, 1].tolist() == [0, 0, 0]
+    assert overlay_mask(image, mask)[0, 0].tolist() != [5, 227, 1]  # the extended overlay rounds
