@@ -9,118 +9,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-import numpy as np
-
-from . import cli_training, cli_trajectories
-from .agent.types import Box, Click, EpisodeResult
-from .errors import RequestError
+from . import cli_predict, cli_training, cli_trajectories
+from .cli_common import USER_ERRORS, CommandFailed, exit_status, join_signed_values, one_line
 from .registry import Registry, RegistryError
 from .settings import Settings, SettingsError, settings_table
-
-
-def parse_click(text: str) -> Click:
-    """``X,Y[,+|-]`` (pixels, x = column) -> Click; the sign defaults to positive."""
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("+", "-")):
-        raise argparse.ArgumentTypeError(f"click {text!r} must be X,Y or X,Y,+ or X,Y,-")
-    try:
-        x, y = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"click {text!r}: X and Y must be numbers") from None
-    return Click(x, y, len(parts) == 2 or parts[2] == "+")
-
-
-def parse_box(text: str) -> Box:
-    """``X1,Y1,X2,Y2`` (pixels) -> Box."""
-    try:
-        x1, y1, x2, y2 = (float(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"box {text!r} must be X1,Y1,X2,Y2") from None
-    return Box(x1, y1, x2, y2)
-
-
-def coco_rle(mask: np.ndarray) -> dict:
-    """(H, W) bool -> COCO RLE ``{"size": [H, W], "counts": str}`` (pycocotools' compressed form)."""
-    from pycocotools import mask as coco_mask
-
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def episode_json(image: np.ndarray, episode: EpisodeResult, expression: Optional[str], model_version: str) -> dict:
-    from .labelstudio.config import EXAMPLE_CONFIG, parse_label_config
-
-    height, width = image.shape[:2]
-    config = parse_label_config(EXAMPLE_CONFIG)
-    clicks = [step.click for step in episode.trajectory]
-    result = [config.brush.region(episode.mask, config.brush.label_for(None), config.image_name, episode.score)]
-    result += config.trajectory.regions(clicks, config.image_name, width, height)
-    return {
-        "width": width,
-        "height": height,
-        "expression": expression,
-        "model_version": model_version,
-        "mask": coco_rle(episode.mask),
-        "score": episode.score,
-        "box": None if episode.box is None else [episode.box.x1, episode.box.y1, episode.box.x2, episode.box.y2],
-        "trajectory": [
-            {"x": s.click.x, "y": s.click.y, "positive": s.click.positive, "iou_estimate": s.iou_estimate}
-            for s in episode.trajectory
-        ],
-        "malformed_answers": episode.malformed,
-        "stop_reason": episode.stop_reason,
-        "result": result,
-    }
-
-
-def draw_png(image: np.ndarray, episode: EpisodeResult, path: str) -> None:
-    """The mask (green, alpha 0.5), the box and the clicks (green +, red -, numbered) over the image."""
-    import cv2
-
-    from .agent.overlay import overlay_mask
-
-    canvas = cv2.cvtColor(overlay_mask(image, episode.mask), cv2.COLOR_RGB2BGR)
-    radius = max(3, round(max(image.shape[:2]) / 120))
-    if episode.box is not None:
-        b = episode.box
-        cv2.rectangle(canvas, (round(b.x1), round(b.y1)), (round(b.x2), round(b.y2)), (255, 160, 0), 2)
-    for n, step in enumerate(episode.trajectory, 1):
-        centre = (round(step.click.x), round(step.click.y))
-        color = (0, 200, 0) if step.click.positive else (0, 0, 230)
-        cv2.circle(canvas, centre, radius, color, -1)
-        cv2.circle(canvas, centre, radius, (255, 255, 255), 1)
-        cv2.putText(canvas, str(n), (centre[0] + radius, centre[1] - radius), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 + radius / 30, (255, 255, 255), 1, cv2.LINE_AA)
-    if not cv2.imwrite(path, canvas):
-        raise OSError(f"could not write {path}")
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .media import load_image_file
-    from .predictor import Predictor
-
-    from .agent.loop import EpisodeRequest
-
-    settings = Settings.from_env().replace(preload=False)
-    use_policy = bool(args.expression and settings.policy and (not args.click or settings.refine))
-    if not use_policy and not args.click and args.box is None:
-        raise RequestError("give --click and/or --box, or --expression with a SegAgent policy (SEGAGENT_POLICY)")
-    image = load_image_file(args.image, settings.max_image_pixels)
-    predictor = Predictor(settings)
-    if use_policy:  # the same path as automatic predictions: the policy clicks, the tool segments
-        episode = predictor.run_policy([EpisodeRequest(image, args.expression, args.box, args.click)])[0]
-    else:
-        episode = predictor.run_episode(image, args.click, args.box)
-    payload = episode_json(image, episode, args.expression, predictor.model_version)
-    text = json.dumps(payload)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text)
-    else:
-        print(text)
-    if args.png:
-        draw_png(image, episode, args.png)
-    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -170,7 +62,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     if not settings.redis_url:
-        raise SettingsError("segagent worker needs REDIS_URL (the Redis the web process queues jobs on)")
+        raise SettingsError("set REDIS_URL: a worker runs the jobs queued on that Redis")
     if args.device:
         settings = settings.replace(device=args.device)
     settings = settings.replace(preload=False)
@@ -187,7 +79,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     if not settings.redis_url:
-        raise SettingsError("segagent jobs needs REDIS_URL")
+        raise SettingsError("set REDIS_URL: the jobs are queued on that Redis")
     import redis
 
     conn, names = connect(settings.redis_url, settings.redis_timeout), QueueNames(settings.queue_prefix)
@@ -196,8 +88,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         running = status.running_jobs(conn, names)
         failed = status.failed_jobs(conn, names, args.failed)
     except redis.RedisError as exc:
-        print(f"segagent: Redis at {settings.redis_url} is unreachable: {exc}", file=sys.stderr)
-        return 1
+        raise CommandFailed(f"Redis at {settings.redis_url} is unreachable: {exc}") from None
     if args.json:
         print(json.dumps({"queues": [asdict(q) for q in snap.queues], "workers": [asdict(w) for w in snap.workers],
                           "running": [{"queue": q, "id": j, "worker": w} for q, j, w in running],
@@ -232,7 +123,7 @@ def cmd_preannotate(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     if not settings.redis_url:
-        raise SettingsError("segagent preannotate needs REDIS_URL (workers do the predicting)")
+        raise SettingsError("set REDIS_URL: workers on that Redis do the predicting")
     plan = enqueue(settings, args.project, args.tasks, args.force)
     summary = {k: v for k, v in plan.to_json().items() if k not in ("jobs", "job_tasks")} | {"jobs": len(plan.jobs)}
     if args.wait and plan.jobs:
@@ -275,23 +166,22 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    """The settings table; the environment is checked first, so a bad value is reported, not printed."""
+    Settings.from_env()
+    print(settings_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segagent", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
 
-    p = sub.add_parser("predict", help="run one episode on a local image and write JSON (and a PNG)")
-    p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--expression", help="referring expression: with SEGAGENT_POLICY set the policy clicks")
-    p.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y,+|-",
-                   help="a click in pixels (x = column), + positive (default) or - negative; repeat in order")
-    p.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2", help="a box prompt in pixels")
-    p.add_argument("--json", help="write the JSON here instead of standard output")
-    p.add_argument("--png", help="draw the mask and the clicks over the image into this PNG")
-    p.set_defaults(run=cmd_predict)
+    cli_predict.add_parser(sub)
 
     p = sub.add_parser("serve", help="serve the backend with gunicorn")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=None, help="default: PORT")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, every interface)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default: PORT, 9090)")
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("worker", help="run a resident model worker on the Redis queues (REDIS_URL)")
@@ -304,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", help="show queue depths, running and failed jobs and the live workers")
     p.add_argument("--failed", type=int, default=20, metavar="N", help="show at most N failures per queue")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(run=cmd_jobs)
 
     p = sub.add_parser("preannotate", help="queue a Label Studio project's tasks for predictions posted by workers")
@@ -316,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_preannotate)
 
     p = sub.add_parser("versions", help="list, register, promote or roll back model versions (MODEL_DIR/versions)")
-    p.add_argument("action", choices=("list", "promote", "rollback", "register"))
+    p.add_argument("action", choices=("list", "promote", "rollback", "register"),
+                   help="list the versions, promote VERSION, roll back to the previous one, or register PATH")
     p.add_argument("target", nargs="?", help="promote: VERSION; register: PATH of a trained policy folder")
     p.add_argument("--meta", help="register: metadata JSON (base, data, counts, metrics, parent)")
     p.add_argument("--version", help="register: the version name (default: v<N+1>)")
@@ -327,18 +218,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_training.add_parsers(sub)
 
-    p = sub.add_parser("settings", help="print the settings table (Markdown)")
-    p.set_defaults(run=lambda a: print(settings_table()) or 0)
+    p = sub.add_parser("settings", help="check the environment, then print the settings table (Markdown)")
+    p.set_defaults(run=cmd_settings)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Every error ends here, in one way: ``segagent COMMAND: message`` on standard
+    error, exit status 2 for a mistake of the user's (1 for a failure elsewhere, e.g. Redis away);
+    argparse's own errors exit 2 too. A closed standard output (``segagent settings | head``) ends quietly."""
+    args = build_parser().parse_args(join_signed_values(sys.argv[1:] if argv is None else argv))
+    prog = f"segagent {args.command}"
     try:
-        return args.run(args)
-    except (RequestError, SettingsError, RegistryError) as exc:
-        print(f"segagent: {exc}", file=sys.stderr)
-        return 2
+        status = args.run(args)
+        sys.stdout.flush()  # inside the try: a reader that went away is noticed here, not at exit
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # what a shell reports for a process ended by SIGPIPE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        print(f"{prog}: {one_line(exc)}", file=sys.stderr)
+        return exit_status(exc)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null so that the interpreter's final flush raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (pytest's capture)
+        pass
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_common import UsageError
+from .cli_trajectories import parse_starts
 from .settings import Settings
 
 
@@ -17,24 +19,28 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", action="append", default=[], metavar="PATH",
                    help="a trace JSON (SegAgent format; images from --images), a folder with images/ and masks/ "
                         "(+ manifest.json), or a Label Studio JSON export (with --label-config); repeatable")
-    p.add_argument("--project", type=int, action="append", default=[],
+    p.add_argument("--project", type=int, action="append", default=[], metavar="ID",
                    help="a Label Studio project pulled through the SDK (LABEL_STUDIO_URL/API_KEY); repeatable")
-    p.add_argument("--images", help="folder holding the images trace files name")
-    p.add_argument("--label-config", help="the project's label config XML file (for a Label Studio export)")
+    p.add_argument("--images", metavar="DIR", help="folder holding the images trace files name")
+    p.add_argument("--label-config", metavar="XML", help="the project's label config XML file (for a Label Studio export)")
     p.add_argument("--base", help="base policy: folder or hub id (default: SEGAGENT_POLICY)")
     p.add_argument("--out", required=True, help="output folder; the policy lands in OUT/model (rerun to resume)")
-    p.add_argument("--method", choices=("lora", "full"), help="default: SEGAGENT_TRAIN_METHOD")
-    p.add_argument("--epochs", type=float, help="default: SEGAGENT_TRAIN_EPOCHS")
-    p.add_argument("--lr", type=float, help="default: SEGAGENT_TRAIN_LR")
-    p.add_argument("--batch", type=int, help="default: SEGAGENT_TRAIN_BATCH")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--method", choices=("lora", "full"),
+                   help="lora adapters (merged when saved) or full fine-tuning (default: SEGAGENT_TRAIN_METHOD)")
+    p.add_argument("--epochs", type=float, help="epochs over the samples (default: SEGAGENT_TRAIN_EPOCHS)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: SEGAGENT_TRAIN_LR)")
+    p.add_argument("--batch", type=int, help="samples per training step (default: SEGAGENT_TRAIN_BATCH)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (default: the epochs)")
     p.add_argument("--star-rounds", type=int, help="StaR+ rounds after SFT (default: SEGAGENT_STAR_ROUNDS)")
-    p.add_argument("--starts", default="empty", help="trajectory start states for images+masks: empty,box,points")
+    p.add_argument("--starts", type=parse_starts, default="empty", metavar="KIND,KIND",
+                   help="trajectory start states for images+masks: some of empty (default), box, points")
     p.add_argument("--register", action="store_true", help="register OUT/model as a new version (not promoted)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("training", help="the service's training rounds: run one now, or list them")
-    p.add_argument("action", choices=("run", "list"))
+    p.add_argument("action", choices=("run", "list"),
+                   help="run: one round now (train, compare on held-out tasks, promote if better); "
+                        "list: the rounds so far and how they ended")
     p.add_argument("--project", type=int, help="run: the Label Studio project (default: corrections of no project)")
     p.add_argument("--source", choices=("corrections", "labelstudio"), default="corrections",
                    help="run: the recorded corrections (default) or every annotated task pulled from Label Studio")
@@ -46,14 +52,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.pipeline import train_policy
 
     from .agent.protocol import CONVENTIONS
-    from .predictor import segmenter_from_settings
+    from .cli_models import check_model_source
     from .registry import Registry
 
     settings = Settings.from_env()
     base = args.base or settings.policy
     if not base:
-        raise SystemExit("segagent train: give --base (or set SEGAGENT_POLICY)")
-    segmenter = segmenter_from_settings(settings)
+        raise UsageError("give --base (or set SEGAGENT_POLICY)")
+    check_model_source(base, f"--base {base!r}" if args.base else f"SEGAGENT_POLICY={base!r}")
+    segmenter = load_tool(settings)
     convention = CONVENTIONS[settings.coordinates]
     sft, samples = load_training_data(args, settings, segmenter, convention)
     print(f"{len(sft)} SFT samples from {len(samples)} image(s)")
@@ -90,27 +97,30 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
             manifest = path / "manifest.json"
             fresh += load_folder(path / "images", path / "masks", manifest if manifest.is_file() else None)
             continue
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise UsageError(f"--data {path}: neither a folder nor a JSON file ({exc})") from None
         if isinstance(data, list) and data and isinstance(data[0], dict) and "annotations" in data[0]:
             if not args.label_config:
-                raise SystemExit(f"segagent train: {path} is a Label Studio export: give --label-config")
+                raise UsageError(f"{path} is a Label Studio export: give --label-config")
             corrections, rejected = corrections_from_tasks(data, Path(args.label_config).read_text(),
                                                            expression_field=settings.expression_field)
             fresh += _report_rejected(load_samples(settings, corrections), rejected)
             continue
         if not args.images:
-            raise SystemExit(f"segagent train: {path} is a trace file: give --images")
+            raise UsageError(f"{path} is a trace file: give --images")
         traced += [(t, read_rgb(Path(args.images) / t.image_name)) for t in read_traces(path)]
     for project in args.project:
         corrections, rejected = collect_corrections(settings, project, "labelstudio")
         fresh += _report_rejected(load_samples(settings, corrections), rejected)
-    starts = tuple(k for k in args.starts.split(",") if k)
+    starts = args.starts
     traces = generate_traces(segmenter, fresh, starts=starts, progress=True)
     sft = [x for trace, image in traced for x in samples_from_trace(trace, image, convention)]
     sft += [x for trace, s in zip(traces, [s for s in fresh for _ in starts])
             for x in samples_from_trace(trace, s.image, convention)]
     if not sft:
-        raise SystemExit("segagent train: the data gave no training samples")
+        raise UsageError("the data gave no training samples")
     samples = fresh + [Sample(t.image_name, image, t.gt, t.ignore if t.ignore is not None else np.zeros_like(t.gt),
                               (t.captions or [""])[0]) for t, image in traced]
     return sft, samples
@@ -124,13 +134,37 @@ def _report_rejected(loaded, rejected) -> list:
 
 
 def cmd_training(args: argparse.Namespace) -> int:
-    from .learning import list_reports, run_training
+    from .learning import list_reports, run_training, training_dir
 
     settings = Settings.from_env()
     if args.action == "list":
-        for report in list_reports(settings):
+        reports = list_reports(settings)
+        if not reports:
+            print(f"no training rounds yet (in {training_dir(settings)}): start one with `segagent training run` "
+                  f"or Start Training in Label Studio")
+        for report in reports:
             print(f"{report.run}  project {report.project}  {report.status:9s} {report.version or '-':8s} {report.reason}")
         return 0
+    if not settings.policy:
+        raise UsageError("no base policy to fine-tune: set SEGAGENT_POLICY (a model folder or hub id)")
+    if args.source == "labelstudio" and args.project is None:
+        raise UsageError("--source labelstudio needs --project (the Label Studio project to pull)")
+    from .cli_models import check_model_source
+
+    check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
     report = run_training(settings, args.project, args.source)
     print(json.dumps(asdict(report), indent=2))
     return 0 if report.status in ("promoted", "kept") else 1
+
+
+def load_tool(settings: Settings):
+    """The interactive tool (trajectories are made with it); a weights problem is one line naming the variable."""
+    from .agent.loading import ModelLoadError
+    from .cli_models import check_settings_models, load_failure, tool_variable
+    from .predictor import segmenter_from_settings
+
+    check_settings_models(settings.replace(policy=None))
+    try:
+        return segmenter_from_settings(settings)
+    except ModelLoadError as exc:
+        raise load_failure(tool_variable(settings), str(exc)) from None

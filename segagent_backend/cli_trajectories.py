@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .cli_common import UsageError
 from .settings import SAM_TYPES, SEGMENTERS, Settings
 
 
@@ -58,11 +58,17 @@ def tool_settings(args: argparse.Namespace) -> Settings:
 
 
 def build_tool(settings: Settings):
-    """The interactive tool exactly as a service process loads it (paths checked first)."""
-    from .predictor import check_model_paths, segmenter_from_settings
+    """The interactive tool exactly as a service process loads it (paths and hub ids checked first);
+    a weights problem is a UsageError naming the variable."""
+    from .agent.loading import ModelLoadError
+    from .cli_models import check_settings_models, load_failure, tool_variable
+    from .predictor import segmenter_from_settings
 
-    check_model_paths(settings)
-    return segmenter_from_settings(settings)
+    check_settings_models(settings)
+    try:
+        return segmenter_from_settings(settings)
+    except ModelLoadError as exc:
+        raise load_failure(tool_variable(settings), str(exc)) from None
 
 
 def cmd_trajectories(args: argparse.Namespace) -> int:
@@ -70,26 +76,20 @@ def cmd_trajectories(args: argparse.Namespace) -> int:
     from trainer.traces import write_traces
     from trainer.trajectories import final_iou, generate_traces
 
-    from .agent.loading import ModelLoadError
-
     settings = tool_settings(args)  # a SettingsError is reported by main()
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out}: is a folder, give a file name")
     try:
         samples = load_folder(args.images, args.masks, args.manifest)
-    except (ValueError, OSError) as exc:
-        print(f"segagent trajectories: {exc}", file=sys.stderr)
-        return 2
-    try:
-        tool = build_tool(settings)
-    except ModelLoadError as exc:
-        print(f"segagent trajectories: cannot load the {settings.segmenter} tool: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as exc:  # a listing of every bad file: kept whole
+        raise UsageError(str(exc)) from None
+    tool = build_tool(settings)
     began = time.perf_counter()
     try:
         traces = generate_traces(tool, samples, args.starts, args.seed, args.target_iou, args.max_clicks,
                                  progress=args.progress)
     except ValueError as exc:
-        print(f"segagent trajectories: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     info = {"args": {"images": str(args.images), "masks": str(args.masks),
                      "manifest": None if args.manifest is None else str(args.manifest),
                      "segmenter": settings.segmenter, "starts": list(args.starts), "target_iou": args.target_iou,

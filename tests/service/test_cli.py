@@ -40,7 +40,7 @@ def test_predict_writes_json_and_png(media_dir, disk_image, tmp_path):
 
 
 def test_predict_to_stdout_with_a_box(media_dir, disk_image, tmp_path):
-    result = run_cli("predict", "--image", str(media_dir / "disk.png"), "--box", "45,25,115,95",
+    result = run_cli("predict", "--image", str(media_dir / "disk.png"), "--box", "45,25,115,95", "--json", "-",
                      env={"MODEL_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

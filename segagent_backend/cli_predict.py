@@ -1,0 +1,183 @@
+"""``segagent predict``: one episode on a local image -> a short summary, JSON (``--json``) and a picture (``--png``).
+
+Everything the user gave is checked before any work: the output files' folders and the picture's
+format, then the clicks and the box against the image size, then the model names.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .agent.types import Box, Click, EpisodeResult
+from .cli_common import CommandFailed, UsageError, check_output_file
+from .errors import ModelUnavailable, RequestError
+from .settings import Settings
+
+STDOUT = "-"
+
+
+def parse_click(text: str) -> Click:
+    """``X,Y[,+|-]`` (pixels, x = column) -> Click; the sign defaults to positive."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("+", "-")):
+        raise argparse.ArgumentTypeError(f"click {text!r} must be X,Y or X,Y,+ or X,Y,-")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"click {text!r}: X and Y must be numbers") from None
+    return Click(x, y, len(parts) == 2 or parts[2] == "+")
+
+
+def parse_box(text: str) -> Box:
+    """``X1,Y1,X2,Y2`` (pixels) -> Box."""
+    try:
+        x1, y1, x2, y2 = (float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"box {text!r} must be X1,Y1,X2,Y2") from None
+    return Box(x1, y1, x2, y2)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="run one episode on a local image: print a summary, write JSON and a picture",
+                       description="Run one episode on a local image: the given clicks and box through the "
+                                   "interactive tool, or the SegAgent policy on --expression. Prints a short "
+                                   "summary; --json FILE writes the full result, --png FILE a picture. "
+                                   "Outputs, clicks and models are checked before any work.")
+    p.add_argument("--image", required=True, metavar="FILE", help="the image file (JPEG, PNG, BMP, TIFF, WebP)")
+    p.add_argument("--expression", help="referring expression: with SEGAGENT_POLICY set the policy clicks")
+    p.add_argument("--click", type=parse_click, action="append", default=[], metavar="X,Y,+|-",
+                   help="a click in pixels inside the image (x = column, 0 <= x < width), + positive (default) "
+                        "or - negative; repeat in order")
+    p.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2", help="a box prompt in pixels, inside the image")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the full result as JSON to FILE (COCO RLE mask, trajectory, Label Studio result); "
+                        "'-' prints it on standard output instead of the summary")
+    p.add_argument("--png", metavar="FILE",
+                   help="draw the mask and the clicks over the image into FILE (.png, .jpg, ...: any format "
+                        "OpenCV writes)")
+    p.set_defaults(run=cmd_predict)
+    return p
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    from .drawing import can_write_image
+
+    if args.json != STDOUT:
+        check_output_file(args.json, "--json")
+    check_output_file(args.png, "--png")
+    if args.png is not None and not can_write_image(args.png):
+        raise UsageError(f"--png {args.png}: unknown picture format {Path(args.png).suffix or '(no extension)'!r}: "
+                         f"use .png, .jpg, .jpeg, .bmp, .tif or .webp")
+
+
+def check_prompts(clicks: list[Click], box: Optional[Box], width: int, height: int) -> None:
+    """Clicks must lie on a pixel (0 <= x < width, 0 <= y < height), a box within the image's edges."""
+    for n, c in enumerate(clicks, 1):
+        if not (0 <= c.x < width and 0 <= c.y < height):
+            raise UsageError(f"click {n} ({c.x:g},{c.y:g}) is outside the {width}x{height} image "
+                             f"(x in 0..{width - 1}, y in 0..{height - 1})")
+    if box is not None:
+        if not all(0 <= v <= width for v in (box.x1, box.x2)) or not all(0 <= v <= height for v in (box.y1, box.y2)):
+            raise UsageError(f"box ({box.x1:g},{box.y1:g},{box.x2:g},{box.y2:g}) is outside the {width}x{height} "
+                             f"image (x in 0..{width}, y in 0..{height})")
+        if box.x1 == box.x2 or box.y1 == box.y2:
+            raise UsageError(f"box ({box.x1:g},{box.y1:g},{box.x2:g},{box.y2:g}) is empty")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .agent.loop import EpisodeRequest
+    from .cli_models import check_settings_models, load_failure, quiet_load_errors, tool_variable
+    from .drawing import draw_png
+    from .media import load_image_file
+    from .predictor import Predictor
+
+    check_outputs(args)
+    settings = Settings.from_env().replace(preload=False)
+    use_policy = bool(args.expression and settings.policy and (not args.click or settings.refine))
+    if not use_policy and not args.click and args.box is None:
+        raise RequestError("give --click and/or --box, or --expression with a SegAgent policy (SEGAGENT_POLICY)")
+    image = load_image_file(args.image, settings.max_image_pixels)
+    height, width = image.shape[:2]
+    check_prompts(args.click, args.box, width, height)
+    predictor = Predictor(settings)
+    check_settings_models(settings, predictor.policy_source)
+    with quiet_load_errors():
+        try:
+            predictor.segmenter()  # loads the tool and the policy (if any) once
+        except ModelUnavailable as exc:
+            failed = predictor._segmenter is None  # the tool loads first, then the policy
+            what = tool_variable(settings) if failed else (
+                f"SEGAGENT_POLICY={settings.policy!r}" if predictor.policy_source == settings.policy
+                else f"model version {predictor.policy_source!r}")
+            raise load_failure(what, str(exc)) from None
+    if use_policy:  # the same path as automatic predictions: the policy clicks, the tool segments
+        episode = predictor.run_policy([EpisodeRequest(image, args.expression, args.box, args.click)])[0]
+    else:
+        episode = predictor.run_episode(image, args.click, args.box)
+    payload = episode_json(image, episode, args.expression, predictor.model_version)
+    if args.png:  # first: a picture that fails leaves no JSON behind
+        try:
+            draw_png(image, episode, args.png)
+        except OSError as exc:
+            raise CommandFailed(str(exc)) from None
+    if args.json == STDOUT:
+        print(json.dumps(payload))
+        return 0
+    if args.json:
+        Path(args.json).expanduser().write_text(json.dumps(payload))
+    print(summary(args, payload, episode))
+    return 0
+
+
+def episode_json(image: np.ndarray, episode: EpisodeResult, expression: Optional[str], model_version: str) -> dict:
+    from trainer.traces import mask_to_rle
+
+    from .labelstudio.config import EXAMPLE_CONFIG, parse_label_config
+
+    height, width = image.shape[:2]
+    config = parse_label_config(EXAMPLE_CONFIG)
+    clicks = [step.click for step in episode.trajectory]
+    result = [config.brush.region(episode.mask, config.brush.label_for(None), config.image_name, episode.score)]
+    result += config.trajectory.regions(clicks, config.image_name, width, height)
+    return {
+        "width": width,
+        "height": height,
+        "expression": expression,
+        "model_version": model_version,
+        "mask": mask_to_rle(episode.mask),
+        "score": episode.score,
+        "box": None if episode.box is None else [episode.box.x1, episode.box.y1, episode.box.x2, episode.box.y2],
+        "trajectory": [
+            {"x": s.click.x, "y": s.click.y, "positive": s.click.positive, "iou_estimate": s.iou_estimate}
+            for s in episode.trajectory
+        ],
+        "malformed_answers": episode.malformed,
+        "stop_reason": episode.stop_reason,
+        "result": result,
+    }
+
+
+def summary(args: argparse.Namespace, payload: dict, episode: EpisodeResult) -> str:
+    """A few lines for people: the image, the prompts, the mask, the model and where the files went."""
+    width, height = payload["width"], payload["height"]
+    clicks = "; ".join(f"{s['x']:g},{s['y']:g} {'+' if s['positive'] else '-'}" for s in payload["trajectory"])
+    prompts = [f"{len(payload['trajectory'])} click(s)" + (f" ({clicks})" if clicks else "")]
+    if payload["box"]:
+        prompts.append("box " + ",".join(f"{v:g}" for v in payload["box"]))
+    if args.expression:
+        prompts.append(f"expression {args.expression!r}")
+    area = int(np.count_nonzero(episode.mask))
+    lines = [f"{args.image}: {width}x{height}, " + ", ".join(prompts),
+             f"mask: {area} px ({100.0 * area / (width * height):.1f}% of the image), score {payload['score']:.3f}"
+             + (f", stopped: {payload['stop_reason']}" if payload["stop_reason"] else "")
+             + (f", {payload['malformed_answers']} malformed answer(s)" if payload["malformed_answers"] else ""),
+             f"model: {payload['model_version']}"]
+    written = [f"{what} {path}" for what, path in (("JSON", args.json), ("picture", args.png)) if path]
+    lines.append("wrote " + ", ".join(written) if written else
+                 "(--json FILE for the full result, --json - to print it, --png FILE for a picture)")
+    return "\n".join(lines)
+
