@@ -55,7 +55,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         base = make_tiny_qwen2_vl(Path(tmp) / "base")
         traces = generate_traces(tool, samples)
-        sft = [x for t, s in zip(traces, samples) for x in samples_from_trace(t, s.image)]
+        sft = [x for t, s in zip(traces, samples) for x in samples_from_trace(t, s.image, stop_sample=True)]
         # the overfit recipe of tests/trainer/test_finetune.py: one batch of everything, constant lr
         config = FinetuneConfig(method="full", epochs=args.epochs, learning_rate=3e-3, batch_size=256,
                                 lr_scheduler="constant", device="cpu")

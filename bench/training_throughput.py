@@ -56,7 +56,7 @@ def make_samples(count: int, width: int = 64, height: int = 48) -> list:
         image[y0:y0 + 10, x0:x0 + 20] = (40, 40, 200)
         caption = CAPTIONS[len(samples) % len(CAPTIONS)]
         trace = record_trace(segmenter, image, gt, captions=[caption], image_name=f"bench{len(samples)}")
-        samples += samples_from_trace(trace, image)
+        samples += samples_from_trace(trace, image, stop_sample=True)
     return samples[:count]
 
 

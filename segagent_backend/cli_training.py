@@ -31,6 +31,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default: SEGAGENT_TRAIN_LR)")
     p.add_argument("--batch", type=int, help="samples per training step (default: SEGAGENT_TRAIN_BATCH)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (default: the epochs)")
+    p.add_argument("--stop-samples", action=argparse.BooleanOptionalAction, default=None,
+                   help="one stop sample per trajectory (the final mask, estimate alone); default: SEGAGENT_TRAIN_STOP_SAMPLES")
     p.add_argument("--star-rounds", type=int, help="StaR+ rounds after SFT (default: SEGAGENT_STAR_ROUNDS)")
     p.add_argument("--starts", type=parse_starts, default="empty", metavar="KIND,KIND",
                    help="trajectory start states for images+masks: some of empty (default), box, points")
@@ -115,10 +117,12 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
         corrections, rejected = collect_corrections(settings, project, "labelstudio")
         fresh += _report_rejected(load_samples(settings, corrections), rejected)
     starts = args.starts
+    stop = settings.train_stop_samples if args.stop_samples is None else args.stop_samples
     traces = generate_traces(segmenter, fresh, starts=starts, progress=True)
-    sft = [x for trace, image in traced for x in samples_from_trace(trace, image, convention)]
+    sft = [x for trace, image in traced for x in samples_from_trace(trace, image, convention, None, stop,
+                                                                            settings.release_protocol)]
     sft += [x for trace, s in zip(traces, [s for s in fresh for _ in starts])
-            for x in samples_from_trace(trace, s.image, convention)]
+            for x in samples_from_trace(trace, s.image, convention, None, stop, settings.release_protocol)]
     if not sft:
         raise UsageError("the data gave no training samples")
     samples = fresh + [Sample(t.image_name, image, t.gt, t.ignore if t.ignore is not None else np.zeros_like(t.gt),

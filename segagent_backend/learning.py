@@ -109,7 +109,8 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
     traces = generate_traces(segmenter, train)
     convention = _convention(settings)
     sft = [s for trace, sample in zip(traces, train)
-           for s in samples_from_trace(trace, sample.image, convention, [sample.expression])]
+           for s in samples_from_trace(trace, sample.image, convention, [sample.expression],
+                                                settings.train_stop_samples, settings.release_protocol)]
     report.counts.update(traces=len(traces), sft_samples=len(sft))
     if not sft:
         raise TrainingError("the trajectories gave no training samples")

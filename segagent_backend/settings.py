@@ -62,6 +62,7 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_TRAIN_EPOCHS", "train_epochs", "2", "Epochs over a round's samples."),
     ("SEGAGENT_TRAIN_LR", "train_lr", "0.0001", "Peak learning rate (cosine schedule)."),
     ("SEGAGENT_TRAIN_BATCH", "train_batch", "4", "Samples per training step."),
+    ("SEGAGENT_TRAIN_STOP_SAMPLES", "train_stop_samples", "false", "Add one stop sample per trajectory (the final mask with the estimate alone) so the policy learns to stop; off = the release's SFT data."),
     ("SEGAGENT_TRAIN_SAVE_STEPS", "train_save_steps", "200", "Optimizer steps between training checkpoints: a round whose worker dies resumes from the last one."),
     ("SEGAGENT_STAR_ROUNDS", "star_rounds", "0", "StaR+ rounds after SFT: roll the policy out on the training images, keep its good clicks, replace the others with the simulator's, train again."),
     ("SEGAGENT_HOLDOUT", "holdout", "0.2", "Fraction of a round's annotated tasks held out to compare the candidate with the serving policy (at least one)."),
@@ -121,6 +122,7 @@ class Settings:
     train_epochs: int = 2
     train_lr: float = 1e-4
     train_batch: int = 4
+    train_stop_samples: bool = False
     train_save_steps: int = 200
     star_rounds: int = 0
     holdout: float = 0.2
@@ -218,6 +220,10 @@ class Settings:
 
         protocol = self.protocol or ("release" if self.policy_kind == "qwen-vl-chat" else "extended")
         return LoopConfig(self.max_steps, self.candidates, self.stop_iou, self.patience, protocol)
+
+    @property
+    def release_protocol(self) -> bool:
+        return self.loop_config().release
 
     @property
     def cache_bytes(self) -> int:

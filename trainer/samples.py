@@ -4,14 +4,15 @@ Step t shows the policy the image with mask M_t painted on it (M_0 = the start s
 empty; M_t = the mask after click t-1) and the task text; the target is the policy's exact answer:
 ``<ref>{caption}</ref> Current IOU: {round(100 * IoU(M_t))}  {Positive|Negative} point: (A, B)``.
 
-One more sample per trajectory shows the FINAL mask with the estimate alone
-(``<ref>{caption}</ref> Current IOU: 98``): a stop. Without it the process reward model never sees
-a finished mask (a one-click trajectory would teach only "Current IOU: 0") and cannot pick or stop at
-one; the released parser reads an answer without a point as STOP, so the policy learns to stop too.
+With ``stop_sample`` (off by default: the release's SFT data has none) one more sample per trajectory
+shows the FINAL mask with the estimate alone (``<ref>{caption}</ref> Current IOU: 98``): a stop.
+Without it the process reward model never sees a finished mask (a one-click trajectory would teach
+only "Current IOU: 0"); the released parser reads an answer without a point as STOP, so a policy
+trained with it learns to stop too.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -32,11 +33,12 @@ class SFTSample:
     expression: str
     target: str
     source: str = ""  # where it came from (image name / task id), for reports
+    release: bool = False  # the release's overlay arithmetic (the protocol the policy will serve with)
 
     @property
     def overlay(self) -> np.ndarray:
         """What the policy sees: (H, W, 3) uint8 RGB."""
-        return overlay_mask(self.image, self.shown)
+        return overlay_mask(self.image, self.shown, truncate=self.release)
 
 
 def step_samples(image: np.ndarray, expression: str, shown: Sequence[np.ndarray], ious: Sequence[float],
@@ -50,8 +52,10 @@ def step_samples(image: np.ndarray, expression: str, shown: Sequence[np.ndarray]
 
 
 def samples_from_trace(trace: Trace, image: np.ndarray, convention: CoordinateConvention = SEGAGENT_QWEN,
-                       captions: Optional[Iterable[str]] = None) -> list[SFTSample]:
-    """Every step of ``trace`` and its final stop x every caption (``captions`` overrides the trace's own)."""
+                       captions: Optional[Iterable[str]] = None, stop_sample: bool = False,
+                       release: bool = False) -> list[SFTSample]:
+    """Every step of ``trace`` (and with ``stop_sample`` its final stop) x every caption (``captions``
+    overrides the trace's own); ``release``: overlays with the release's arithmetic."""
     if image.shape[:2] != trace.gt.shape:
         raise ValueError(f"{trace.image_name}: image {image.shape[:2]} does not match the trace's mask {trace.gt.shape}")
     first = trace.start.mask if trace.start is not None else np.zeros(trace.gt.shape, dtype=bool)
@@ -59,9 +63,13 @@ def samples_from_trace(trace: Trace, image: np.ndarray, convention: CoordinateCo
     shown = [first] + [s.mask for s in trace.steps]
     ious = [first_iou] + [s.iou for s in trace.steps]
     actions: list[Optional[Click]] = [*trace.clicks, None]
+    if not stop_sample:
+        shown, ious, actions = shown[:-1], ious[:-1], actions[:-1]
     if not trace.steps:  # nothing was learnt on this trajectory: no stop lesson on an untouched start
         return []
     out: list[SFTSample] = []
     for caption in (list(captions) if captions is not None else trace.captions):
         out += step_samples(image, caption, shown, ious, actions, convention, trace.image_name)
+    if release:
+        out = [replace(s, release=True) for s in out]
     return out

@@ -74,7 +74,7 @@ def data():
         assert len(trace.steps) >= 2
         images.append((image, gt, caption))
         traces.append(trace)
-        samples += samples_from_trace(trace, image)
+        samples += samples_from_trace(trace, image, stop_sample=True)
     return segmenter, images, samples, traces
 
 

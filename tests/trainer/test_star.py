@@ -31,7 +31,7 @@ def test_the_simulator_as_policy_keeps_every_action_and_matches_its_trajectories
     expected = []
     for s in samples:
         trace = record_trace(tool, s.image, s.gt, s.ignore, [s.expression], s.name, max_clicks=5)
-        lessons = samples_from_trace(trace, s.image)
+        lessons = samples_from_trace(trace, s.image, stop_sample=True)
         # a 5-click rollout has the trajectory's first 5 clicks, and its stop only when it got there
         expected += lessons if len(trace.steps) < 5 or trace.steps[-1].iou >= 0.98 else lessons[:-1]
     names = [s.name for s in samples]

@@ -44,11 +44,11 @@ def test_train_on_a_folder_registers_a_loadable_version(data, base, tmp_path, ca
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), "--base", str(base), "--out", str(out), "--register", *FAST]) == 0
     printed = capsys.readouterr().out
-    assert "4 SFT samples from 2 image(s)" in printed  # one click + one stop per disk
+    assert "2 SFT samples from 2 image(s)" in printed  # one click per disk; no stop samples by default
     assert (out / "model" / "config.json").is_file() and (out / "rounds" / "0" / "loss.png").is_file()
     registry = Registry(tmp_path / "models")
     (version,) = registry.list_versions()
-    assert version.base == str(base) and version.counts == {"sft_samples": 4, "images": 2}
+    assert version.base == str(base) and version.counts == {"sft_samples": 2, "images": 2}
     assert registry.current().version is None  # registered, not promoted
 
 
@@ -68,11 +68,11 @@ def test_train_on_traces_and_a_label_studio_export(data, base, tmp_path, capsys,
     (tmp_path / "config.xml").write_text(CONFIG)
     code = main(["train", "--data", str(traces), "--images", str(data / "images"), "--data", str(tmp_path / "export.json"),
                  "--label-config", str(tmp_path / "config.xml"), "--base", str(base), "--out", str(tmp_path / "run"),
-                 *FAST])
+                 "--stop-samples", *FAST])
     printed = capsys.readouterr().out
     assert code == 0
     assert "skipped task 2 (annotation 6): no brush region" in printed
-    assert "6 SFT samples from 3 image(s)" in printed
+    assert "6 SFT samples from 3 image(s)" in printed  # one click and one stop per image (--stop-samples)
 
 
 def test_training_list_reports_a_killed_round(tmp_path, capsys, monkeypatch):

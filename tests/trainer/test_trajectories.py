@@ -195,7 +195,8 @@ def test_trace_json_round_trip(empty_runs, start_runs, tmp_path):
 def test_samples_from_trace_one_per_click_and_caption(empty_runs):
     sample, trace, _, _ = next(r for r in empty_runs if len(r[1].steps) >= 3)
     trace = dataclasses.replace(trace, captions=["the first caption", "another way to say it"])
-    out = samples_from_trace(trace, sample.image)
+    assert len(samples_from_trace(trace, sample.image)) == 2 * len(trace.steps)  # the release's data: no stop
+    out = samples_from_trace(trace, sample.image, stop_sample=True)
     n = len(trace.steps) + 1  # one per click, then the stop on the final mask
     assert len(out) == 2 * n
     h, w = trace.height, trace.width
