@@ -37,6 +37,7 @@ run: install
 
 test: install $(LS_STAMP)
 	@scripts/ensure-docker-compose    # the compose file is validated by docker-compose (installed when missing)
+	@scripts/oracle-env               # the original Qwen-VL-Chat code (transformers 4.32) the native port is tested against
 	LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 bench: install
@@ -49,4 +50,4 @@ bench: install
 	scripts/with-redis $(PY) bench/queue_workers.py
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) .venv-oracle .pytest_cache
