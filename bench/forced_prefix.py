@@ -6,9 +6,13 @@ The tiny random Qwen2-VL (2 layers, hidden 32, built in a temporary folder by te
 loaded through the production ``load_hf_vlm``) answers a batch of observations per step. Modes:
   echo            the model writes ``<ref>CAPTION</ref> Current IOU: `` itself (no forced prefix)
   forced          the echo is appended to the prompt; free decoding afterwards
-  forced+grammar  forced prefix + the answer grammar (constrained decoding, the default)
+  forced+grammar  forced prefix + the answer grammar (constrained decoding, the default): the tokenizer's
+                  own split of every answer (grammar.CanonicalAnswers)
+  forced+anysplit the text-level grammar used before (any split of an allowed text, longest tokens
+                  through fixed stretches), for comparison
 Per mode: generated tokens per answer, step time (median of ``repeats`` propose calls of ``batch``
-observations, k answers each) and the malformed-answer rate. A random model never stops by itself,
+observations, k answers each), the malformed-answer rate and the canonical rate (answers whose ids,
+end of turn excluded, are ``tokenizer.encode`` of their own text). A random model never stops by itself,
 so free decoding runs to the token budget: the token figures show the budget each mode needs, the
 grammar's figure is the real answer length. Timing on a shared 2-core CPU: medians, rounds interleaved.
 """
@@ -30,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.tiny_vlms import make_tiny_qwen2_vl  # noqa: E402
 from segagent_backend.agent.policies.base import Observation  # noqa: E402
+from segagent_backend.agent.policies.grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens  # noqa: E402
 from segagent_backend.agent.policies.hf_vlm import HFVLMPolicy, load_hf_vlm  # noqa: E402
 from segagent_backend.agent.protocol import answer_prefix, format_answer  # noqa: E402
 from segagent_backend.agent.types import Click  # noqa: E402
@@ -37,7 +42,8 @@ from segagent_backend.agent.types import Click  # noqa: E402
 CAPTION = "the brown chicken in front of more chickens"
 MODES = {"echo": dict(forced_prefix=False, constrained=False),
          "forced": dict(forced_prefix=True, constrained=False),
-         "forced+grammar": dict(forced_prefix=True, constrained=True)}
+         "forced+grammar": dict(forced_prefix=True, constrained=True),
+         "forced+anysplit": dict(forced_prefix=True, constrained=True)}
 
 
 def observations(batch: int) -> list[Observation]:
@@ -57,6 +63,28 @@ def run(repeats: int, batch: int, k: int) -> dict:
     policies = {name: HFVLMPolicy(model, processor, **kw) for name, kw in MODES.items()}
     for policy in policies.values():
         policy.allow_stop = False  # a random model would stop at once: measure click answers
+    legacy = AnswerGrammar(allow_stop=False)
+    policies["forced+anysplit"]._grammar = GrammarLogitsProcessor(
+        decoded_tokens(processor.tokenizer, legacy), legacy, policies["forced+anysplit"].stop_ids, compact=True)
+    rows_of: dict = {}  # the last generate call's generated ids (prompt removed)
+    generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        rows_of["last"] = out[:, kwargs["input_ids"].shape[1]:].tolist()
+        return out
+
+    model.generate = recording_generate
+    canonical = {name: [0, 0] for name in MODES}  # [canonical, answers]
+
+    def check(name: str, policy) -> None:
+        stops = set(policy.stop_ids)
+        for ids in rows_of["last"]:
+            end = next((j for j, t in enumerate(ids) if t in stops), len(ids))
+            text = processor.tokenizer.decode(ids[:end])
+            canonical[name][0] += ids[:end] == processor.tokenizer.encode(text, add_special_tokens=False)
+            canonical[name][1] += 1
+
     obs = observations(batch)
     for policy in policies.values():  # warm-up (and the grammar's one-time vocabulary pass)
         policy.propose(obs, k)
@@ -67,6 +95,7 @@ def run(repeats: int, batch: int, k: int) -> dict:
             before = policy.stats.seconds
             policy.propose(obs, k)
             times[name].append(policy.stats.seconds - before)
+            check(name, policy)
     def count(text: str) -> int:
         return len(processor.tokenizer.encode(text, add_special_tokens=False))
 
@@ -80,6 +109,7 @@ def run(repeats: int, batch: int, k: int) -> dict:
         rows[name] = dict(tokens_per_answer=s.generated_tokens / s.answers,
                           step_ms=1e3 * statistics.median(times[name]),
                           malformed_rate=s.malformed / s.answers, answers=s.answers,
+                          canonical_rate=canonical[name][0] / canonical[name][1],
                           token_budget=policy.max_new_tokens + (0 if policy.forced_prefix else echo_tokens))
     return dict(model="tiny qwen2_vl (2 layers, hidden 32)", caption=CAPTION, echo_tokens=echo_tokens,
                 real_answer=real, real_answer_tokens=reference,
@@ -96,10 +126,10 @@ def main() -> None:
     result = run(args.repeats, args.batch, args.k)
     print(f"{result['model']}; caption echo = {result['echo_tokens']} tokens; batch {args.batch}, k {args.k}, "
           f"{args.repeats} steps per mode")
-    print(f"{'mode':<16}{'budget':>8}{'tokens/answer':>15}{'step ms':>10}{'malformed':>11}")
+    print(f"{'mode':<16}{'budget':>8}{'tokens/answer':>15}{'step ms':>10}{'malformed':>11}{'canonical':>11}")
     for name, row in result["modes"].items():
         print(f"{name:<16}{row['token_budget']:>8}{row['tokens_per_answer']:>15.1f}{row['step_ms']:>10.1f}"
-              f"{100 * row['malformed_rate']:>10.0f}%")
+              f"{100 * row['malformed_rate']:>10.0f}%{100 * row['canonical_rate']:>10.0f}%")
     ref = result["real_answer_tokens"]
     print(f"a real answer ({result['real_answer']!r}) + end of turn: {ref['echo']} tokens written by the model, "
           f"{ref['forced']} with the forced prefix")

@@ -1,9 +1,12 @@
 """Constrained decoding of SegAgent answers: after the forced prefix the model may only write
 ``IOU  (Positive|Negative) point: (NUM, NUM)`` or ``IOU`` alone (a stop) and then an end-of-turn token.
 
-Tokenizer-agnostic: the grammar is a small NFA over characters; the logits processor works on the
-decoded text of the vocabulary entries that can occur in an answer, and caches the allowed-token
-mask per grammar state.
+Two levels:
+- :class:`AnswerGrammar` / :class:`GrammarLogitsProcessor`: a small NFA over characters and a processor
+  over the decoded text of the vocabulary. It admits ANY split of an allowed text into tokens (a
+  model can be pushed onto splits it never saw); kept as the fallback and for text-level checks.
+- :mod:`.canonical` (:func:`~.canonical.answer_processor`): for every allowed answer text exactly the token
+  sequence the tokenizer itself produces for it (the default; this module is its fallback).
 """
 from __future__ import annotations
 

@@ -7,13 +7,13 @@ writes the estimate and the click (the echo carries no information and costs ~10
 
 Constrained decoding (on by default with the forced prefix): a logits processor lets the model
 write only ``IOU  (Positive|Negative) point: (NUM, NUM)`` (IOU an integer 0..100, NUM as the
-coordinate convention writes it, no leading zeros) and then an end-of-turn token, so every answer
-parses. It is tokenizer-agnostic: it works on the decoded text of the vocabulary entries that can
-occur in an answer (found once per policy, one batched decode of the vocabulary), and cheap: the
-allowed-token mask depends only on the grammar state (a few dozen) and is cached across calls; per
-step it only replays each row's few generated tokens through a small NFA. With ``compact_literals``
-the fixed stretches (`` point: (``) are written with the longest tokens, so an answer takes ~10-18
-steps whatever the model prefers. An answer cut off by ``max_new_tokens`` counts as malformed.
+coordinate convention writes it, as ``format_answer`` does) and then an end-of-turn token, so every
+answer parses. It follows the tokenizer: for every answer text it allows, only the token sequence
+``tokenizer.encode(answer)`` (what fine-tuning trains on; see ``grammar.CanonicalAnswers``), never
+another split of the same text. Cheap: the allowed ids depend only on a token-trie state and are
+cached across calls; per step each row's few generated ids are looked up in a cache of states.
+``compact_literals`` only matters for the text-level fallback (the tokenizer's own split is the only one).
+An answer cut off by ``max_new_tokens`` counts as malformed.
 
 Coordinates: the numbers follow ``convention`` (SegAgent-Qwen: row first, 0..999 of the original
 image); parsed clicks are pixels of the original image, x = column, y = row.
@@ -227,6 +227,7 @@ class HFVLMPolicy(TextAnswerPolicy):
     def _stop_ids(self) -> list[int]:
         return stop_token_ids(self.model, self.tokenizer)
 
+
     def prompt(self, expression: str) -> str:
         """The chat-template prompt for one observation (+ the forced prefix)."""
         return chat_prompt(self.processor, expression, self.forced_prefix)
@@ -283,7 +284,7 @@ def decode_answers(tokenizer, rows: list[list[int]], observations: Sequence[Obse
             end = next((j for j, t in enumerate(ids) if t in stops), None)
             stats.generated_tokens += len(ids) if end is None else end + 1
             text = prefix + tokenizer.decode(ids[:end], skip_special_tokens=True)
-            answer = parse_answer(text, width, height, convention)
+            answer = parse_answer(text, width, height, convention, strict=obs.release)
             if end is None and answer.click is None:
                 answer = replace(answer, malformed=True)
             stats.malformed += int(answer.malformed)

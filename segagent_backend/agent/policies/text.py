@@ -1,10 +1,12 @@
 """What the MLLM policies share: how an answer is decoded (forced prefix, grammar, greedy or sampled)."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 from ..protocol import SEGAGENT_QWEN, CoordinateConvention, answer_prefix
 from .base import Observation, Policy
+from .canonical import NotCanonicalError, answer_processor
 from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
 
 
@@ -39,12 +41,22 @@ class TextAnswerPolicy(Policy):
     def model_version(self) -> str:
         return self._name
 
-    def grammar(self) -> GrammarLogitsProcessor:
-        """Built on first use (decodes the vocabulary once: ~1 s for a 150k vocabulary)."""
+    def grammar(self):
+        """The canonical-token grammar, built on first use (encodes every field value once, ~0.1-1 s).
+
+        For every answer it admits, only the tokens ``encode(answer)`` gives (what fine-tuning trains on;
+        on Qwen's tokenizers also how ``encode(prefix + answer)`` splits it); ``allow_stop`` admits the
+        estimate alone. A tokenizer whose encodings cannot be assembled from field pieces falls back to
+        the text-level grammar (any split of an allowed text), with a warning.
+        """
         if self._grammar is None:
-            grammar = AnswerGrammar(self.convention, self.allow_stop)
-            self._grammar = GrammarLogitsProcessor(decoded_tokens(self.tokenizer, grammar), grammar, self.stop_ids,
-                                                   self.compact_literals)
+            try:
+                self._grammar = answer_processor(self.tokenizer, self.convention, self.stop_ids, self.allow_stop)
+            except NotCanonicalError as exc:
+                warnings.warn(f"{self.model_version}: constrained decoding admits any token split: {exc}")
+                grammar = AnswerGrammar(self.convention, self.allow_stop)
+                self._grammar = GrammarLogitsProcessor(decoded_tokens(self.tokenizer, grammar), grammar,
+                                                       self.stop_ids, self.compact_literals)
         return self._grammar
 
     def sampling_kwargs(self, k: int) -> dict:
