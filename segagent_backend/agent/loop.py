@@ -23,7 +23,7 @@ import numpy as np
 
 from .episode import replay
 from .policies.base import Observation, Policy
-from .protocol import Answer
+from .protocol import Answer, answer_head, box_pixels
 from .segmenters.base import Segmenter
 from .types import Box, Click, EpisodeResult, TrajectoryStep
 
@@ -64,6 +64,8 @@ class _Node:
     mask: np.ndarray
     logits: Optional[np.ndarray]
     tool_score: float = 0.0
+    box: Optional[Box] = None  # the box prompt the tool got for this mask (kept by every later call)
+    head: Optional[str] = None  # an answer's ``<ref>..</ref><box>..</box>``, re-fed to the policy
     estimate: Optional[float] = None
     proposals: list[Answer] = field(default_factory=list)
 
@@ -115,9 +117,9 @@ def _start(index: int, request: EpisodeRequest, segmenter: Segmenter) -> _Episod
     clicks = tuple(c.clamped(width, height) for c in request.clicks)
     first = replay(segmenter, clicks, request.box)
     if first is None:
-        root = _Node((), np.zeros((height, width), bool), None)
+        root = _Node((), np.zeros((height, width), bool), None, box=request.box)
     else:
-        root = _Node(clicks, first.mask, first.logits, float(first.score))
+        root = _Node(clicks, first.mask, first.logits, float(first.score), box=request.box)
     return _Episode(index, request, len(clicks), [root], segmenter.image_key[1])
 
 
@@ -129,7 +131,7 @@ def _judge(policy: Policy, episodes: list[_Episode], step: int, k: int, release:
         for node in e.nodes:
             owners.append((e, node))
             observations.append(Observation(r.image, node.mask, r.expression, step, node.clicks, e.index, r.gt,
-                                            r.ignore, release=release))
+                                            r.ignore, release=release, answer_head=node.head))
     for (episode, node), answers in zip(owners, policy.propose(observations, k)):
         estimates = [a.iou_estimate for a in answers if a.iou_estimate is not None]
         node.estimate = float(np.mean(estimates)) if estimates else None
@@ -150,16 +152,27 @@ def _stop_reason(episode: _Episode, step: int, config: LoopConfig) -> str:
 
 
 def _expand(episode: _Episode, parent: _Node, segmenter: Segmenter) -> list[_Node]:
-    """The children of ``parent``: its distinct proposed clicks, each run through the tool."""
-    clicks = list(dict.fromkeys(a.click for a in parent.proposals if a.click is not None))
-    if not clicks:
+    """The children of ``parent``: its distinct proposed clicks, each run through the tool.
+
+    An answer carrying a box (``<box>(x1,y1),(x2,y2)</box>``) gives the tool that box in this and every
+    later call, and its ``<ref>..</ref><box>..</box>`` is re-fed to the policy (the release's ``use_last_box``).
+    """
+    answers: dict[Click, Answer] = {}
+    for a in parent.proposals:  # distinct clicks in proposal order, each with its first answer
+        if a.click is not None:
+            answers.setdefault(a.click, a)
+    if not answers:
         return []
     # lockstep interleaves images: switch back by the known digest (a cache hit, no re-hashing)
     segmenter.set_image(episode.request.image, episode.digest)
+    height, width = episode.request.image.shape[:2]
     children = []
-    for click in clicks:
-        out = segmenter.segment(parent.clicks + (click,), episode.request.box, parent.logits)
-        children.append(_Node(parent.clicks + (click,), out.mask, out.logits, float(out.score)))
+    for click, answer in answers.items():
+        box, head = parent.box, parent.head
+        if answer.box is not None:
+            box, head = box_pixels(answer.box, width, height), answer_head(answer.text)
+        out = segmenter.segment(parent.clicks + (click,), box, parent.logits)
+        children.append(_Node(parent.clicks + (click,), out.mask, out.logits, float(out.score), box, head))
     return children
 
 
@@ -178,8 +191,7 @@ def _result(episode: _Episode) -> EpisodeResult:
         for i, click in enumerate(best.clicks)
     ]
     score = best.estimate if best.estimate is not None else best.tool_score
-    return EpisodeResult(best.mask, float(score), trajectory, episode.request.box, episode.malformed,
-                         episode.stop_reason)
+    return EpisodeResult(best.mask, float(score), trajectory, best.box, episode.malformed, episode.stop_reason)
 
 
 def release_choice(estimates: Sequence[Optional[float]], clicks: int) -> int:
@@ -203,5 +215,4 @@ def _release_result(episode: _Episode) -> EpisodeResult:
     trajectory = [TrajectoryStep(click, None if i < episode.given or i >= len(estimates) else estimates[i])
                   for i, click in enumerate(chosen.clicks)]
     score = chosen.estimate if chosen.estimate is not None and None not in estimates else 0.0
-    return EpisodeResult(chosen.mask, float(score), trajectory, episode.request.box, episode.malformed,
-                         episode.stop_reason)
+    return EpisodeResult(chosen.mask, float(score), trajectory, chosen.box, episode.malformed, episode.stop_reason)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .types import Click
+from .types import Box, Click
 
 TASK_TEXT = (
     "Please optimize the semi-transparent green mask in a point-wise manner based on the image and "
@@ -89,9 +89,25 @@ def task_text(caption: str) -> str:
     return TASK_TEXT.format(caption=caption)
 
 
-def answer_prefix(caption: str) -> str:
-    """The echo every answer starts with; it carries no information, so it is a forced prefix."""
-    return f"<ref>{caption}</ref> Current IOU: "
+def answer_prefix(caption: str, head: Optional[str] = None) -> str:
+    """The echo every answer starts with; it carries no information, so it is a forced prefix.
+    ``head`` replaces ``<ref>caption</ref>`` once an answer carried a box (see :func:`answer_head`)."""
+    return f"{head or f'<ref>{caption}</ref>'} Current IOU: "
+
+
+def answer_head(text: str) -> str:
+    """``<ref>..</ref><box>..</box>`` of an answer with a box, as the release's ``use_last_box`` re-feeds it
+    (the last ``<ref>`` and the last ``<box>`` of the text)."""
+    ref = text.split("<ref>")[-1].split("</ref>")[0]
+    box = text.split("<box>")[-1].split("</box>")[0]
+    return f"<ref>{ref}</ref><box>{box}</box>"
+
+
+def box_pixels(box: tuple[float, float, float, float], width: int, height: int) -> Box:
+    """An answer's box, Qwen's (x1, y1, x2, y2) on 0..999, in pixels as the release converts it
+    (``int(v / 999 * size)``), clamped to the image."""
+    x1, y1, x2, y2 = (int(v / 999 * size) for v, size in zip(box, (width, height, width, height)))
+    return Box(x1, y1, x2, y2).clamped(width, height)
 
 
 _IOU = re.compile(r"Current IOU:\s*(-?\d+(?:\.\d+)?)")

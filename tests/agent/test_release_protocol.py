@@ -11,7 +11,7 @@ from segagent_backend.agent.overlay import overlay_mask
 from segagent_backend.agent.policies.base import Observation, Policy
 from segagent_backend.agent.protocol import Answer, parse_answer
 from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
-from segagent_backend.agent.types import Click
+from segagent_backend.agent.types import Box, Click
 
 from conftest import make_disk_image
 
@@ -89,3 +89,53 @@ def test_release_overlay_truncates_the_blend():
     assert truncated[0, 0].tolist() == [5, 227, 1]  # floor((v + c) / 2), c = (0, 255, 0)
     assert truncated[0, 1].tolist() == [0, 0, 0]
     assert overlay_mask(image, mask)[0, 0].tolist() != [5, 227, 1]  # the extended overlay rounds
+
+
+class BoxAnswers(Policy):
+    """A release-style box model: the first answer carries a box, later ones only clicks; records what it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = []
+
+    def propose(self, observations: Sequence[Observation], k: int = 1):
+        out = []
+        for o in observations:
+            self.heads.append(o.answer_head)
+            x = 60.0 + 10 * o.step
+            if o.step == 0:
+                text = "<ref>the red disk</ref><box>(312,250),(687,749)</box> Positive point: (500, 500)"
+                out.append([Answer(Click(x, 60.0, True), None, text, box=(312.0, 250.0, 687.0, 749.0))] * k)
+            else:
+                out.append([Answer(Click(x, 60.0, True), 0.5, "Current IOU: 50  Positive point: (1, 1)")] * k)
+        return out
+
+
+class RecordingTool(GrabCutSegmenter):
+    def __init__(self):
+        super().__init__()
+        self.boxes = []
+
+    def segment(self, clicks, box=None, prev_logits=None):
+        self.boxes.append(box)
+        return super().segment(clicks, box, prev_logits)
+
+
+def test_a_box_answer_prompts_the_tool_and_is_re_fed_to_the_policy():
+    image, _ = make_disk_image()  # 160 x 120
+    policy, tool = BoxAnswers(), RecordingTool()
+    result = run_episodes(policy, tool, [EpisodeRequest(image, "the red disk")],
+                          LoopConfig(max_steps=3, protocol="release"))[0]
+    expected = Box(int(312 / 999 * 160), int(250 / 999 * 120), int(687 / 999 * 160), int(749 / 999 * 120))
+    assert tool.boxes and all(b == expected for b in tool.boxes)  # in that call and every later one
+    assert policy.heads[0] is None
+    assert policy.heads[1:] == ["<ref>the red disk</ref><box>(312,250),(687,749)</box>"] * (len(policy.heads) - 1)
+    assert result.box == expected
+
+
+def test_the_re_fed_head_replaces_the_caption_in_the_forced_prefix():
+    from segagent_backend.agent.protocol import answer_prefix
+
+    head = "<ref>a dog</ref><box>(1,2),(3,4)</box>"
+    assert answer_prefix("a dog") == "<ref>a dog</ref> Current IOU: "
+    assert answer_prefix("a dog", head) == head + " Current IOU: "

@@ -33,6 +33,7 @@ class Observation:
     ignore: Optional[np.ndarray] = None
     extra: dict = field(default_factory=dict)
     release: bool = False  # the paper's protocol: the release's overlay arithmetic and strict parser
+    answer_head: Optional[str] = None  # ``<ref>..</ref><box>..</box>`` re-fed after an answer with a box
 
     @cached_property
     def overlay(self) -> np.ndarray:

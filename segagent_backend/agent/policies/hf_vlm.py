@@ -172,16 +172,17 @@ def load_hf_vlm(path_or_id: Union[str, Path], device: str = "auto", dtype: Union
 
 
 # ---------------------------------------------------------------------------------------------- prompt
-def chat_prompt(processor, expression: str, forced_prefix: bool = True) -> str:
+def chat_prompt(processor, expression: str, forced_prefix: bool = True, head: Optional[str] = None) -> str:
     """The text of one policy step: the chat template over [image, ``task_text(expression)``] with the
-    generation prompt, + the forced prefix ``answer_prefix(expression)`` when ``forced_prefix``.
+    generation prompt, + the forced prefix ``answer_prefix(expression, head)`` when ``forced_prefix``
+    (without it, only a re-fed ``head``).
 
     The one definition inference (:meth:`HFVLMPolicy.prompt`) and fine-tuning (``trainer.sft_data``)
     share, so a model is trained on exactly the prompt it is asked with.
     """
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": task_text(expression)}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return text + answer_prefix(expression) if forced_prefix else text
+    return text + (answer_prefix(expression, head) if forced_prefix else (head or ""))
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -228,9 +229,9 @@ class HFVLMPolicy(TextAnswerPolicy):
         return stop_token_ids(self.model, self.tokenizer)
 
 
-    def prompt(self, expression: str) -> str:
+    def prompt(self, expression: str, head: Optional[str] = None) -> str:
         """The chat-template prompt for one observation (+ the forced prefix)."""
-        return chat_prompt(self.processor, expression, self.forced_prefix)
+        return chat_prompt(self.processor, expression, self.forced_prefix, head)
 
     def _generation_kwargs(self, k: int, budget: int) -> dict:
         kwargs = dict(max_new_tokens=budget, eos_token_id=self.stop_ids, num_return_sequences=k,
@@ -248,7 +249,7 @@ class HFVLMPolicy(TextAnswerPolicy):
             return []
         start = time.perf_counter()
         images = [Image.fromarray(np.ascontiguousarray(o.overlay)) for o in observations]
-        texts = [self.prompt(o.expression) for o in observations]
+        texts = [self.prompt(o.expression, o.answer_head) for o in observations]
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.model.device)
         kwargs = self._generation_kwargs(k, self.max_new_tokens + self.echo_tokens(observations))
         prompt_len = inputs["input_ids"].shape[1]
@@ -278,7 +279,7 @@ def decode_answers(tokenizer, rows: list[list[int]], observations: Sequence[Obse
     result: list[list[Answer]] = []
     for i, obs in enumerate(observations):
         width, height = obs.size
-        prefix = answer_prefix(obs.expression) if forced_prefix else ""
+        prefix = answer_prefix(obs.expression, obs.answer_head) if forced_prefix else (obs.answer_head or "")
         answers = []
         for ids in rows[i * k:(i + 1) * k]:
             end = next((j for j, t in enumerate(ids) if t in stops), None)

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..protocol import QWEN_VL_CHAT_PROMPT, SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix
+from ..protocol import QWEN_VL_CHAT_PROMPT, SEGAGENT_QWEN, Answer, CoordinateConvention
 from ..qwen_native import IMAGE_PLACEHOLDER, load_qwen_vl_chat_native, preprocess_images, released_jpeg
 from ..qwen_native.tokenizer import EOD_ID, IM_END_ID, IM_START_ID
 from .base import Observation
@@ -52,10 +52,10 @@ class QwenVLChatPolicy(TextAnswerPolicy):
         kwargs.setdefault("name", Path(str(path)).name)
         return cls(model, tokenizer, **kwargs)
 
-    def prompt(self, expression: str) -> str:
-        """The released hand-built ChatML prompt (+ the forced prefix); the image span is filled with features."""
-        text = QWEN_VL_CHAT_PROMPT.format(image=IMAGE_PLACEHOLDER, caption=expression)
-        return text + answer_prefix(expression) if self.forced_prefix else text
+    def prompt(self, expression: str, head: Optional[str] = None) -> str:
+        """The released hand-built ChatML prompt (+ the forced prefix, or a re-fed ``<ref>..</ref><box>..</box>``
+        head); the image span is filled with features."""
+        return QWEN_VL_CHAT_PROMPT.format(image=IMAGE_PLACEHOLDER, caption=expression) + self.fed_prefix(expression, head)
 
     @staticmethod
     def pixels(observations: Sequence[Observation]) -> torch.Tensor:
@@ -67,7 +67,7 @@ class QwenVLChatPolicy(TextAnswerPolicy):
         if not observations:
             return []
         start = time.perf_counter()
-        enc = self.tokenizer([self.prompt(o.expression) for o in observations], return_tensors="pt",
+        enc = self.tokenizer([self.prompt(o.expression, o.answer_head) for o in observations], return_tensors="pt",
                              padding="longest")
         prompt_len = enc["input_ids"].shape[1]
         kwargs = dict(max_new_tokens=self.max_new_tokens + self.echo_tokens(observations), num_return_sequences=k,

@@ -59,6 +59,11 @@ class TextAnswerPolicy(Policy):
                                                        self.stop_ids, self.compact_literals)
         return self._grammar
 
+    def fed_prefix(self, expression: str, head: Optional[str] = None) -> str:
+        """What the prompt ends with and every answer text starts with: the forced echo, or without it
+        only the release's re-fed ``<ref>..</ref><box>..</box>`` after an answer with a box."""
+        return answer_prefix(expression, head) if self.forced_prefix else (head or "")
+
     def sampling_kwargs(self, k: int) -> dict:
         if k == 1:
             return dict(do_sample=False, temperature=None, top_k=None, top_p=None)
