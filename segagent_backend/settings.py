@@ -33,7 +33,7 @@ FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = (
     ("SEGAGENT_SAM_TYPE", "sam_type", None, "`vit_b`, `vit_l` or `vit_h`: checked against the checkpoint (optional; inferred when unset)."),
     ("SEGAGENT_SAM_MODEL", "sam_model", None, "Hub id or local folder of a transformers SAM model (required with `hf-sam`)."),
     ("SEGAGENT_POLICY", "policy", None, "Hub id or folder of the SegAgent policy (a multimodal LLM); unset = interactive tools only."),
-    ("SEGAGENT_POLICY_KIND", "policy_kind", "hf-vlm", "`hf-vlm` (transformers chat VLMs: Qwen2-VL, Qwen2.5-VL, LLaVA) or `qwen-vl-chat` (the released SegAgent-Qwen, remote code)."),
+    ("SEGAGENT_POLICY_KIND", "policy_kind", "hf-vlm", "`hf-vlm` (transformers chat VLMs: Qwen2-VL, Qwen2.5-VL, LLaVA) or `qwen-vl-chat` (the released SegAgent-Qwen, run natively)."),
     ("SEGAGENT_COORDINATES", "coordinates", "qwen", "How the policy writes clicks: `qwen` ((row, col) integers on 0..999) or `llava` (decimals in [0, 1))."),
     ("SEGAGENT_DTYPE", "dtype", "auto", "Policy weights: `auto` (bf16 on GPU, fp32 on CPU), `bfloat16`, `float16`, `float32`."),
     ("SEGAGENT_MAX_STEPS", "max_steps", "7", "Policy clicks per episode at most (7 for referring segmentation, 11 for high-quality masks)."),
