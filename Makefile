@@ -46,6 +46,9 @@ bench: install
 	$(PY) bench/trajectory_throughput.py
 	$(PY) bench/training_throughput.py
 	$(PY) bench/star_round.py
+	$(PY) bench/forced_prefix.py
+	$(PY) bench/loop_overhead.py
+	$(PY) bench/qwen_native.py
 	scripts/with-redis $(PY) bench/queue_overhead.py
 	scripts/with-redis $(PY) bench/queue_workers.py
 
