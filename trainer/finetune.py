@@ -9,6 +9,13 @@ the policy prompts at inference (``trainer.sft_data``); the loss is on the answe
 CLIP has ``q_proj`` too); ``"full"`` trains the language model, its embeddings and head and the
 vision-language projector. The vision encoder stays frozen either way, as in SegAgent.
 
+A Qwen-VL-Chat base (the released SegAgent-Qwen: config.json ``model_type: qwen``, or ``policy_kind``
+``qwen-vl-chat``) takes the native path: loaded with ``load_qwen_vl_chat_native``, samples encoded as
+``QwenVLChatPolicy`` prompts (``sft_data.encode_native_sample``), trained through :class:`NativeSFTModel`
+(LoRA on the LM decoder's q/k/v/o/gate/up/down, or the whole LM with ``full``; the vision tower and its
+resampler frozen), and ``model/`` written in the release's own layout (original tensor names,
+``qwen.tiktoken``), so the same loader and policy serve it.
+
 ``out`` layout: ``checkpoints/`` (Trainer checkpoints; a rerun with the same ``out`` resumes from the
 latest one), ``model/`` (a complete checkpoint folder, LoRA merged, written to a temporary folder
 and renamed, so a crash never leaves half of one), ``loss.png``, ``train_log.json`` and
@@ -17,7 +24,6 @@ and renamed, so a crash never leaves half of one), ``loss.png``, ``train_log.jso
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -31,8 +37,10 @@ import torch
 from segagent_backend.agent.loading import resolve_device
 from segagent_backend.agent.policies.hf_vlm import load_hf_vlm, save_processor, stop_token_ids
 
+from .loss_curve import draw_loss_curve
+from .native_sft import NATIVE_KIND, prepare_native, uses_native_path
 from .samples import SFTSample
-from .sft_data import SFTCollator, SFTDataset, end_of_turn_id, split_target
+from .sft_data import NativeSFTDataset, SFTCollator, SFTDataset, end_of_turn_id, split_target
 
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -204,8 +212,6 @@ def _write_atomic(path: Path, text: Union[str, bytes]) -> None:
 
 def _export(model, processor, out: Path) -> Path:
     """Save the trained model (LoRA merged) + processor as ``out/model``, via a temp folder + rename."""
-    for stale in out.glob(".model.*"):
-        shutil.rmtree(stale, ignore_errors=True)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if hasattr(model, "activation_checkpointing_disable"):
@@ -213,9 +219,20 @@ def _export(model, processor, out: Path) -> Path:
     else:
         model.gradient_checkpointing_disable()
     model.config.use_cache = True
+
+    def save(temp: Path) -> None:
+        model.eval().save_pretrained(temp)
+        save_processor(processor, temp)
+
+    return _export_atomic(save, out)
+
+
+def _export_atomic(save, out: Path) -> Path:
+    """``save(temp folder)`` then rename it to ``out/model`` (a crash never leaves half a model folder)."""
+    for stale in out.glob(".model.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     temp = out / f".model.tmp-{os.getpid()}"
-    model.eval().save_pretrained(temp)
-    save_processor(processor, temp)
+    save(temp)
     final = out / "model"
     if final.exists():
         old = out / f".model.old-{os.getpid()}"
@@ -227,14 +244,37 @@ def _export(model, processor, out: Path) -> Path:
     return final
 
 
+def _export_native(trained, base: Path, out: Path) -> Path:
+    """Merge LoRA; write ``out/model`` in the release's layout (original names, qwen.tiktoken, the base's
+    generation config and code files) atomically; it loads with ``load_qwen_vl_chat_native``."""
+    from segagent_backend.agent.qwen_native import save_qwen_vl_chat_native
+    from segagent_backend.agent.qwen_native.tokenizer import VOCAB_FILE
+
+    if hasattr(trained, "merge_and_unload"):
+        trained = trained.merge_and_unload()
+    model = trained.model
+    if hasattr(model.lm, "activation_checkpointing_disable"):
+        model.lm.activation_checkpointing_disable()
+    else:
+        model.lm.gradient_checkpointing_disable()
+    model.lm.config.use_cache = True
+    model.eval().requires_grad_(False)
+    return _export_atomic(lambda temp: save_qwen_vl_chat_native(model, temp, base / VOCAB_FILE, extra_files_from=base),
+                          out)
+
+
 def finetune(samples: Sequence[SFTSample], base: Union[str, Path], out: Path, config: Optional[FinetuneConfig] = None,
-             progress: bool = True) -> FinetuneResult:
+             progress: bool = True, policy_kind: Optional[str] = None) -> FinetuneResult:
     """Fine-tune ``base`` (a checkpoint folder or hub id) on ``samples``; write ``out`` (see the module).
 
     Reruns with the same ``out`` resume from the latest checkpoint in ``out/checkpoints`` (same
     method, batch and LoRA settings required; epochs / max_steps may grow). Raises ValueError for no
     samples, a bad config or a target that is not a SegAgent answer, ModelLoadError for a bad base.
     ``config`` None: ``FinetuneConfig()``; ``progress``: Trainer's progress bar.
+
+    ``policy_kind`` ``qwen-vl-chat``, or a Qwen-VL-Chat folder as ``base`` (config.json ``model_type:
+    qwen``): the native path (:func:`load_qwen_vl_chat_native`, samples encoded as
+    :class:`QwenVLChatPolicy` prompts, ``out/model`` in the release's layout, see :func:`_export_native`).
     """
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -249,20 +289,33 @@ def finetune(samples: Sequence[SFTSample], base: Union[str, Path], out: Path, co
     dev = resolve_device(config.device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and dev.type == "cuda")
     checkpointing = dev.type == "cuda" if config.gradient_checkpointing is None else config.gradient_checkpointing
-    model, processor = load_hf_vlm(base, device=config.device, dtype=torch.bfloat16 if bf16 else torch.float32)
-    eot = end_of_turn_id(processor, stop_token_ids(model, processor.tokenizer))
-    dataset = SFTDataset(samples, processor, eot, config.forced_prefix)
-    pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else eot
+    native = uses_native_path(base, policy_kind)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    if native:
+        from segagent_backend.agent.qwen_native import load_qwen_vl_chat_native
+        from segagent_backend.agent.qwen_native.tokenizer import EOD_ID
+
+        model, tokenizer = load_qwen_vl_chat_native(base, device=config.device, dtype=dtype)
+        dataset = NativeSFTDataset(samples, tokenizer, config.forced_prefix)
+        pad_id = EOD_ID
+    else:
+        model, processor = load_hf_vlm(base, device=config.device, dtype=dtype)
+        eot = end_of_turn_id(processor, stop_token_ids(model, processor.tokenizer))
+        dataset = SFTDataset(samples, processor, eot, config.forced_prefix)
+        pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else eot
 
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     where = Path(str(base)).expanduser()
     source = str(where.resolve()) if where.exists() else str(base)
-    _check_run(out, dict({k: getattr(config, k) for k in RUN_KEYS}, base=source, samples=len(samples)), resume)
+    run = dict({k: getattr(config, k) for k in RUN_KEYS}, base=source, samples=len(samples))
+    if native:
+        run["policy_kind"] = NATIVE_KIND
+    _check_run(out, run, resume)
 
     set_seed(config.seed)  # LoRA's random init
-    model = _prepare(model, config, checkpointing)
+    model = prepare_native(model, config, checkpointing) if native else _prepare(model, config, checkpointing)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     args = TrainingArguments(
         output_dir=str(checkpoints), per_device_train_batch_size=config.batch_size,
@@ -283,87 +336,17 @@ def finetune(samples: Sequence[SFTSample], base: Union[str, Path], out: Path, co
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     logged = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
-    model_dir = _export(trainer.model, processor, out)
+    model_dir = _export_native(trainer.model, where, out) if native else _export(trainer.model, processor, out)
     seen = trainer.samples_seen
     result = FinetuneResult(model_dir, [loss for _, loss in logged], int(trainer.state.global_step), seen, seconds,
                             seen / seconds if seconds > 0 else 0.0, Path(resume) if resume else None,
                             [step for step, _ in logged])
     _write_atomic(out / "loss.png", draw_loss_curve(logged, f"{config.method} fine-tuning of {Path(str(base)).name}"))
-    log = dict(base=str(base), config=asdict(config), learning_rate=config.lr, precision="bf16" if bf16 else "fp32",
+    log = dict(base=str(base), policy_kind=NATIVE_KIND if native else "hf-vlm", config=asdict(config),
+               learning_rate=config.lr, precision="bf16" if bf16 else "fp32",
                gradient_checkpointing=checkpointing, device=str(dev), samples=len(samples),
                trainable_parameters=trainable, steps=result.steps, samples_seen=seen, seconds=seconds,
                samples_per_second=result.samples_per_second, resumed_from=str(resume) if resume else None,
                losses=[{"step": s, "loss": v} for s, v in logged], model_dir=str(model_dir))
     _write_atomic(out / "train_log.json", json.dumps(log, indent=2))
     return result
-
-
-def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values covering [low, high]."""
-    span = max(high - low, 1e-12)
-    raw = span / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step) * step
-    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
-
-
-def draw_loss_curve(points: Sequence[tuple[int, float]], title: str = "training loss",
-                    size: tuple[int, int] = (800, 480)) -> bytes:
-    """A PNG (bytes) of loss against step drawn with OpenCV: axes, ticks, labels, title."""
-    import cv2
-    import numpy as np
-
-    width, height = size
-    left, right, top, bottom = 80, 30, 50, 60
-    img = np.full((height, width, 3), 255, np.uint8)
-    font, black, grey = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0), (225, 225, 225)
-    (tw, _), _ = cv2.getTextSize(title, font, 0.6, 1)
-    cv2.putText(img, title, ((width - tw) // 2, 30), font, 0.6, black, 1, cv2.LINE_AA)
-    x0, x1, y0, y1 = left, width - right, height - bottom, top
-    steps = [s for s, _ in points] or [0, 1]
-    losses = [v for _, v in points if math.isfinite(v)] or [0.0, 1.0]
-    smin, smax = min(steps), max(max(steps), min(steps) + 1)
-    low, high = min(losses), max(losses)
-    pad = 0.05 * (high - low) or 0.5
-    # from 0 unless the curve would be a flat line at the top (a small drop over a high floor)
-    lmin, lmax = (min(0.0, low) if low < 0.5 * high else low - pad), high + pad
-
-    def px(step: float, loss: float) -> tuple[int, int]:
-        return (int(round(x0 + (step - smin) / (smax - smin) * (x1 - x0))),
-                int(round(y0 - (loss - lmin) / (lmax - lmin) * (y0 - y1))))
-
-    for t in _nice_ticks(lmin, lmax):
-        y = px(smin, t)[1]
-        cv2.line(img, (x0, y), (x1, y), grey, 1)
-        label = f"{t:g}"
-        (lw, lh), _ = cv2.getTextSize(label, font, 0.45, 1)
-        cv2.putText(img, label, (x0 - lw - 8, y + lh // 2), font, 0.45, black, 1, cv2.LINE_AA)
-    for t in _nice_ticks(smin, smax):
-        x = px(t, lmin)[0]
-        cv2.line(img, (x, y0), (x, y0 + 5), black, 1)
-        label = f"{t:g}"
-        (lw, lh), _ = cv2.getTextSize(label, font, 0.45, 1)
-        cv2.putText(img, label, (x - lw // 2, y0 + lh + 10), font, 0.45, black, 1, cv2.LINE_AA)
-    cv2.line(img, (x0, y0), (x1, y0), black, 1)
-    cv2.line(img, (x0, y0), (x0, y1), black, 1)
-    (lw, _), _ = cv2.getTextSize("step", font, 0.5, 1)
-    cv2.putText(img, "step", ((x0 + x1 - lw) // 2, height - 12), font, 0.5, black, 1, cv2.LINE_AA)
-    label = np.full((24, 60, 3), 255, np.uint8)  # the y label, written horizontally then turned
-    cv2.putText(label, "loss", (8, 17), font, 0.5, black, 1, cv2.LINE_AA)
-    label = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    cy = (y0 + y1) // 2 - label.shape[0] // 2
-    img[cy: cy + label.shape[0], 8: 8 + label.shape[1]] = label
-    curve = np.array([px(s, v) for s, v in points if math.isfinite(v)], np.int32)
-    if len(curve) > 1:
-        cv2.polylines(img, [curve.reshape(-1, 1, 2)], False, (180, 90, 20), 2, cv2.LINE_AA)
-    for x, y in curve if len(curve) <= 60 else ():
-        cv2.circle(img, (int(x), int(y)), 3, (180, 90, 20), -1, cv2.LINE_AA)
-    if points:
-        last = f"last {points[-1][1]:.4g} at step {points[-1][0]}"
-        (lw, _), _ = cv2.getTextSize(last, font, 0.45, 1)
-        cv2.putText(img, last, (x1 - lw, y1 - 8), font, 0.45, (80, 80, 80), 1, cv2.LINE_AA)
-    ok, png = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the loss curve")
-    return png.tobytes()

@@ -25,6 +25,7 @@ from segagent_backend.agent.segmenters.base import Segmenter
 
 from .datasets import Sample
 from .finetune import FinetuneConfig, finetune
+from .native_sft import NATIVE_KIND, uses_native_path
 from .samples import SFTSample
 
 
@@ -56,16 +57,22 @@ def train_policy(sft: Sequence[SFTSample], base: str, out: Path, config: Finetun
                  samples: Sequence[Sample] = (), segmenter: Optional[Segmenter] = None, policy_kind: str = "hf-vlm",
                  convention: CoordinateConvention = SEGAGENT_QWEN, max_steps: int = 7,
                  progress: bool = True) -> TrainOutcome:
-    """Fine-tune ``base`` on ``sft``; then ``star_rounds`` StaR+ rounds over ``samples`` with ``segmenter``."""
+    """Fine-tune ``base`` on ``sft``; then ``star_rounds`` StaR+ rounds over ``samples`` with ``segmenter``.
+
+    A Qwen-VL-Chat base (config.json ``model_type: qwen``) is trained and rolled out as ``qwen-vl-chat``
+    (the native model) whatever ``policy_kind`` says: no other policy can load it.
+    """
     if star_rounds and (not samples or segmenter is None):
         raise ValueError("StaR+ rounds need the training samples (images + masks) and a segmenter")
     out = Path(out)
+    if uses_native_path(base, policy_kind):
+        policy_kind = NATIVE_KIND
     data = list(sft)
-    reports = [_train_round(0, data, base, out, config, progress)]
+    reports = [_train_round(0, data, base, out, config, progress, policy_kind=policy_kind)]
     for r in range(1, star_rounds + 1):
         refined, star = _refine(r, out, samples, segmenter, policy_kind, convention, max_steps)
         data += refined
-        reports.append(_train_round(r, data, base, out, config, progress, star))
+        reports.append(_train_round(r, data, base, out, config, progress, star, policy_kind))
     final = out / "model"
     if final.exists():
         shutil.rmtree(final)
@@ -76,11 +83,11 @@ def train_policy(sft: Sequence[SFTSample], base: str, out: Path, config: Finetun
 
 
 def _train_round(r: int, data: list[SFTSample], base: str, out: Path, config: FinetuneConfig, progress: bool,
-                 star: Optional[dict] = None) -> RoundReport:
+                 star: Optional[dict] = None, policy_kind: Optional[str] = None) -> RoundReport:
     folder = out / "rounds" / str(r)
     log = folder / "train_log.json"
     if not ((folder / "model").is_dir() and log.is_file()):
-        finetune(data, base, folder, config, progress=progress)
+        finetune(data, base, folder, config, progress=progress, policy_kind=policy_kind)
     written = json.loads(log.read_text())
     losses = [entry["loss"] for entry in written.get("losses", [])] or [None]
     report = RoundReport(r, len(data), losses[0], losses[-1], written.get("samples_per_second"),

@@ -147,3 +147,54 @@ class SFTCollator:
 
     def __call__(self, features: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return collate(features, self.pad_id, self.dtype)
+
+
+# ---------------------------------------------------------------- native Qwen-VL-Chat (SegAgent-Qwen)
+def native_prompt(expression: str, forced_prefix: bool = True) -> str:
+    """The prompt :class:`~segagent_backend.agent.policies.qwen_vl_chat.QwenVLChatPolicy` writes: the
+    release's hand-built ChatML (image placeholder in the ``<img>`` span) + the forced prefix."""
+    from segagent_backend.agent.protocol import QWEN_VL_CHAT_PROMPT
+    from segagent_backend.agent.qwen_native import IMAGE_PLACEHOLDER
+
+    text = QWEN_VL_CHAT_PROMPT.format(image=IMAGE_PLACEHOLDER, caption=expression)
+    return text + answer_prefix(expression) if forced_prefix else text
+
+
+def encode_native_sample(tokenizer, sample: SFTSample, forced_prefix: bool = True) -> dict[str, torch.Tensor]:
+    """One sample for the native Qwen-VL-Chat: 1-D ``input_ids`` / ``labels`` / ``attention_mask`` and
+    ``pixel_values`` (1, 3, 448, 448).
+
+    Prompt ids = ``tokenizer.encode(native_prompt)`` and pixels = the overlay through the release's JPEG
+    round trip and transform, the very calls the policy makes; the answer = ``tokenizer.encode(body)``
+    (the ids the policy's grammar admits) + ``<|im_end|>``, which closes every assistant turn of the
+    release's ChatML SFT data (the newline after it is never generated: the policy stops on it).
+    """
+    from segagent_backend.agent.qwen_native import preprocess_images, released_jpeg
+    from segagent_backend.agent.qwen_native.tokenizer import IM_END_ID
+
+    answer = split_target(sample, forced_prefix)
+    prompt_ids = tokenizer.encode(native_prompt(sample.expression, forced_prefix))
+    answer_ids = tokenizer.encode(answer) + [IM_END_ID]
+    ids = torch.tensor(prompt_ids + answer_ids, dtype=torch.long)
+    labels = torch.tensor([IGNORE_INDEX] * len(prompt_ids) + answer_ids, dtype=torch.long)
+    return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids),
+            "pixel_values": preprocess_images([released_jpeg(sample.overlay)])}
+
+
+class NativeSFTDataset(torch.utils.data.Dataset):
+    """SFT samples encoded on access for the native Qwen-VL-Chat (targets checked at construction).
+
+    Batches collate with :func:`collate` (pad id <|endoftext|>): right padding keeps every real token at
+    its unpadded position, since the model's positions are the row index.
+    """
+
+    def __init__(self, samples: Sequence[SFTSample], tokenizer, forced_prefix: bool = True):
+        self.samples, self.tokenizer, self.forced_prefix = list(samples), tokenizer, forced_prefix
+        for sample in self.samples:
+            split_target(sample, forced_prefix)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return encode_native_sample(self.tokenizer, self.samples[index], self.forced_prefix)
