@@ -87,3 +87,27 @@ def test_training_list_reports_a_killed_round(tmp_path, capsys, monkeypatch):
     assert [(r.run, r.status) for r in list_reports(settings)] == [("r1", "killed"), ("r2", "running")]
     assert main(["training", "list"]) == 0
     assert "killed" in capsys.readouterr().out
+
+
+def test_train_the_released_segagent_qwen_further_into_a_version_that_serves(data, tmp_path, capsys, monkeypatch):
+    """``segagent train --base <released folder>``: LoRA on the native Qwen-VL-Chat, registered, promoted,
+    loaded back through the production policy loader and run by ``segagent predict``."""
+    from tests.oracle.tiny_qwen import ORACLE_CODE, oracle_code_dir, random_state_dict, save_checkpoint, tiny_config
+
+    if oracle_code_dir() is None:
+        pytest.skip(f"qwen.tiktoken absent at {ORACLE_CODE}")
+    config = tiny_config()
+    released = save_checkpoint(tmp_path / "SegAgent-Model", config, random_state_dict(config, seed=2))
+    monkeypatch.setenv("SEGAGENT_POLICY_KIND", "qwen-vl-chat")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--base", str(released), "--out", str(out), "--register",
+                 "--method", "lora", "--lr", "0.01", "--batch", "2", "--max-steps", "2"]) == 0
+    assert "2 SFT samples from 2 image(s)" in capsys.readouterr().out
+    registry = Registry(tmp_path / "models")
+    (version,) = registry.list_versions()
+    assert main(["versions", "promote", version.version]) == 0
+    monkeypatch.setenv("SEGAGENT_POLICY", str(released))  # the fallback; the promoted version replaces it
+    assert main(["predict", "--image", str(data / "images" / "left.png"), "--expression", "the left disk",
+                 "--json", str(tmp_path / "out.json")]) == 0
+    predicted = json.loads((tmp_path / "out.json").read_text())
+    assert predicted["model_version"] == version.version
