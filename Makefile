@@ -41,16 +41,16 @@ test: install $(LS_STAMP)
 	LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 bench: install
-	$(PY) bench/click_cost.py
-	$(PY) bench/grabcut_noc.py
-	$(PY) bench/trajectory_throughput.py
-	$(PY) bench/training_throughput.py
-	$(PY) bench/star_round.py
-	$(PY) bench/forced_prefix.py
-	$(PY) bench/loop_overhead.py
-	$(PY) bench/qwen_native.py
-	scripts/with-redis $(PY) bench/queue_overhead.py
-	scripts/with-redis $(PY) bench/queue_workers.py
+	$(PY) -m bench.click_cost
+	$(PY) -m bench.grabcut_noc
+	$(PY) -m bench.trajectory_throughput
+	$(PY) -m bench.training_throughput
+	$(PY) -m bench.star_round
+	$(PY) -m bench.forced_prefix
+	$(PY) -m bench.loop_overhead
+	$(PY) -m bench.qwen_native
+	scripts/with-redis $(PY) -m bench.queue_overhead
+	scripts/with-redis $(PY) -m bench.queue_workers
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .venv-oracle .pytest_cache

@@ -1,6 +1,6 @@
 """Per-click cost of SamSegmenter with the embedding cache vs re-encoding the image on every click.
 
-    .venv/bin/python bench/click_cost.py [--json OUT] [--repeats N] [--size HxW] [--skip-vit-b] [--threads T]
+    .venv/bin/python -m bench.click_cost [--json OUT] [--repeats N] [--size HxW] [--skip-vit-b] [--threads T]
 
 Models (random weights, built locally, loaded through the production ``load_sam``):
   tiny   segment_anything Sam at 1024 input, ViT embed_dim 32, depth 2
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -29,17 +28,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from tests.tiny_models import import_segment_anything, make_tiny_sam_checkpoint, make_vit_b_checkpoint  # noqa: E402
+from segagent_backend.agent.segmenters.cache import EmbeddingCache, image_digest
+from segagent_backend.agent.segmenters.sam import SamSegmenter, load_sam
+from segagent_backend.agent.types import Box, Click
+from tests.tiny_models import import_segment_anything, make_tiny_sam_checkpoint, make_vit_b_checkpoint
 
 import_segment_anything()  # through the torchvision stand-in when no real torchvision exists
-
-from segagent_backend.agent.segmenters.cache import EmbeddingCache, image_digest  # noqa: E402
-from segagent_backend.agent.segmenters.sam import SamSegmenter, load_sam  # noqa: E402
-from segagent_backend.agent.types import Box, Click  # noqa: E402
 
 LIMIT = 1.2
 

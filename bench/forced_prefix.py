@@ -1,6 +1,6 @@
 """Forced prefix and constrained decoding on the tiny Qwen2-VL: tokens and time per policy step.
 
-    .venv/bin/python bench/forced_prefix.py [--json OUT] [--repeats N] [--batch B] [--k K]
+    .venv/bin/python -m bench.forced_prefix [--json OUT] [--repeats N] [--batch B] [--k K]
 
 The tiny random Qwen2-VL (2 layers, hidden 32, built in a temporary folder by tests/tiny_vlms.py and
 loaded through the production ``load_hf_vlm``) answers a batch of observations per step. Modes:
@@ -20,24 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from tests.tiny_vlms import make_tiny_qwen2_vl  # noqa: E402
-from segagent_backend.agent.policies.base import Observation  # noqa: E402
-from segagent_backend.agent.policies.grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens  # noqa: E402
-from segagent_backend.agent.policies.hf_vlm import HFVLMPolicy, load_hf_vlm  # noqa: E402
-from segagent_backend.agent.protocol import answer_prefix, format_answer  # noqa: E402
-from segagent_backend.agent.types import Click  # noqa: E402
+from segagent_backend.agent.policies.base import Observation
+from segagent_backend.agent.policies.grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
+from segagent_backend.agent.policies.hf_vlm import HFVLMPolicy, load_hf_vlm
+from segagent_backend.agent.protocol import answer_prefix, format_answer
+from segagent_backend.agent.types import Click
+from tests.tiny_vlms import make_tiny_qwen2_vl
 
 CAPTION = "the brown chicken in front of more chickens"
 MODES = {"echo": dict(forced_prefix=False, constrained=False),

@@ -1,6 +1,6 @@
 """NoC benchmark of the GrabCut tool on the 50-image GrabCut set, beside a straightforward seeding.
 
-    .venv/bin/python bench/grabcut_noc.py [--data DIR] [--workers N] [--limit N] [--json OUT]
+    .venv/bin/python -m bench.grabcut_noc [--data DIR] [--workers N] [--limit N] [--json OUT]
 
 Dataset: ``--data``, else ``$SEGAGENT_GRABCUT_DIR``, else ``../shared/datasets/grabcut`` relative to
 the repository root; when absent the bench prints why and exits 0. Both configurations run in the
@@ -17,15 +17,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Optional, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import cv2
 
-import cv2  # noqa: E402
+from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
+from trainer.datasets import default_grabcut_dir, grabcut_names, load_grabcut
+from trainer.evaluation import NocRun, run_noc, summarize
 
-from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
-from trainer.datasets import default_grabcut_dir, grabcut_names, load_grabcut  # noqa: E402
-from trainer.evaluation import NocRun, run_noc, summarize  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PUBLISHED_GRAPH_CUT = {"noc85": 7.98, "noc90": 10.00}
 

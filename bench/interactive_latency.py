@@ -7,7 +7,7 @@ clicks' steps reused: one tool call per request), the same service with the step
 standard simulator's on the GrabCut set; images travel over a local HTTP server as in production
 (downloaded once, then read from the media cache).
 
-    .venv/bin/python bench/interactive_latency.py [--data DIR] [--images 10] [--clicks 5] [--json OUT]
+    .venv/bin/python -m bench.interactive_latency [--data DIR] [--images 10] [--clicks 5] [--json OUT]
 """
 from __future__ import annotations
 
@@ -23,16 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from segagent_backend.agent.episode import StepCache
+from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
+from segagent_backend.app import create_app
+from segagent_backend.labelstudio.config import EXAMPLE_CONFIG
+from segagent_backend.settings import Settings
+from trainer.datasets import default_grabcut_dir, load_grabcut
+from trainer.evaluation import run_noc
 
-from segagent_backend.agent.episode import StepCache  # noqa: E402
-from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
-from segagent_backend.app import create_app  # noqa: E402
-from segagent_backend.labelstudio.config import EXAMPLE_CONFIG  # noqa: E402
-from segagent_backend.settings import Settings  # noqa: E402
-from trainer.datasets import default_grabcut_dir, load_grabcut  # noqa: E402
-from trainer.evaluation import run_noc  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):

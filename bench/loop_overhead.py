@@ -8,13 +8,12 @@
 Tiny random Qwen2-VL policy and tiny segment-anything SAM (built in a temporary folder), on the
 GrabCut images when present (else synthetic ones). Both measurements in one run.
 
-    .venv/bin/python bench/loop_overhead.py [--episodes 8] [--steps 5] [--json OUT]
+    .venv/bin/python -m bench.loop_overhead [--episodes 8] [--steps 5] [--json OUT]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -22,16 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from segagent_backend.agent.loop import EpisodeRequest, LoopConfig, run_episodes
+from segagent_backend.agent.policies.hf_vlm import HFVLMPolicy
+from segagent_backend.agent.segmenters.sam import SamSegmenter
+from tests.tiny_models import import_segment_anything, make_tiny_sam_checkpoint
+from tests.tiny_vlms import make_tiny_qwen2_vl
+from trainer.datasets import default_grabcut_dir, load_grabcut
 
-from segagent_backend.agent.loop import EpisodeRequest, LoopConfig, run_episodes  # noqa: E402
-from segagent_backend.agent.policies.hf_vlm import HFVLMPolicy  # noqa: E402
-from segagent_backend.agent.segmenters.sam import SamSegmenter  # noqa: E402
-from tests.tiny_models import import_segment_anything, make_tiny_sam_checkpoint  # noqa: E402
-from tests.tiny_vlms import make_tiny_qwen2_vl  # noqa: E402
-from trainer.datasets import default_grabcut_dir, load_grabcut  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Timed:

@@ -8,7 +8,7 @@ redis://127.0.0.1:6379/0), then measures
   through the queue (Flask app in queue mode + worker) and in-process (embedded mode), and their ratio.
 Figures are printed, not asserted.
 
-    .venv/bin/python bench/queue_overhead.py [--jobs 200] [--clicks 50] [--json OUT]
+    .venv/bin/python -m bench.queue_overhead [--jobs 200] [--clicks 50] [--json OUT]
 """
 from __future__ import annotations
 
@@ -27,22 +27,20 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import redis
 from PIL import Image
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from segagent_backend.app import create_app
+from segagent_backend.queue import status
+from segagent_backend.queue.dispatch import QueueDispatcher
+from segagent_backend.queue.names import QueueNames
+from segagent_backend.settings import Settings
+from tests.conftest import make_disk_image
+from tests.service.payloads import keypoint, predict_body
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import redis  # noqa: E402
-from rq import Queue  # noqa: E402
-from rq.serializers import JSONSerializer  # noqa: E402
-
-from segagent_backend.app import create_app  # noqa: E402
-from segagent_backend.queue import status  # noqa: E402
-from segagent_backend.queue.dispatch import QueueDispatcher  # noqa: E402
-from segagent_backend.queue.names import QueueNames  # noqa: E402
-from segagent_backend.settings import Settings  # noqa: E402
-from tests.conftest import make_disk_image  # noqa: E402
-from tests.service.payloads import keypoint, predict_body  # noqa: E402
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):

@@ -7,7 +7,7 @@ HTTP per job (the click moves a little from job to job, so no job repeats anothe
 the first enqueue to the last result and prints the 2-worker / 1-worker ratio. Figures are printed, not
 asserted.
 
-    .venv/bin/python bench/queue_workers.py [--jobs 60] [--max-side 512] [--json OUT]
+    .venv/bin/python -m bench.queue_workers [--jobs 60] [--max-side 512] [--json OUT]
 
 ``--max-side`` (SEGAGENT_GRABCUT_MAX_SIDE of the workers) sets how heavy one job is: short jobs measure
 the queue and Redis sharing the cores with the workers, long ones the workers' compute.
@@ -28,20 +28,18 @@ import time
 import uuid
 from pathlib import Path
 
+import redis
 from PIL import Image
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from segagent_backend.queue import status
+from segagent_backend.queue.jobs import PredictJob
+from segagent_backend.queue.names import BATCH, QueueNames
+from tests.conftest import make_disk_image
+from tests.service.payloads import CONFIG, keypoint
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import redis  # noqa: E402
-from rq import Queue  # noqa: E402
-from rq.serializers import JSONSerializer  # noqa: E402
-
-from segagent_backend.queue import status  # noqa: E402
-from segagent_backend.queue.jobs import PredictJob  # noqa: E402
-from segagent_backend.queue.names import BATCH, QueueNames  # noqa: E402
-from tests.conftest import make_disk_image  # noqa: E402
-from tests.service.payloads import CONFIG, keypoint  # noqa: E402
 
 WIDTH, HEIGHT = 1280, 960
 # one thread per worker: two workers on two cores must not fight over each other's thread pools

@@ -1,6 +1,6 @@
 """The native SegAgent-Qwen policy on a tiny random Qwen-VL-Chat: decoding modes, lockstep, loop overhead.
 
-    .venv/bin/python bench/qwen_native.py [--episodes 8] [--steps 7] [--repeats 3] [--data DIR|grabcut] [--json OUT]
+    .venv/bin/python -m bench.qwen_native [--episodes 8] [--steps 7] [--repeats 3] [--data DIR|grabcut] [--json OUT]
 
 The checkpoint (2 layers, hidden 128, the real 151,936-token vocabulary and qwen.tiktoken, random weights) is
 written by tests/oracle/tiny_qwen.py into a temporary folder and loaded through the production
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -42,19 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from segagent_backend.agent.loop import EpisodeRequest, LoopConfig, run_episodes
+from segagent_backend.agent.policies import build_policy
+from segagent_backend.agent.policies.base import Observation, PolicyStats
+from segagent_backend.agent.policies.qwen_vl_chat import QwenVLChatPolicy
+from segagent_backend.agent.protocol import answer_prefix, format_answer
+from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
+from segagent_backend.agent.types import Click
+from tests.oracle.tiny_qwen import ORACLE_CODE, random_state_dict, save_checkpoint, tiny_config
+from trainer.datasets import default_grabcut_dir, load_grabcut
 
-from segagent_backend.agent.loop import EpisodeRequest, LoopConfig, run_episodes  # noqa: E402
-from segagent_backend.agent.policies import build_policy  # noqa: E402
-from segagent_backend.agent.policies.base import Observation, PolicyStats  # noqa: E402
-from segagent_backend.agent.policies.qwen_vl_chat import QwenVLChatPolicy  # noqa: E402
-from segagent_backend.agent.protocol import answer_prefix, format_answer  # noqa: E402
-from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
-from segagent_backend.agent.types import Click  # noqa: E402
-from tests.oracle.tiny_qwen import ORACLE_CODE, random_state_dict, save_checkpoint, tiny_config  # noqa: E402
-from trainer.datasets import default_grabcut_dir, load_grabcut  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CAPTION = "the brown chicken in front of more chickens"  # the synthetic images' caption (as bench/forced_prefix.py)
 

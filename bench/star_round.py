@@ -1,6 +1,6 @@
 """One StaR+ round on the tiny Qwen2-VL: how the training loss and the rollout IoU move.
 
-    .venv/bin/python bench/star_round.py [--images 4] [--epochs 150] [--json OUT]
+    .venv/bin/python -m bench.star_round [--images 4] [--epochs 150] [--json OUT]
 
 On the first ``--images`` GrabCut images (found through SEGAGENT_GRABCUT_DIR, default
 ../shared/datasets/grabcut) with the GrabCut tool: trajectories -> SFT from the random base (round 0)
@@ -14,26 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from segagent_backend.agent.loop import LoopConfig  # noqa: E402
-from segagent_backend.agent.policies import build_policy  # noqa: E402
-from segagent_backend.agent.segmenters import EmbeddingCache, build_segmenter  # noqa: E402
-from tests.tiny_vlms import make_tiny_qwen2_vl  # noqa: E402
-from trainer.datasets import default_grabcut_dir, load_grabcut  # noqa: E402
-from trainer.evaluation import evaluate_policy  # noqa: E402
-from trainer.finetune import FinetuneConfig  # noqa: E402
-from trainer.pipeline import train_policy  # noqa: E402
-from trainer.samples import samples_from_trace  # noqa: E402
-from trainer.trajectories import generate_traces  # noqa: E402
+from segagent_backend.agent.loop import LoopConfig
+from segagent_backend.agent.policies import build_policy
+from segagent_backend.agent.segmenters import EmbeddingCache, build_segmenter
+from tests.tiny_vlms import make_tiny_qwen2_vl
+from trainer.datasets import default_grabcut_dir, load_grabcut
+from trainer.evaluation import evaluate_policy
+from trainer.finetune import FinetuneConfig
+from trainer.pipeline import train_policy
+from trainer.samples import samples_from_trace
+from trainer.trajectories import generate_traces
 
 
 def main() -> int:

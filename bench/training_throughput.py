@@ -1,6 +1,6 @@
 """Fine-tuning throughput on the tiny Qwen2-VL: LoRA vs full fine-tuning, same samples, same steps.
 
-    .venv/bin/python bench/training_throughput.py [--json OUT] [--samples N] [--steps S] [--batch B]
+    .venv/bin/python -m bench.training_throughput [--json OUT] [--samples N] [--steps S] [--batch B]
                                                   [--rounds R] [--threads T]
 
 The tiny random Qwen2-VL (2 layers, hidden 32, built in a temporary folder by tests/tiny_vlms.py)
@@ -17,24 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from tests.tiny_vlms import make_tiny_qwen2_vl  # noqa: E402
-from segagent_backend.agent.segmenters import EmbeddingCache, build_segmenter  # noqa: E402
-from trainer.finetune import FinetuneConfig, finetune  # noqa: E402
-from trainer.samples import samples_from_trace  # noqa: E402
-from trainer.trajectories import record_trace  # noqa: E402
+from segagent_backend.agent.segmenters import EmbeddingCache, build_segmenter
+from tests.tiny_vlms import make_tiny_qwen2_vl
+from trainer.finetune import FinetuneConfig, finetune
+from trainer.samples import samples_from_trace
+from trainer.trajectories import record_trace
 
 CAPTIONS = ["a red disk", "fat legs", "person bottom left", "the brown chicken in front of more chickens"]
 METHODS = ("lora", "full")

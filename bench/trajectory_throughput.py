@@ -1,6 +1,6 @@
 """Trajectory generation throughput on the GrabCut set: the click simulator alone beside full generation.
 
-    .venv/bin/python bench/trajectory_throughput.py [--data DIR] [--limit N] [--starts empty,box,points]
+    .venv/bin/python -m bench.trajectory_throughput [--data DIR] [--limit N] [--starts empty,box,points]
                                                     [--repeats R] [--json OUT]
 
 By default the first 25 images (manifest order): about 3 minutes on 2 shared CPU cores, where all 50
@@ -23,17 +23,15 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from segagent_backend.agent.clicker import next_click
+from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
+from trainer.datasets import Sample, default_grabcut_dir, load_grabcut
+from trainer.traces import Trace
+from trainer.trajectories import Timing, final_iou, generate_traces
 
-from segagent_backend.agent.clicker import next_click  # noqa: E402
-from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter  # noqa: E402
-from trainer.datasets import Sample, default_grabcut_dir, load_grabcut  # noqa: E402
-from trainer.traces import Trace  # noqa: E402
-from trainer.trajectories import Timing, final_iou, generate_traces  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def replay_states(traces: Sequence[Trace], samples: Sequence[Sample]) -> list[tuple]:

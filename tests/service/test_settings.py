@@ -1,11 +1,13 @@
 """One settings object from the environment; a bad value fails at start naming the variable."""
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from segagent_backend.settings import FIELDS, Settings, SettingsError, settings_table
+from segagent_backend.settings import FIELDS, Settings, SettingsError, _declared, setting, settings_table
 
 
 def test_defaults_are_the_embedded_mode():
@@ -63,3 +65,29 @@ def test_readme_documents_every_setting():
 def test_dataclass_defaults_agree_with_the_documented_ones():
     # the README table shows FIELDS' defaults; Settings() must mean the same service
     assert Settings() == Settings.from_env({})
+
+
+def test_each_variable_is_declared_once_on_its_field():
+    # the field carries the variable, its default as written in the environment and its README row
+    assert [(f.metadata["env"], f.name, f.metadata["default"], f.metadata["help"]) for f in fields(Settings)] == list(FIELDS)
+    assert len({var for var, *_ in FIELDS}) == len(FIELDS)
+    assert all(text for *_, text in FIELDS)
+    s = Settings()
+    assert (s.max_steps, s.stop_iou, s.train_lr, s.redis_timeout, s.preload, s.refine) == (7, 0.95, 1e-4, 2.0, True, False)
+    assert type(s.redis_timeout) is float and s.model_dir == Path("./models") and s.protocol is None
+    assert "| `SEGAGENT_TRAIN_LR` | `0.0001` | Peak learning rate (cosine schedule). |" in settings_table()
+    assert "| `SEGAGENT_POLICY` | - |" in settings_table()
+
+
+def test_a_field_without_a_declaration_is_refused():
+    class Loose:
+        port: int = setting("PORT", "9090", "Port.")
+        extra: Optional[str] = None
+
+    with pytest.raises(TypeError, match="extra"):
+        _declared(Loose)
+
+
+def test_an_empty_value_means_the_default():
+    s = Settings.from_env({"PORT": "", "SEGAGENT_TRAIN_LR": "  ", "SEGAGENT_SEGMENTER": "", "MODEL_DIR": " /data "})
+    assert (s.port, s.train_lr, s.segmenter, s.model_dir) == (9090, 1e-4, "grabcut", Path("/data"))
