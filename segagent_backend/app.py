@@ -9,49 +9,62 @@ from typing import Any, Optional
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .corrections import CorrectionStore
 from .errors import ModelUnavailable, RequestError
+from .labelstudio.config import parse_label_config
+from .labelstudio.predictions import Predictions
+from .labelstudio.sources import ProjectSources
 from .learning import list_reports
 from .metrics import Metrics
-from .predictor import Predictor
+from .model_host import ModelHost
 from .queue.dispatch import InlineDispatcher, PredictRequest, QueueDispatcher
 from .queue.names import BATCH, TRAIN
+from .queue.preannotate import planning_starter
 from .queue.training import ThreadStarter, queued_starter
+from .registry import Registry
 from .settings import Settings
+from .versions import VersionName
 from .webhook import handle_webhook
+from .wiring import media_loader
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Optional[Settings] = None, predictor: Optional[Predictor] = None) -> Flask:
+def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = None) -> Flask:
     """Build the service. ``settings`` default to the environment.
 
-    Without ``REDIS_URL`` the model lives in this process and loads in the background when
-    ``settings.preload`` (else on the first request that needs it). With ``REDIS_URL`` this process
-    loads no model: /predict becomes jobs for ``segagent worker`` processes.
+    Without ``REDIS_URL`` the model lives in this process (``host``, default: built from the settings)
+    and loads in the background when ``settings.preload`` (else on the first request that needs it).
+    With ``REDIS_URL`` this process loads no model: /predict becomes jobs for ``segagent worker``
+    processes, and this process only names the version they serve.
     """
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # in queue mode the weights live on the worker machines: this process only names the version
-    predictor = predictor or Predictor(settings, check_paths=not settings.redis_url)
+    registry = Registry.from_settings(settings)
+    sources = ProjectSources.from_settings(settings)
     metrics = Metrics()
     if settings.redis_url:
-        dispatcher = QueueDispatcher(settings, predictor, metrics.observe_job)
+        host = None
+        named = VersionName(settings, registry)
+        dispatcher = QueueDispatcher(settings, sources, named, metrics.observe_job)
         metrics.watch_queues(dispatcher.snapshot)
+        start_training = queued_starter(settings, lambda: dispatcher.queue(TRAIN))  # a job on the train queue
+        queue_preannotation = planning_starter(settings, lambda: dispatcher.queue(BATCH))
+        version, refresh = named, named.refresh
     else:
-        dispatcher = InlineDispatcher(predictor)
-        metrics.cache_bytes.set_function(lambda: predictor.cache.nbytes)
-        metrics.cache_entries.set_function(lambda: len(predictor.cache))
-        metrics.model_ready.set_function(lambda: 1.0 if predictor.status == "ready" else 0.0)
-
-    # training rounds: a job on the train queue, or a thread of this process in embedded mode
-    if dispatcher.mode == "embedded":
-        start_training = ThreadStarter(settings)
-    else:
-        start_training = queued_starter(settings, lambda: dispatcher.queue(TRAIN))
+        host = host or ModelHost(settings, registry)
+        dispatcher = InlineDispatcher(Predictions(host, media_loader(settings), sources))
+        metrics.cache_bytes.set_function(lambda: host.cache.nbytes)
+        metrics.cache_entries.set_function(lambda: len(host.cache))
+        metrics.model_ready.set_function(lambda: 1.0 if host.status == "ready" else 0.0)
+        start_training = ThreadStarter(settings)  # a thread of this process
+        queue_preannotation = None  # pre-annotation runs on queue workers only
+        version, refresh = host, host.maybe_reload
+    store = CorrectionStore.from_settings(settings)
 
     app = Flask(__name__)
-    app.config.update(SEGAGENT_SETTINGS=settings, SEGAGENT_PREDICTOR=predictor, SEGAGENT_METRICS=metrics,
-                      SEGAGENT_DISPATCHER=dispatcher)
+    app.config.update(SEGAGENT_SETTINGS=settings, SEGAGENT_HOST=host, SEGAGENT_VERSION=version,
+                      SEGAGENT_SOURCES=sources, SEGAGENT_METRICS=metrics, SEGAGENT_DISPATCHER=dispatcher)
     _install_auth(app, settings)
     _install_metrics(app, metrics)
     _install_errors(app)
@@ -59,15 +72,15 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.get("/")
     @app.get("/health")
     def health():
-        predictor.reload_in_background()
-        body = {"status": "UP", "model_class": "SegAgent", "model_version": predictor.model_version,
+        refresh(background=True)  # Label Studio gives /health 1 s: a promoted version loads off-thread
+        body = {"status": "UP", "model_class": "SegAgent", "model_version": version.model_version,
                 "segmenter": settings.segmenter, "mode": dispatcher.mode}
-        if dispatcher.mode == "embedded":
-            body["model"] = predictor.status
-            body["embedding_cache"] = {"entries": len(predictor.cache), "bytes": predictor.cache.nbytes}
-            if predictor.reload_error:  # still serving the old version: UP, but say why it did not change
-                body["reload_error"] = predictor.reload_error
-            usable = not predictor.status.startswith("failed")
+        if host is not None:
+            body["model"] = host.status
+            body["embedding_cache"] = {"entries": len(host.cache), "bytes": host.cache.nbytes}
+            if host.reload_error:  # still serving the old version: UP, but say why it did not change
+                body["reload_error"] = host.reload_error
+            usable = not host.status.startswith("failed")
         else:  # the models live in the workers: report theirs
             usable, fields = dispatcher.health()
             body.update(fields)
@@ -85,9 +98,10 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     def setup():
         body = _json_object()
         # Label Studio gives /setup 3 s: a newly promoted version loads off-thread, never here
-        predictor.reload_in_background()
-        predictor.setup(body.get("schema"), body.get("project"), body.get("hostname"), body.get("access_token"))
-        return jsonify({"model_version": predictor.model_version})
+        refresh(background=True)
+        parse_label_config(body.get("schema"), settings.expression_field)  # checked; nothing loads
+        sources.remember(body.get("project"), body.get("hostname"), body.get("access_token"))
+        return jsonify({"model_version": version.model_version})
 
     @app.post("/predict")
     def predict():
@@ -98,7 +112,7 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise RequestError("'params' must be an object")
-        predictor.maybe_reload()  # cheap unless a version was promoted since the last request
+        refresh()  # cheap unless a version was promoted since the last request
         results = dispatcher.predict(PredictRequest(tasks, body.get("label_config"), params.get("context"),
                                                     body.get("project")))
         failed = [r for r in results if "result" not in r]
@@ -112,25 +126,23 @@ def create_app(settings: Optional[Settings] = None, predictor: Optional[Predicto
     @app.post("/webhook")
     def webhook():
         body = _json_object()
-        # embedded mode has no queue: the reply then says pre-annotation needs REDIS_URL
-        batch_queue = (lambda: dispatcher.queue(BATCH)) if dispatcher.mode != "embedded" else None
-        reply = handle_webhook(body, settings, batch_queue, start_training)
+        reply = handle_webhook(body, settings, queue_preannotation, start_training, store)
         metrics.webhooks.labels(reply["action"] if reply["known"] else "unknown").inc()
         return jsonify(reply)
 
     @app.get("/versions")
     def versions():
         # the serving version first, then every registered one (newest first) Label Studio may pick from
-        registered = [m.version for m in reversed(predictor.registry.list_versions())]
-        serving = predictor.model_version
+        registered = [m.version for m in reversed(registry.list_versions())]
+        serving = version.model_version
         return jsonify({"versions": [serving] + [v for v in registered if v != serving]})
 
     @app.get("/metrics")
     def prometheus():
         return Response(metrics.render(), mimetype=metrics.content_type)
 
-    if settings.preload and dispatcher.mode == "embedded":
-        predictor.start_loading()
+    if settings.preload and host is not None:
+        host.load(background=True)
     return app
 
 

@@ -16,12 +16,12 @@ import fcntl
 import json
 import os
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from .jsonfiles import read_json_object, write_json_atomic
 from .labelstudio.annotations import Correction, Rejected
 
 NO_PROJECT = "no-project"
@@ -42,7 +42,7 @@ class CorrectionStore:
         for c in corrections:
             folder = self._folder(c.project)
             folder.mkdir(parents=True, exist_ok=True)
-            _write_json(folder / _file_name(c), {**c.to_json(), "recorded_at": time.time()})
+            write_json_atomic(folder / _file_name(c), {**c.to_json(), "recorded_at": time.time()})
             counts[c.project] = counts.get(c.project, 0) + 1
         return {project: self._bump(project, n) for project, n in counts.items()}
 
@@ -76,7 +76,7 @@ class CorrectionStore:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def new_since_training(self, project: Optional[int]) -> int:
-        return int(_read_json(self._folder(project) / "state.json").get("new", 0))
+        return int(read_json_object(self._folder(project) / "state.json").get("new", 0))
 
     def training_started(self, project: Optional[int]) -> None:
         """A round takes everything recorded so far: the counter starts again from zero."""
@@ -130,9 +130,9 @@ class CorrectionStore:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".state.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # read-modify-write across threads and processes
-            state = _read_json(folder / "state.json")
+            state = read_json_object(folder / "state.json")
             yield state
-            _write_json(folder / "state.json", state)
+            write_json_atomic(folder / "state.json", state)
 
 
 def _file_name(c: Correction) -> str:
@@ -140,14 +140,3 @@ def _file_name(c: Correction) -> str:
     return f"a{c.annotation_id}.json" if c.annotation_id is not None else f"at{c.task_id}.json"
 
 
-def _write_json(path: Path, data: dict) -> None:
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    temp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(temp, path)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}

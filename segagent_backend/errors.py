@@ -20,3 +20,16 @@ class MediaError(RequestError):
 
 class ModelUnavailable(RuntimeError):
     """The model is still loading or failed to load (HTTP 503)."""
+
+
+class QueueUnavailable(RequestError):
+    """Redis does not answer: the request cannot be queued (HTTP 503)."""
+
+    def __init__(self, exc: Exception):
+        super().__init__(f"the job queue (Redis) is unreachable: {type(exc).__name__}: {exc}", 503)
+
+
+NO_POLICY = (
+    "automatic predictions need a SegAgent policy model: set SEGAGENT_POLICY (a model folder or hub id); "
+    "without one, segment interactively with the smart KeyPointLabels/RectangleLabels tools"
+)

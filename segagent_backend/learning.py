@@ -29,18 +29,24 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
+from .accelerator import free_accelerator_memory
 from .corrections import CorrectionStore
+from .jsonfiles import write_json_atomic
 from .labelstudio.annotations import Correction, Rejected, check_mask, corrections_from_tasks
-from .media import MediaLoader, MediaSource
-from .queue.jobs import free_accelerator_memory
+from .labelstudio.client import label_studio
 from .registry import Registry
 from .settings import Settings
+from .wiring import convention, finetune_config, loop_config, media_loader, policy_from_settings, segmenter_from_settings
 
 log = logging.getLogger(__name__)
+
+
+# Runs or queues one round: (project id or None, data source) -> what was started (queue/training.py).
+StartTraining = Callable[[Optional[int], str], dict]
 
 
 class TrainingError(RuntimeError):
@@ -91,8 +97,6 @@ def run_training(settings: Settings, project: Optional[int], source: str = "corr
 
 
 def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
-    from .predictor import segmenter_from_settings
-    from trainer.finetune import FinetuneConfig
     from trainer.pipeline import train_policy
     from trainer.samples import samples_from_trace
     from trainer.trajectories import generate_traces
@@ -107,18 +111,15 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
                      "train": len(train), "held_out": len(held_out)}
     segmenter = segmenter_from_settings(settings)  # its own: the serving one may be busy with /predict
     traces = generate_traces(segmenter, train)
-    convention = _convention(settings)
+    clicks = convention(settings)
     sft = [s for trace, sample in zip(traces, train)
-           for s in samples_from_trace(trace, sample.image, convention, [sample.expression],
-                                                settings.train_stop_samples, settings.release_protocol)]
+           for s in samples_from_trace(trace, sample.image, clicks, [sample.expression],
+                                       settings.train_stop_samples, settings.release_protocol)]
     report.counts.update(traces=len(traces), sft_samples=len(sft))
     if not sft:
         raise TrainingError("the trajectories gave no training samples")
-    config = FinetuneConfig(method=settings.train_method, epochs=settings.train_epochs,
-                            learning_rate=settings.train_lr, batch_size=settings.train_batch,
-                            save_steps=settings.train_save_steps, device=settings.device)
-    outcome = train_policy(sft, settings.policy, workdir, config, star_rounds=settings.star_rounds, samples=train,
-                           segmenter=segmenter, policy_kind=settings.policy_kind, convention=convention,
+    outcome = train_policy(sft, settings.policy, workdir, finetune_config(settings), star_rounds=settings.star_rounds,
+                           samples=train, segmenter=segmenter, policy_kind=settings.policy_kind, convention=clicks,
                            max_steps=settings.max_steps, progress=False)
     free_accelerator_memory()  # the trainer's model is gone; its cached blocks need not wait for the next one
     _judge_and_register(settings, report, outcome, held_out, segmenter)
@@ -131,8 +132,6 @@ def collect_corrections(settings: Settings, project: Optional[int], source: str
         return CorrectionStore.from_settings(settings).corrections(project), []
     if source != "labelstudio":
         raise TrainingError(f"unknown data source {source!r}")
-    from .queue.preannotate import label_studio
-
     if project is None:
         raise TrainingError("training on a Label Studio project needs its id")
     ls = label_studio(settings)
@@ -146,8 +145,7 @@ def load_samples(settings: Settings, corrections: list[Correction]):
     """Corrections -> trainer Samples (image + mask); each one that cannot be used is a Rejected."""
     from trainer.datasets import Sample
 
-    media = MediaLoader(settings.media_cache_dir, settings.max_image_pixels, settings.media_timeout,
-                        MediaSource(settings.label_studio_url, settings.label_studio_api_key))
+    media = media_loader(settings)
     samples, rejected = [], []
     for c in corrections:
         try:
@@ -173,17 +171,15 @@ def split(samples: list, fraction: float) -> tuple[list, list]:
 
 
 def _judge_and_register(settings: Settings, report: TrainReport, outcome, held_out: list, segmenter) -> None:
-    from segagent_backend.agent.policies import build_policy
     from trainer.evaluation import evaluate_policy
 
     registry = Registry.from_settings(settings)
-    loop = settings.loop_config()
+    loop = loop_config(settings)
     serving = registry.current().version
     current_source = str(registry.model_folder(serving)) if serving else settings.policy
 
     def score(source: str):  # one policy in memory at a time
-        policy = build_policy(settings.policy_kind, source, device=settings.device, dtype=settings.dtype,
-                              coordinates=settings.coordinates, temperature=settings.temperature)
+        policy = policy_from_settings(settings, source)
         result = evaluate_policy(policy, segmenter, held_out, loop)
         del policy
         free_accelerator_memory()
@@ -211,18 +207,10 @@ def _metrics(score) -> dict:
     return {"miou": score.miou, "ciou": score.ciou, "samples": score.samples}
 
 
-def _convention(settings: Settings):
-    from segagent_backend.agent.protocol import CONVENTIONS
-
-    return CONVENTIONS[settings.coordinates]
-
-
 def _save(settings: Settings, report: TrainReport) -> None:
     folder = training_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    temp = folder / f".{report.run}.json.tmp"
-    temp.write_text(json.dumps(asdict(report), indent=2))
-    os.replace(temp, folder / f"{report.run}.json")
+    write_json_atomic(folder / f"{report.run}.json", asdict(report), indent=2)
 
 
 def list_reports(settings: Settings, last: Optional[int] = None) -> list[TrainReport]:

@@ -7,7 +7,7 @@ Layout::
         v1/model/         the policy checkpoint (a transformers folder, as SEGAGENT_POLICY would name)
         current.json      {"version", "counter", "history", "promoted_at"}: the current pointer
 
-``current.json`` is the truth and is always replaced atomically (temp file + ``os.replace``), so a
+``current.json`` is the truth and is always replaced atomically (``jsonfiles.write_json_atomic``), so a
 reader never sees half a pointer. With ``REDIS_URL`` a promotion is also announced in Redis (key
 ``<prefix>:model:current``) so processes on other machines see it with one GET; ``MODEL_DIR`` must
 then be storage those machines share (the version folders are read from it).
@@ -19,10 +19,11 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from .jsonfiles import write_json_atomic
 
 VERSIONS = "versions"
 CURRENT = "current.json"
@@ -78,7 +79,6 @@ class Registry:
         self.root = Path(model_dir) / VERSIONS
         self.redis_url = redis_url
         self.key = f"{prefix}:model:current"
-        self.channel = f"{prefix}:model:promotions"
         self.redis_timeout = redis_timeout
         self._redis = None
 
@@ -173,14 +173,9 @@ class Registry:
 
     def _set(self, current: Current) -> Current:
         self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f".{CURRENT}.{uuid.uuid4().hex}"
-        temp.write_text(json.dumps(current.to_json(), indent=2))
-        os.replace(temp, self.root / CURRENT)  # atomic: readers see the old or the new pointer
-        if self.redis_url:
-            message = json.dumps({"version": current.version, "counter": current.counter})
-            conn = self._conn()
-            conn.set(self.key, message)
-            conn.publish(self.channel, message)  # for listeners; workers poll the key between jobs
+        write_json_atomic(self.root / CURRENT, current.to_json(), indent=2)  # readers see the old or the new pointer
+        if self.redis_url:  # processes poll this key (between requests and jobs)
+            self._conn().set(self.key, json.dumps({"version": current.version, "counter": current.counter}))
         return current
 
     def _conn(self):

@@ -1,18 +1,24 @@
-"""Label Studio webhooks: answered at once (Label Studio waits 1 s); nothing slow runs in the request."""
+"""Label Studio webhooks: answered at once (Label Studio waits 1 s); nothing slow runs in the request.
+
+What an event starts is injected by the app: the correction store that records annotations, the
+training starter (a thread or a train job), the pre-annotation planner (a batch job). This module
+talks to no queue and no Redis itself.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
-
-import redis
-from rq import Queue
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .corrections import CorrectionStore
 from .errors import RequestError
 from .labelstudio.annotations import corrections_from_webhook
 from .settings import Settings
 
-# (project id or None, data source) -> what was started; see queue/training.py
-StartTraining = Callable[[Optional[int], str], dict]
+if TYPE_CHECKING:
+    from .learning import StartTraining
+
+# (project id, new task ids) -> {"queue", "job"} of the planning job (queue/preannotate.planning_starter)
+QueuePreannotation = Callable[[int, list[int]], dict]
+
 ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"})
 
 # every action Label Studio 1.23 emits
@@ -24,8 +30,9 @@ KNOWN_ACTIONS = frozenset({
 
 
 def handle_webhook(body: dict, settings: Optional[Settings] = None,
-                   batch_queue: Optional[Callable[[], Queue]] = None,
-                   start_training: Optional[StartTraining] = None) -> dict:
+                   queue_preannotation: Optional[QueuePreannotation] = None,
+                   start_training: Optional["StartTraining"] = None,
+                   store: Optional[CorrectionStore] = None) -> dict:
     """Validate and acknowledge one event; the reply says what was done. Nothing slow happens here.
 
     - ANNOTATION_CREATED / ANNOTATION_UPDATED / ANNOTATIONS_CREATED: the annotations are checked and
@@ -36,7 +43,9 @@ def handle_webhook(body: dict, settings: Optional[Settings] = None,
       LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are set, else the recorded corrections). Its body has no
       ``annotation`` or ``task`` key, and nothing here reads one.
     - TASKS_CREATED: one pre-annotation planning job when SEGAGENT_PREANNOTATE_ON_CREATE is on.
-    ``start_training`` runs or queues a round (None: training is not available in this process).
+    ``start_training`` runs or queues a round (None: training is not available in this process);
+    ``queue_preannotation`` queues the planning job (None: no queue in this process); ``store`` records
+    corrections (default: ``MODEL_DIR/corrections``).
     """
     action = body.get("action")
     if not isinstance(action, str) or not action:
@@ -46,19 +55,21 @@ def handle_webhook(body: dict, settings: Optional[Settings] = None,
                 "note": f"unknown action {action!r}: nothing done"}
     reply = {"status": "ok", "action": action, "known": True, "note": "acknowledged"}
     if action == "TASKS_CREATED":
-        reply.update(_tasks_created(body, settings, batch_queue))
-    elif settings is not None and action in ANNOTATION_ACTIONS:
-        reply.update(_record(body, action, settings, start_training))
-    elif settings is not None and action in ("ANNOTATIONS_DELETED", "TASKS_DELETED"):
-        reply.update(_forget(body, action, settings))
-    elif settings is not None and action == "START_TRAINING":
-        reply.update(_start_training(body, settings, start_training))
+        reply.update(_tasks_created(body, settings, queue_preannotation))
+    elif settings is not None:
+        store = store or CorrectionStore.from_settings(settings)
+        if action in ANNOTATION_ACTIONS:
+            reply.update(_record(body, action, settings, store, start_training))
+        elif action in ("ANNOTATIONS_DELETED", "TASKS_DELETED"):
+            reply.update(_forget(body, action, store))
+        elif action == "START_TRAINING":
+            reply.update(_start_training(body, settings, store, start_training))
     return reply
 
 
-def _record(body: dict, action: str, settings: Settings, start_training: Optional[StartTraining]) -> dict:
+def _record(body: dict, action: str, settings: Settings, store: CorrectionStore,
+            start_training: Optional["StartTraining"]) -> dict:
     good, bad = corrections_from_webhook(body, settings.expression_field)
-    store = CorrectionStore.from_settings(settings)
     counts = store.record(good)
     store.reject(bad, action)
     # an update that made an annotation unusable (its mask erased) must not leave the old version to train on
@@ -72,7 +83,7 @@ def _record(body: dict, action: str, settings: Settings, start_training: Optiona
     return reply
 
 
-def _forget(body: dict, action: str, settings: Settings) -> dict:
+def _forget(body: dict, action: str, store: CorrectionStore) -> dict:
     key = "annotations" if action == "ANNOTATIONS_DELETED" else "tasks"
     items = body.get(key)
     if not isinstance(items, list):
@@ -80,12 +91,12 @@ def _forget(body: dict, action: str, settings: Settings) -> dict:
     ids = [i.get("id") if isinstance(i, dict) else None for i in items]
     if not all(_is_id(i) for i in ids):
         raise RequestError(f"every item of '{key}' needs an integer 'id'")
-    store = CorrectionStore.from_settings(settings)
     removed = store.delete_annotations(ids) if key == "annotations" else store.delete_tasks(ids)
     return {"removed": removed, "note": f"{removed} correction(s) removed from the next training round"}
 
 
-def _start_training(body: dict, settings: Settings, start_training: Optional[StartTraining]) -> dict:
+def _start_training(body: dict, settings: Settings, store: CorrectionStore,
+                    start_training: Optional["StartTraining"]) -> dict:
     project = body.get("project")
     project = project.get("id") if isinstance(project, dict) else project
     if not _is_id(project):
@@ -93,42 +104,36 @@ def _start_training(body: dict, settings: Settings, start_training: Optional[Sta
     if start_training is None:
         return {"note": "acknowledged; training does not run in this process"}
     source = "labelstudio" if settings.label_studio_url and settings.label_studio_api_key else "corrections"
-    store = CorrectionStore.from_settings(settings)
     started = _start(settings, store, project, source, start_training)
     return {"training": started, "note": f"training round on {source}: {started.get('note', 'started')}"}
 
 
 def _start(settings: Settings, store: CorrectionStore, project: Optional[int], source: str,
-           start_training: StartTraining) -> dict:
+           start_training: "StartTraining") -> dict:
     if not settings.policy:  # a round could only fail: say so instead of starting one
         return {"project": project, "started": False, "note": "not started: set SEGAGENT_POLICY (the base policy)"}
     store.training_started(project)  # what arrives from now on counts towards the next round
     return {"project": project, "source": source, "started": True, **start_training(project, source)}
 
 
-def _tasks_created(body: dict, settings: Optional[Settings], batch_queue: Optional[Callable[[], Queue]]) -> dict:
+def _tasks_created(body: dict, settings: Optional[Settings],
+                   queue_preannotation: Optional[QueuePreannotation]) -> dict:
     """Queue pre-annotation of the new tasks, or say why nothing was done."""
-    why_not = _preannotation_off(settings, batch_queue)
+    why_not = _preannotation_off(settings, queue_preannotation)
     if why_not:
         return {"note": f"acknowledged; new tasks are not pre-annotated: {why_not}"}
     project, task_ids = parse_tasks_created(body)
-    from .queue.dispatch import QueueUnavailable
-    from .queue.preannotate import enqueue_planning
-
-    queue = batch_queue()
-    try:
-        job_id = enqueue_planning(queue, project, task_ids, settings)
-    except redis.RedisError as exc:
-        raise QueueUnavailable(exc) from None
+    queued = queue_preannotation(project, task_ids)
     return {"note": f"pre-annotation of {len(task_ids)} new task(s) queued",
-            "enqueued": {"queue": queue.name, "job": job_id, "project": project, "task_ids": task_ids}}
+            "enqueued": {"queue": queued["queue"], "job": queued["job"], "project": project, "task_ids": task_ids}}
 
 
-def _preannotation_off(settings: Optional[Settings], batch_queue: Optional[Callable[[], Queue]]) -> Optional[str]:
+def _preannotation_off(settings: Optional[Settings], queue_preannotation: Optional[QueuePreannotation]
+                       ) -> Optional[str]:
     """Why a TASKS_CREATED event starts nothing (None: it does)."""
     if settings is None or not settings.preannotate_on_create:
         return "SEGAGENT_PREANNOTATE_ON_CREATE is off"
-    if not settings.redis_url or batch_queue is None:
+    if not settings.redis_url or queue_preannotation is None:
         return "REDIS_URL is not set (pre-annotation runs on queue workers)"
     if not settings.label_studio_url or not settings.label_studio_api_key:
         return "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to post predictions"

@@ -12,30 +12,25 @@ from typing import Any, Callable, Optional
 
 import redis
 from rq import Queue
-from rq.job import Job, JobStatus, Retry
+from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from ..errors import RequestError
+from ..errors import QueueUnavailable
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.context import parse_context
-from ..predictor import Predictor
+from ..labelstudio.predictions import Predictions, task_error
+from ..labelstudio.sources import ProjectSources
 from ..settings import Settings
+from ..versions import VersionName
 from . import status
 from .jobs import PredictJob
 from .names import BATCH, INTERACTIVE, QueueNames, connect
+from .submit import open_queue, submit
 
 log = logging.getLogger(__name__)
 
-FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay visible (segagent jobs) for a week
 RESULT_GRACE = 60  # a result outlives the request's deadline by this much, then Redis drops it
-
-
-class QueueUnavailable(RequestError):
-    """Redis does not answer: the request cannot be queued (HTTP 503)."""
-
-    def __init__(self, exc: Exception):
-        super().__init__(f"the job queue (Redis) is unreachable: {type(exc).__name__}: {exc}", 503)
 
 
 @dataclass
@@ -51,15 +46,15 @@ class PredictRequest:
 
 
 class InlineDispatcher:
-    """Embedded mode: this process's one Predictor runs every job (model calls serialised)."""
+    """Embedded mode: this process's one model host runs every job (model calls serialised)."""
 
     mode = "embedded"
 
-    def __init__(self, predictor: Predictor):
-        self.predictor = predictor
+    def __init__(self, predictions: Predictions):
+        self.predictions = predictions
 
     def predict(self, request: PredictRequest) -> list[dict]:
-        return self.predictor.predict(request.tasks, request.label_config, request.context, request.project)
+        return self.predictions.predict(request.tasks, request.label_config, request.context, request.project)
 
     def health(self) -> tuple[bool, dict]:
         return True, {}
@@ -68,21 +63,24 @@ class InlineDispatcher:
 class QueueDispatcher:
     """Queue mode: jobs go to RQ; this process loads no model and waits with a deadline.
 
-    ``on_job_done(queue, seconds)`` is told the enqueue-to-result time of every finished job.
+    ``sources``: where each project's images are (what /setup said); ``version``: the version name the
+    per-task errors carry; ``on_job_done(queue, seconds)`` is told the enqueue-to-result time of every
+    finished job.
     """
 
     mode = "queue"
 
-    def __init__(self, settings: Settings, predictor: Predictor,
+    def __init__(self, settings: Settings, sources: ProjectSources, version: VersionName,
                  on_job_done: Optional[Callable[[str, float], None]] = None):
         self.settings = settings
-        self.predictor = predictor  # not loaded: model_version, /setup's media sources, error shapes
+        self.sources = sources
+        self.version = version
         self.names = QueueNames(settings.queue_prefix)
         self.connection = connect(settings.redis_url, settings.redis_timeout)
         self.on_job_done = on_job_done or (lambda queue, seconds: None)
 
     def queue(self, kind: str) -> Queue:
-        return Queue(self.names.queue(kind), connection=self.connection, serializer=JSONSerializer)
+        return open_queue(self.settings, kind, self.connection)
 
     # ----- /predict ----------------------------------------------------------------------------
     def predict(self, request: PredictRequest) -> list[dict]:
@@ -96,7 +94,7 @@ class QueueDispatcher:
         size = len(request.tasks) if request.interactive else s.batch_chunk
         seconds = s.interactive_deadline if request.interactive else s.predict_deadline
         deadline = time.monotonic() + seconds
-        source = self.predictor.source_for(request.project)
+        source = self.sources.source_for(request.project)
         chunks = [list(range(i, min(i + size, len(request.tasks)))) for i in range(0, len(request.tasks), size)]
         queue = self.queue(kind)
         try:
@@ -113,12 +111,10 @@ class QueueDispatcher:
         return results
 
     def _enqueue(self, queue: Queue, payload: PredictJob, seconds: float) -> Job:
-        s = self.settings
-        return queue.enqueue(
-            "segagent_backend.queue.jobs.predict", payload.to_json(),
-            job_timeout=s.job_timeout, result_ttl=int(seconds) + RESULT_GRACE, failure_ttl=FAILURE_TTL,
+        return submit(
+            queue, "segagent_backend.queue.jobs.predict", payload.to_json(), self.settings,
+            result_ttl=int(seconds) + RESULT_GRACE,
             ttl=int(seconds) + 1,  # a job nobody picked up before the deadline is dropped, not run late
-            retry=Retry(max=s.job_retries) if s.job_retries else None,
             description=f"predict {len(payload.tasks)} task(s) of project {payload.project}",
         )
 
@@ -149,7 +145,9 @@ class QueueDispatcher:
         return finished
 
     def _answers(self, job: Job, result: Optional[Result], count: int, kind: str, seconds: float) -> list[dict]:
-        error = self.predictor.error
+        def error(message: str, code: int) -> dict:
+            return task_error(message, code, self.version.model_version)
+
         if result is None:
             state = self._give_up(job)
             deadline_var = "SEGAGENT_INTERACTIVE_DEADLINE" if kind == INTERACTIVE else "SEGAGENT_PREDICT_DEADLINE"

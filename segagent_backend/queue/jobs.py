@@ -1,7 +1,8 @@
 """What a worker executes: functions RQ calls by their dotted name, with JSON arguments.
 
-A worker process holds ONE resident ``Predictor`` (installed by ``worker.run_worker``), so the models
-load once per worker, not once per job, and the embedding cache stays warm between clicks.
+A worker process holds ONE resident ``Predictions`` over one ``ModelHost`` (installed by
+``worker.run_worker``), so the models load once per worker, not once per job, and the embedding cache
+stays warm between clicks.
 """
 from __future__ import annotations
 
@@ -10,30 +11,40 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from ..accelerator import free_accelerator_memory, is_out_of_memory
 from ..errors import RequestError
+from ..labelstudio.predictions import Predictions
+from ..labelstudio.sources import ProjectSources
 from ..media import MediaSource
-from ..predictor import Predictor
+from ..model_host import ModelHost
 from ..settings import Settings
+from ..wiring import media_loader
 
 log = logging.getLogger(__name__)
 
 # Statuses of per-task errors worth another try: the image host was unreachable or overloaded.
 TRANSIENT_STATUSES = frozenset({502, 503, 504})
 
-_resident: Optional[Predictor] = None
+_resident: Optional[Predictions] = None
 
 
-def install(predictor: Predictor) -> None:
-    """Make ``predictor`` the one every job of this process uses (the worker does this at start)."""
+def resident_predictions(settings: Settings) -> Predictions:
+    """A worker's predictions: its own model host, media loader and (settings-given) media source."""
+    return Predictions(ModelHost(settings), media_loader(settings), ProjectSources.from_settings(settings))
+
+
+def install(predictions: Optional[Predictions]) -> None:
+    """Make ``predictions`` the one every job of this process uses (the worker does this at start;
+    None: build one from the environment on the next job)."""
     global _resident
-    _resident = predictor
+    _resident = predictions
 
 
-def resident() -> Predictor:
-    """The process's predictor; built from the environment when a plain ``rq worker`` runs the job."""
+def resident() -> Predictions:
+    """The process's predictions; built from the environment when a plain ``rq worker`` runs the job."""
     global _resident
     if _resident is None:
-        _resident = Predictor(Settings.from_env())
+        _resident = resident_predictions(Settings.from_env())
     return _resident
 
 
@@ -58,34 +69,34 @@ class PredictJob:
 
 
 def predict(data: dict) -> list[dict]:
-    """Run one chunk through the resident predictor: one Label Studio prediction per task, in order."""
+    """Run one chunk through the resident predictions: one Label Studio prediction per task, in order."""
     job = PredictJob.from_json(data)
-    predictor = resident()
+    predictions = resident()
     if job.deadline is not None and time.time() > job.deadline:
         # the web process already answered with a deadline error: spend no GPU time on it
-        return [predictor.error("the job started after its deadline; nobody waits for it", 504)] * len(job.tasks)
+        return [predictions.error("the job started after its deadline; nobody waits for it", 504)] * len(job.tasks)
     source = MediaSource(job.hostname, job.access_token) if job.hostname else None
     try:
-        return predict_with_retries(predictor, job, source)
+        return predict_with_retries(predictions, job, source)
     except RequestError as exc:  # the request's own fault (e.g. its label config): no retry helps
-        return [predictor.error(exc.message, exc.status)] * len(job.tasks)
+        return [predictions.error(exc.message, exc.status)] * len(job.tasks)
 
 
-def predict_with_retries(predictor: Predictor, job: PredictJob, source: Optional[MediaSource]) -> list[dict]:
-    """``predictor.predict`` with bounded, backed-off retries of transient failures.
+def predict_with_retries(predictions: Predictions, job: PredictJob, source: Optional[MediaSource]) -> list[dict]:
+    """``predictions.predict`` with bounded, backed-off retries of transient failures.
 
     Tasks whose image host was unreachable (HTTP 502-type per-task errors) are tried again alone;
     a CUDA out-of-memory error frees the allocator's cache and runs the chunk again. Retries stop
     early when the next one would end after the job's deadline.
     """
-    settings = predictor.settings
+    settings = predictions.settings
     results: list[Optional[dict]] = [None] * len(job.tasks)
     pending = list(range(len(job.tasks)))
     delay = settings.retry_backoff
     for attempt in range(settings.transient_retries + 1):
         last = attempt == settings.transient_retries
         try:
-            answers = predictor.predict([job.tasks[i] for i in pending], job.label_config, job.context,
+            answers = predictions.predict([job.tasks[i] for i in pending], job.label_config, job.context,
                                         job.project, source)
         except Exception as exc:
             if not is_out_of_memory(exc) or last or not _time_left(job, delay):
@@ -107,19 +118,6 @@ def predict_with_retries(predictor: Predictor, job: PredictJob, source: Optional
 
 def _time_left(job: PredictJob, delay: float) -> bool:
     return job.deadline is None or time.time() + delay < job.deadline
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError (checked by name: this module must not import torch)."""
-    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
-
-
-def free_accelerator_memory() -> None:
-    import sys
-
-    torch = sys.modules.get("torch")  # only a process that already uses torch can hold CUDA memory
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def noop(data: Any = None) -> Any:

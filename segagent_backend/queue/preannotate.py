@@ -10,30 +10,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+import redis
 from rq import Queue
-from rq.job import Retry
 from rq.serializers import JSONSerializer
 
-from ..errors import RequestError
+from ..errors import QueueUnavailable, RequestError
+from ..labelstudio.client import label_studio
 from ..settings import Settings
+from ..versions import VersionName
 from . import jobs
-from .names import BATCH, QueueNames, connect
+from .names import BATCH, connect
+from .submit import open_queue, submit
+
+if TYPE_CHECKING:
+    from ..webhook import QueuePreannotation
 
 log = logging.getLogger(__name__)
 
 RESULT_TTL = 24 * 3600  # the per-chunk summaries stay readable for a day
-FAILURE_TTL = 7 * 24 * 3600
-
-
-def label_studio(settings: Settings):
-    """The SDK client for LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY (both required here)."""
-    from label_studio_sdk import LabelStudio
-
-    if not settings.label_studio_url or not settings.label_studio_api_key:
-        raise RequestError("pre-annotation talks to Label Studio: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-    return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
 
 
 @dataclass
@@ -55,9 +51,7 @@ class Plan:
 def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] = None, force: bool = False,
             model_version: Optional[str] = None) -> Plan:
     """Queue every task of ``project`` (or of ``task_ids``) that lacks a prediction of ``model_version``."""
-    from ..predictor import Predictor
-
-    version = model_version or Predictor(settings, check_paths=False).model_version
+    version = model_version or VersionName(settings).model_version
     ls = label_studio(settings)
     wanted = set(task_ids) if task_ids is not None else None
     plan = Plan(project, version)
@@ -75,18 +69,13 @@ def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] 
             plan.queued.append(task.id)
     if wanted is not None and wanted - seen:
         raise RequestError(f"task(s) {sorted(wanted - seen)[:10]} are not in project {project}")
-    queue = Queue(QueueNames(settings.queue_prefix).queue(BATCH),
-                  connection=connect(settings.redis_url, settings.redis_timeout), serializer=JSONSerializer)
+    queue = open_queue(settings, BATCH)
     size = settings.batch_chunk
     for start in range(0, len(plan.queued), size):
         chunk = plan.queued[start:start + size]
-        job = queue.enqueue(
-            "segagent_backend.queue.preannotate.run", {"project": project, "task_ids": chunk,
-                                                       "model_version": version, "force": force},
-            job_timeout=settings.job_timeout, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-            retry=Retry(max=settings.job_retries) if settings.job_retries else None,
-            description=f"preannotate {len(chunk)} task(s) of project {project}",
-        )
+        job = submit(queue, "segagent_backend.queue.preannotate.run",
+                     {"project": project, "task_ids": chunk, "model_version": version, "force": force},
+                     settings, result_ttl=RESULT_TTL, description=f"preannotate {len(chunk)} task(s) of project {project}")
         plan.jobs.append(job.id)
         plan.job_tasks.append(len(chunk))
     return plan
@@ -141,13 +130,23 @@ def enqueue_planning(queue: Queue, project: int, task_ids: list[int], settings: 
     The web process answers a webhook within Label Studio's 1 s: listing tasks through Label Studio's
     API (what ``enqueue`` does) happens on the worker instead.
     """
-    job = queue.enqueue(
-        "segagent_backend.queue.preannotate.plan", {"project": project, "task_ids": task_ids},
-        job_timeout=settings.job_timeout, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-        retry=Retry(max=settings.job_retries) if settings.job_retries else None,
-        description=f"plan pre-annotation of {len(task_ids)} new task(s) of project {project}",
-    )
+    job = submit(queue, "segagent_backend.queue.preannotate.plan", {"project": project, "task_ids": task_ids},
+                 settings, result_ttl=RESULT_TTL,
+                 description=f"plan pre-annotation of {len(task_ids)} new task(s) of project {project}")
     return job.id
+
+
+def planning_starter(settings: Settings, queue: Callable[[], Queue]) -> "QueuePreannotation":
+    """The webhook's TASKS_CREATED action: one planning job on the batch queue (QueueUnavailable when
+    Redis does not answer)."""
+    def start(project: int, task_ids: list[int]) -> dict:
+        q = queue()
+        try:
+            return {"queue": q.name, "job": enqueue_planning(q, project, task_ids, settings)}
+        except redis.RedisError as exc:
+            raise QueueUnavailable(exc) from None
+
+    return start
 
 
 def plan(data: dict) -> dict:
@@ -156,18 +155,18 @@ def plan(data: dict) -> dict:
     Idempotent: tasks already holding a prediction of this worker's model version are skipped, so a
     webhook delivered twice queues nothing twice.
     """
-    predictor = jobs.resident()
-    return enqueue(predictor.settings, data["project"], data["task_ids"],
-                   model_version=predictor.model_version).to_json()
+    resident = jobs.resident()
+    return enqueue(resident.settings, data["project"], data["task_ids"],
+                   model_version=resident.model_version).to_json()
 
 
 def run(data: dict) -> dict:
     """The worker's side: predict one chunk and post the predictions; a summary is the job's result."""
-    predictor = jobs.resident()
-    if predictor.model_version != data["model_version"]:
+    predictions = jobs.resident()
+    if predictions.model_version != data["model_version"]:
         # another model answers here than the one the command planned for: posting would mislabel
-        raise RuntimeError(f"this worker serves {predictor.model_version}, the job wants {data['model_version']}")
-    ls = label_studio(predictor.settings)
+        raise RuntimeError(f"this worker serves {predictions.model_version}, the job wants {data['model_version']}")
+    ls = label_studio(predictions.settings)
     project = ls.projects.get(id=data["project"])
     tasks: list[dict[str, Any]] = []
     skipped = []
@@ -179,7 +178,7 @@ def run(data: dict) -> dict:
         else:
             tasks.append({"id": task.id, "data": task.data})
     job = jobs.PredictJob(tasks, project.label_config, None, data["project"])
-    answers = jobs.predict_with_retries(predictor, job, None) if tasks else []
+    answers = jobs.predict_with_retries(predictions, job, None) if tasks else []
     posted, errors = [], {}
     for task, answer in zip(tasks, answers):
         if "result" not in answer:

@@ -27,7 +27,7 @@ class WorkerHealth:
     queues: str = ""
     device: str = ""
     model_version: str = ""
-    model: str = ""  # the predictor's status: loading, ready, failed: ...
+    model: str = ""  # the model host's status: loading, ready, failed: ...
     cache_entries: int = 0
     cache_bytes: int = 0
     jobs_done: int = 0

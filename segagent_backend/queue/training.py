@@ -14,49 +14,41 @@ from typing import Callable, Optional
 
 import redis
 from rq import Queue
-from rq.job import Retry
-from rq.serializers import JSONSerializer
 
-from ..learning import new_run_id, run_training
+from ..errors import QueueUnavailable
+from ..learning import StartTraining, new_run_id, run_training
 from ..settings import Settings
 from . import jobs
-from .names import TRAIN, QueueNames, connect
+from .names import TRAIN
+from .submit import open_queue, submit
 
 log = logging.getLogger(__name__)
 
-StartTraining = Callable[[Optional[int], str], dict]
+RESULT_TTL = 7 * 24 * 3600  # a round's report stays readable for a week
 
 
 def train(data: dict) -> dict:
     """The worker's side: one round with this worker's settings; the report is the job's result."""
-    predictor = jobs.resident()
-    report = run_training(predictor.settings, data.get("project"), data.get("source", "corrections"), data["run"])
-    predictor.maybe_reload()  # a promoted version serves this worker's next job
+    resident = jobs.resident()
+    report = run_training(resident.settings, data.get("project"), data.get("source", "corrections"), data["run"])
+    resident.host.maybe_reload()  # a promoted version serves this worker's next job
     return asdict(report)
 
 
 def queued_starter(settings: Settings, queue: Optional[Callable[[], Queue]] = None) -> StartTraining:
     """Start rounds as jobs on the train queue."""
     def start(project: Optional[int], source: str) -> dict:
-        from .dispatch import QueueUnavailable
-
-        q = queue() if queue is not None else train_queue(settings)
+        q = queue() if queue is not None else open_queue(settings, TRAIN)
         run = new_run_id()
         try:
-            job = q.enqueue("segagent_backend.queue.training.train", {"project": project, "source": source, "run": run},
-                            job_timeout=settings.train_timeout, result_ttl=7 * 24 * 3600,
-                            failure_ttl=7 * 24 * 3600, retry=Retry(max=settings.job_retries) if settings.job_retries else None,
-                            description=f"train project {project} ({source})")
+            job = submit(q, "segagent_backend.queue.training.train", {"project": project, "source": source, "run": run},
+                         settings, job_timeout=settings.train_timeout, result_ttl=RESULT_TTL,
+                         description=f"train project {project} ({source})")
         except redis.RedisError as exc:
             raise QueueUnavailable(exc) from None
         return {"queue": q.name, "job": job.id, "run": run}
 
     return start
-
-
-def train_queue(settings: Settings) -> Queue:
-    conn = connect(settings.redis_url, settings.redis_timeout)
-    return Queue(QueueNames(settings.queue_prefix).queue(TRAIN), connection=conn, serializer=JSONSerializer)
 
 
 class ThreadStarter:

@@ -23,7 +23,8 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
-from ..predictor import Predictor
+from ..errors import ModelUnavailable
+from ..labelstudio.predictions import Predictions
 from ..settings import Settings
 from . import jobs
 from .names import KINDS, QueueNames
@@ -52,7 +53,7 @@ class ResidentWorker(SimpleWorker):
 
     death_penalty_class = JobDeathPenalty
 
-    def __init__(self, queues: list[str], *, connection: redis.Redis, predictor: Predictor, names: QueueNames,
+    def __init__(self, queues: list[str], *, connection: redis.Redis, predictions: Predictions, names: QueueNames,
                  heartbeat: int, name: Optional[str] = None):
         super().__init__(
             [Queue(q, connection=connection, serializer=JSONSerializer) for q in queues],
@@ -61,7 +62,7 @@ class ResidentWorker(SimpleWorker):
             # jobs) runs that often even on an idle worker
             worker_ttl=heartbeat + 15, maintenance_interval=heartbeat,
         )
-        self.predictor = predictor
+        self.host = predictions.host
         self.names = names
         self.heartbeat_seconds = heartbeat
         self.jobs_done = 0
@@ -76,7 +77,7 @@ class ResidentWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         # Hot reload between jobs: a newly promoted model version loads before this job runs (never
         # under a running job); a version that fails to load leaves the old one serving.
-        self.predictor.maybe_reload()
+        self.host.maybe_reload()
         execution = self.prepare_execution(job)
         self._current = (job, execution)
         try:
@@ -88,7 +89,7 @@ class ResidentWorker(SimpleWorker):
 
     # ----- health ------------------------------------------------------------------------------
     def health(self) -> WorkerHealth:
-        p = self.predictor
+        p = self.host
         current = self._current
         return WorkerHealth(
             name=self.name, host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.queue_names()),
@@ -146,20 +147,21 @@ def run_worker(settings: Settings, kinds: tuple[str, ...] = KINDS, name: Optiona
     When Redis goes away RQ's loop ends; the same resident models then serve a fresh RQ worker as
     soon as Redis answers again, so a Redis restart costs no model reload.
     """
-    predictor = Predictor(settings)
-    predictor.load()
-    if predictor.status.startswith("failed"):
-        log.error("the models failed to load: %s", predictor.status)
+    predictions = jobs.resident_predictions(settings)
+    try:
+        predictions.host.load()
+    except ModelUnavailable:
+        log.error("the models failed to load: %s", predictions.host.status)
         return 1
-    jobs.install(predictor)
+    jobs.install(predictions)
     names = QueueNames(settings.queue_prefix)
     base = name or f"segagent-{socket.gethostname()}-{os.getpid()}"
-    log.info("worker %s ready: %s on %s, queues %s", base, predictor.model_version,
+    log.info("worker %s ready: %s on %s, queues %s", base, predictions.host.model_version,
              describe_device(settings.device), ", ".join(names.queues(kinds)))
     wait = 1.0
     while True:
         connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout)
-        worker = ResidentWorker(names.queues(kinds), connection=connection, predictor=predictor, names=names,
+        worker = ResidentWorker(names.queues(kinds), connection=connection, predictions=predictions, names=names,
                                 heartbeat=settings.worker_heartbeat, name=f"{base}-{uuid.uuid4().hex[:6]}")
         worker.start_beating()
         try:

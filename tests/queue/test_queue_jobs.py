@@ -5,7 +5,6 @@ import time
 
 import pytest
 
-from segagent_backend.predictor import Predictor
 from segagent_backend.queue import jobs
 from segagent_backend.queue.jobs import PredictJob
 
@@ -16,7 +15,7 @@ class OutOfMemoryError(RuntimeError):
 
 @pytest.fixture
 def predictor(make_settings):
-    return Predictor(make_settings(SEGAGENT_RETRY_BACKOFF=0.01, SEGAGENT_TRANSIENT_RETRIES=2))
+    return jobs.resident_predictions(make_settings(SEGAGENT_RETRY_BACKOFF=0.01, SEGAGENT_TRANSIENT_RETRIES=2))
 
 
 def test_out_of_memory_runs_the_chunk_again(predictor, monkeypatch):
@@ -56,6 +55,6 @@ def test_other_errors_are_not_retried_in_the_job(predictor, monkeypatch):
 
 def test_a_job_started_after_its_deadline_does_no_work(predictor, monkeypatch):
     monkeypatch.setattr(predictor, "predict", lambda *a: pytest.fail("predicted past the deadline"))
-    monkeypatch.setattr(jobs, "_resident", predictor)
+    monkeypatch.setattr(jobs, "resident", lambda: predictor)
     results = jobs.predict(PredictJob([{"id": 1}, {"id": 2}], "<View/>", deadline=time.time() - 1).to_json())
     assert [r["status"] for r in results] == [504, 504] and all("result" not in r for r in results)

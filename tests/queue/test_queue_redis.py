@@ -106,7 +106,7 @@ def test_metrics_show_queue_depth_workers_and_latency(queue_app, queue_env, work
     assert f'segagent_job_seconds_count{{queue="{prefix}-interactive"}} 1.0' in text
     health = client.get("/health").json
     assert health["mode"] == "queue" and health["model"] == "ready"
-    assert [w["model_version"] for w in health["workers"]] == [app.config["SEGAGENT_PREDICTOR"].model_version]
+    assert [w["model_version"] for w in health["workers"]] == [app.config["SEGAGENT_VERSION"].model_version]
     time.sleep(0.6)  # the next health beat (every half heartbeat) carries the warm embedding cache
     (worker,) = client.get("/health").json["workers"]
     assert worker["cache_entries"] == 1 and worker["cache_bytes"] > 0 and worker["device"] == "auto"

@@ -66,7 +66,7 @@ def test_the_planning_job_runs_the_planner_for_exactly_those_tasks(monkeypatch, 
         model_version = "grabcut-v1"
 
     calls = []
-    monkeypatch.setattr(jobs, "_resident", Resident())
+    monkeypatch.setattr(jobs, "resident", Resident)
     monkeypatch.setattr(preannotate, "enqueue", lambda settings, project, task_ids, **kw: (
         calls.append((project, task_ids, kw)) or preannotate.Plan(project, kw["model_version"], queued=task_ids)))
     result = preannotate.plan({"project": 3, "task_ids": [11, 12]})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from segagent_backend.cli import build_parser, main
-from segagent_backend.cli_common import join_signed_values
+from segagent_backend.cli.arguments import join_signed_values
 
 REPO = Path(__file__).resolve().parents[2]
 SEGAGENT = REPO / ".venv" / "bin" / "segagent"
@@ -144,7 +144,7 @@ def test_an_unknown_hub_id_offline_is_one_fast_line(image):
 def test_an_unreachable_hub_is_one_line(image, monkeypatch, capsys):
     import huggingface_hub
 
-    from segagent_backend import cli_models
+    from segagent_backend.cli import models as cli_models
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("Name or service not known")
@@ -196,12 +196,12 @@ def test_settings_into_head_is_quiet(tmp_path):
 
 
 def test_a_closed_stdout_ends_quietly_in_process(monkeypatch, capsys):
-    from segagent_backend import cli
+    from segagent_backend.cli import settings as settings_command
 
     def closed():
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(cli, "settings_table", closed)
+    monkeypatch.setattr(settings_command, "settings_table", closed)
     assert main(["settings"]) == 141
     assert capsys.readouterr().err == ""
 

@@ -83,24 +83,24 @@ def test_setup_answers_model_version_without_loading(make_settings):
     from segagent_backend.app import create_app
 
     app = create_app(make_settings())
-    predictor = app.config["SEGAGENT_PREDICTOR"]
+    host, sources = app.config["SEGAGENT_HOST"], app.config["SEGAGENT_SOURCES"]
     reply = app.test_client().post("/setup", json={
         "project": "3.1746612998", "schema": CONFIG, "hostname": "http://localhost:8080",
         "access_token": "abc", "extra_params": None})
-    assert reply.status_code == 200 and reply.json["model_version"] == predictor.model_version
-    assert predictor.status == "loading", "/setup must not load the model"
-    assert predictor.project_sources["3"].hostname == "http://localhost:8080"
+    assert reply.status_code == 200 and reply.json["model_version"] == host.model_version
+    assert host.status == "loading", "/setup must not load the model"
+    assert sources.heard_of("3").hostname == "http://localhost:8080"
 
 
 def test_repeated_clicks_reuse_the_image_embedding(make_settings, media_server):
     from segagent_backend.app import create_app
 
     app = create_app(make_settings())
-    client, predictor = app.test_client(), app.config["SEGAGENT_PREDICTOR"]
+    client, host = app.test_client(), app.config["SEGAGENT_HOST"]
     clicks = [keypoint(50.0, 50.0, 160, 120, rid="a"), keypoint(40.0, 45.0, 160, 120, rid="b")]
     for n in (1, 2):
         assert client.post("/predict", json=predict_body(f"{media_server}/disk.png", clicks[:n])).status_code == 200
-    assert len(predictor.cache) == 1 and predictor.cache.hits >= 1
+    assert len(host.cache) == 1 and host.cache.hits >= 1
 
 
 def test_mask_follows_label_studios_image_size(client, media_server, disk_image):

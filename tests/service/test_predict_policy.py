@@ -38,7 +38,7 @@ def automatic_body(media_server, n_tasks: int) -> dict:
 
 
 def test_automatic_predictions_for_a_batch(policy_app, media_server):
-    predictor = policy_app.config["SEGAGENT_PREDICTOR"]
+    host = policy_app.config["SEGAGENT_HOST"]
     reply = policy_app.test_client().post("/predict", json=automatic_body(media_server, 3))
     assert reply.status_code == 200, reply.json
     results = reply.json["results"]
@@ -53,8 +53,9 @@ def test_automatic_predictions_for_a_batch(policy_app, media_server):
         assert 0.0 <= prediction["score"] <= 1.0
         assert prediction["model_version"].startswith("segagent-tiny-qwen2-vl-grabcut")
     # the three tasks ran as one lockstep batch: one policy call per step, not per task
-    assert predictor._policy.stats.calls <= 4 and predictor._policy.stats.answers >= 3
-    assert predictor._policy.stats.malformed == 0
+    stats = host.serving_policy.stats
+    assert stats.calls <= 4 and stats.answers >= 3
+    assert stats.malformed == 0
 
 
 def test_refinement_continues_from_the_annotators_clicks(make_settings, policy_folder, media_server):
@@ -65,7 +66,7 @@ def test_refinement_continues_from_the_annotators_clicks(make_settings, policy_f
     body["params"]["context"]["result"][0]["from_name"] = "click"
     reply = app.test_client().post("/predict", json=body)
     assert reply.status_code == 200, reply.json
-    policy = app.config["SEGAGENT_PREDICTOR"]._policy
+    policy = app.config["SEGAGENT_HOST"].serving_policy
     assert policy.stats.calls >= 1, "the policy must have been asked to continue"
 
 

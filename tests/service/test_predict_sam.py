@@ -41,7 +41,7 @@ def decode(region: dict) -> np.ndarray:
 
 
 def test_clicks_and_box_give_a_brush_region_from_the_tool(sam_app, media_server, disk_image):
-    client, predictor = sam_app.test_client(), sam_app.config["SEGAGENT_PREDICTOR"]
+    client, host = sam_app.test_client(), sam_app.config["SEGAGENT_HOST"]
     clicks = [keypoint(50, 50, 160, 120, rid="a"), keypoint(20, 20, 160, 120, positive=False, rid="b")]
     for n in (1, 2):
         reply = client.post("/predict", json=predict_body(f"{media_server}/disk.png", clicks[:n]))
@@ -49,12 +49,12 @@ def test_clicks_and_box_give_a_brush_region_from_the_tool(sam_app, media_server,
         prediction = reply.json["results"][0]
         (region,) = prediction["result"]
         assert (region["original_width"], region["original_height"]) == (160, 120)
-        assert prediction["model_version"].startswith(f"segagent-{predictor.settings.segmenter}-")
+        assert prediction["model_version"].startswith(f"segagent-{host.settings.segmenter}-")
         assert 0.0 <= prediction["score"] <= 1.0
         # the same episode run directly on the tool gives the same mask
-        direct = predictor.run_episode(disk_image[0], [c.to_pixels(160, 120) for c in _clicks(clicks[:n])])
+        direct = host.run_clicks(disk_image[0], [c.to_pixels(160, 120) for c in _clicks(clicks[:n])])
         assert np.array_equal(decode(region), direct.mask)
-    assert len(predictor.cache) == 1 and predictor.cache.misses == 1, "one image encoding for all requests"
+    assert len(host.cache) == 1 and host.cache.misses == 1, "one image encoding for all requests"
     reply = client.post("/predict", json=predict_body(f"{media_server}/disk.png", [rectangle(28, 20, 42, 60, 160, 120)]))
     assert reply.status_code == 200 and reply.json["results"][0]["result"][0]["type"] == "brushlabels"
 

@@ -97,7 +97,7 @@ def test_hot_reload_in_a_running_app(make_settings, tiny_policies, media_server,
     registry.promote("v1")
     app = create_app(settings)
     client = app.test_client()
-    predictor = app.config["SEGAGENT_PREDICTOR"]
+    host = app.config["SEGAGENT_HOST"]
     body = predict_body(f"{media_server}/disk.png", None, config=EXAMPLE_CONFIG)
 
     def versions() -> tuple[str, str]:
@@ -111,10 +111,10 @@ def test_hot_reload_in_a_running_app(make_settings, tiny_policies, media_server,
 
     assert versions() == ("v1", "v1")
     assert client.get("/versions").json["versions"] == ["v1", "v2"]
-    first = predictor._policy
+    first = host.serving_policy
     registry.promote("v2")  # no restart: the next request loads and reports v2
     assert client.post("/predict", json=body).json["results"][0]["model_version"] == "v2"
-    assert predictor._policy is not first
+    assert host.serving_policy is not first
     assert versions() == ("v2", "v2")
     registry.rollback()
     assert versions() == ("v1", "v1")

@@ -21,12 +21,17 @@ def test_health(client, route):
 
 def test_health_reports_model_load_failure(make_settings, tmp_path):
     from segagent_backend.app import create_app
-    from segagent_backend.predictor import Predictor
+    from segagent_backend.errors import ModelUnavailable
+    from segagent_backend.model_host import ModelHost
+
+    def broken(settings, cache):
+        raise RuntimeError("broken weights")
 
     settings = make_settings()
-    predictor = Predictor(settings)
-    predictor._load_error = "RuntimeError: broken weights"  # what a failed background load leaves
-    reply = create_app(settings, predictor).test_client().get("/health")
+    host = ModelHost(settings, build_segmenter=broken)
+    with pytest.raises(ModelUnavailable):
+        host.load()  # a background load leaves the same
+    reply = create_app(settings, host).test_client().get("/health")
     assert reply.status_code == 503 and reply.json["status"] == "ERROR" and "broken weights" in reply.json["model"]
 
 

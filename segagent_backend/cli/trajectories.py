@@ -17,19 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .cli_common import UsageError
-from .settings import SAM_TYPES, SEGMENTERS, Settings
-
-
-def parse_starts(text: str) -> tuple[str, ...]:
-    """``empty,box,points`` -> ("empty", "box", "points")."""
-    from trainer.trajectories import START_KINDS
-
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    if not kinds or any(k not in START_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
-        raise argparse.ArgumentTypeError(f"starts {text!r}: give some of {','.join(START_KINDS)}, each once")
-    return kinds
+from .. import __version__
+from ..settings import SAM_TYPES, SEGMENTERS, Settings
+from .arguments import parse_starts
+from .errors import UsageError
 
 
 def parse_target(text: str) -> float:
@@ -54,27 +45,15 @@ def tool_settings(args: argparse.Namespace) -> Settings:
     overrides = {"SEGAGENT_SEGMENTER": args.segmenter, "SEGAGENT_SAM_CHECKPOINT": args.sam_checkpoint,
                  "SEGAGENT_SAM_TYPE": args.sam_type, "SEGAGENT_SAM_MODEL": args.sam_model, "DEVICE": args.device}
     env = {**os.environ, **{k: v for k, v in overrides.items() if v is not None}}
-    return Settings.from_env(env).replace(policy=None, preload=False)
-
-
-def build_tool(settings: Settings):
-    """The interactive tool exactly as a service process loads it (paths and hub ids checked first);
-    a weights problem is a UsageError naming the variable."""
-    from .agent.loading import ModelLoadError
-    from .cli_models import check_settings_models, load_failure, tool_variable
-    from .predictor import segmenter_from_settings
-
-    check_settings_models(settings)
-    try:
-        return segmenter_from_settings(settings)
-    except ModelLoadError as exc:
-        raise load_failure(tool_variable(settings), str(exc)) from None
+    return Settings.from_env(env).replace(policy=None)
 
 
 def cmd_trajectories(args: argparse.Namespace) -> int:
     from trainer.datasets import load_folder
     from trainer.traces import write_traces
     from trainer.trajectories import final_iou, generate_traces
+
+    from .models import load_tool
 
     settings = tool_settings(args)  # a SettingsError is reported by main()
     if args.out.is_dir():
@@ -83,7 +62,7 @@ def cmd_trajectories(args: argparse.Namespace) -> int:
         samples = load_folder(args.images, args.masks, args.manifest)
     except (ValueError, OSError) as exc:  # a listing of every bad file: kept whole
         raise UsageError(str(exc)) from None
-    tool = build_tool(settings)
+    tool = load_tool(settings)
     began = time.perf_counter()
     try:
         traces = generate_traces(tool, samples, args.starts, args.seed, args.target_iou, args.max_clicks,
@@ -103,8 +82,8 @@ def cmd_trajectories(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``trajectories`` on the ``segagent`` command's subparsers."""
+def register(subparsers) -> None:
+    """``segagent trajectories``."""
     p = subparsers.add_parser("trajectories", help="generate SegAgent click trajectories (trace JSON) from images + masks")
     p.add_argument("--images", type=Path, required=True, help="folder of images (JPEG/PNG/BMP/TIFF/WebP)")
     p.add_argument("--masks", type=Path, required=True,
@@ -124,4 +103,3 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random start points (0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(run=cmd_trajectories)
-    return p

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_common import UsageError
-from .cli_trajectories import parse_starts
-from .settings import Settings
+from ..settings import Settings
+from .arguments import parse_starts
+from .errors import UsageError
 
 
-def add_parsers(sub) -> None:
+def register(sub) -> None:
+    """``segagent train`` and ``segagent training``."""
     p = sub.add_parser("train", help="fine-tune a SegAgent policy on trajectories, image+mask folders or a "
                                      "Label Studio export / project")
     p.add_argument("--data", action="append", default=[], metavar="PATH",
@@ -50,12 +51,11 @@ def add_parsers(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.finetune import FinetuneConfig
     from trainer.pipeline import train_policy
 
-    from .agent.protocol import CONVENTIONS
-    from .cli_models import check_model_source
-    from .registry import Registry
+    from ..registry import Registry
+    from ..wiring import convention, finetune_config
+    from .models import check_model_source, load_tool
 
     settings = Settings.from_env()
     base = args.base or settings.policy
@@ -63,15 +63,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("give --base (or set SEGAGENT_POLICY)")
     check_model_source(base, f"--base {base!r}" if args.base else f"SEGAGENT_POLICY={base!r}")
     segmenter = load_tool(settings)
-    convention = CONVENTIONS[settings.coordinates]
-    sft, samples = load_training_data(args, settings, segmenter, convention)
+    clicks = convention(settings)
+    sft, samples = load_training_data(args, settings, segmenter, clicks)
     print(f"{len(sft)} SFT samples from {len(samples)} image(s)")
-    config = FinetuneConfig(method=args.method or settings.train_method, epochs=args.epochs or settings.train_epochs,
-                            learning_rate=args.lr or settings.train_lr, batch_size=args.batch or settings.train_batch,
-                            max_steps=args.max_steps, device=settings.device)
+    config = finetune_config(settings, method=args.method or None, epochs=args.epochs or None,
+                             learning_rate=args.lr or None, batch_size=args.batch or None, max_steps=args.max_steps)
     rounds = settings.star_rounds if args.star_rounds is None else args.star_rounds
     outcome = train_policy(sft, base, Path(args.out), config, star_rounds=rounds, samples=samples,
-                           segmenter=segmenter, policy_kind=settings.policy_kind, convention=convention,
+                           segmenter=segmenter, policy_kind=settings.policy_kind, convention=clicks,
                            max_steps=settings.max_steps)
     print(json.dumps(outcome.to_json(), indent=2))
     if args.register:
@@ -90,8 +89,8 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
     from trainer.traces import read_traces
     from trainer.trajectories import generate_traces
 
-    from .labelstudio.annotations import corrections_from_tasks
-    from .learning import collect_corrections, load_samples
+    from ..labelstudio.annotations import corrections_from_tasks
+    from ..learning import collect_corrections, load_samples
 
     traced, fresh = [], []  # (trace, image) pairs read from trace files; samples that need trajectories
     for path in map(Path, args.data):
@@ -138,7 +137,7 @@ def _report_rejected(loaded, rejected) -> list:
 
 
 def cmd_training(args: argparse.Namespace) -> int:
-    from .learning import list_reports, run_training, training_dir
+    from ..learning import list_reports, run_training, training_dir
 
     settings = Settings.from_env()
     if args.action == "list":
@@ -153,22 +152,10 @@ def cmd_training(args: argparse.Namespace) -> int:
         raise UsageError("no base policy to fine-tune: set SEGAGENT_POLICY (a model folder or hub id)")
     if args.source == "labelstudio" and args.project is None:
         raise UsageError("--source labelstudio needs --project (the Label Studio project to pull)")
-    from .cli_models import check_model_source
+    from .models import check_model_source
 
     check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
     report = run_training(settings, args.project, args.source)
     print(json.dumps(asdict(report), indent=2))
     return 0 if report.status in ("promoted", "kept") else 1
 
-
-def load_tool(settings: Settings):
-    """The interactive tool (trajectories are made with it); a weights problem is one line naming the variable."""
-    from .agent.loading import ModelLoadError
-    from .cli_models import check_settings_models, load_failure, tool_variable
-    from .predictor import segmenter_from_settings
-
-    check_settings_models(settings.replace(policy=None))
-    try:
-        return segmenter_from_settings(settings)
-    except ModelLoadError as exc:
-        raise load_failure(tool_variable(settings), str(exc)) from None

@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .cli_common import UsageError
-from .settings import Settings
+from ..model_paths import check_model_paths, is_local_path
+from ..settings import Settings
+from .errors import UsageError
 
 HUB_TIMEOUT = 10.0  # seconds for the one request asking the hub whether a model exists
 _TRUE = ("1", "on", "yes", "true")
@@ -30,7 +31,7 @@ def check_model_source(name: Optional[str], what: str) -> None:
     path = Path(name).expanduser()
     if path.is_dir():
         return
-    if name.startswith((".", "/", "~")) or path.exists() or name.endswith("/") or name.count("/") > 1:
+    if is_local_path(name):
         raise UsageError(f"{what}: no such model folder")
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError,
@@ -65,8 +66,6 @@ def check_settings_models(settings: Settings, policy_source: Optional[str] = Non
     """The model names of ``settings`` that will load: the tool's weights, and the policy when it
     loads from ``SEGAGENT_POLICY`` (``policy_source``, default: the setting; a registry folder is
     not checked here)."""
-    from .predictor import check_model_paths
-
     check_model_paths(settings)  # local paths and the SAM checkpoint file: SettingsError
     if settings.segmenter == "hf-sam":
         check_model_source(settings.sam_model, f"SEGAGENT_SAM_MODEL={settings.sam_model!r}")
@@ -91,9 +90,9 @@ def load_failure(what: str, reason: str) -> UsageError:
 
 @contextlib.contextmanager
 def quiet_load_errors() -> Iterator[None]:
-    """While loading for the CLI: drop the predictor's logged tracebacks (the CLI reports the error in
+    """While loading for the CLI: drop the model host's logged tracebacks (the CLI reports the error in
     one line itself); other log records pass."""
-    logger = logging.getLogger("segagent_backend.predictor")
+    logger = logging.getLogger("segagent_backend.model_host")
 
     def keep(record: logging.LogRecord) -> bool:
         return record.exc_info is None
@@ -108,3 +107,16 @@ def quiet_load_errors() -> Iterator[None]:
 def _first_line(value) -> str:
     lines = str(value).strip().splitlines()
     return lines[0] if lines else type(value).__name__
+
+
+def load_tool(settings: Settings):
+    """The interactive tool exactly as a service process loads it (trajectories are made with it; paths
+    and hub ids checked first); a weights problem is a UsageError naming the variable."""
+    from ..agent.loading import ModelLoadError
+    from ..wiring import segmenter_from_settings
+
+    check_settings_models(settings.replace(policy=None))
+    try:
+        return segmenter_from_settings(settings)
+    except ModelLoadError as exc:
+        raise load_failure(tool_variable(settings), str(exc)) from None

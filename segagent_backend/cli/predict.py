@@ -12,10 +12,11 @@ from typing import Optional
 
 import numpy as np
 
-from .agent.types import Box, Click, EpisodeResult
-from .cli_common import CommandFailed, UsageError, check_output_file
-from .errors import ModelUnavailable, RequestError
-from .settings import Settings
+from ..agent.types import Box, Click, EpisodeResult
+from ..errors import ModelUnavailable, RequestError
+from ..settings import Settings
+from .arguments import check_output_file
+from .errors import CommandFailed, UsageError
 
 STDOUT = "-"
 
@@ -41,7 +42,8 @@ def parse_box(text: str) -> Box:
     return Box(x1, y1, x2, y2)
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def register(sub) -> None:
+    """``segagent predict``."""
     p = sub.add_parser("predict", help="run one episode on a local image: print a summary, write JSON and a picture",
                        description="Run one episode on a local image: the given clicks and box through the "
                                    "interactive tool, or the SegAgent policy on --expression. Prints a short "
@@ -60,11 +62,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="draw the mask and the clicks over the image into FILE (.png, .jpg, ...: any format "
                         "OpenCV writes)")
     p.set_defaults(run=cmd_predict)
-    return p
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    from .drawing import can_write_image
+    from ..drawing import can_write_image
 
     if args.json != STDOUT:
         check_output_file(args.json, "--json")
@@ -89,36 +90,42 @@ def check_prompts(clicks: list[Click], box: Optional[Box], width: int, height: i
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .agent.loop import EpisodeRequest
-    from .cli_models import check_settings_models, load_failure, quiet_load_errors, tool_variable
-    from .drawing import draw_png
-    from .media import load_image_file
-    from .predictor import Predictor
+    from ..agent.loop import EpisodeRequest
+    from ..drawing import draw_png
+    from ..media import load_image_file
+    from ..model_host import ModelHost
+    from ..wiring import segmenter_from_settings
+    from .models import check_settings_models, load_failure, quiet_load_errors, tool_variable
 
     check_outputs(args)
-    settings = Settings.from_env().replace(preload=False)
+    settings = Settings.from_env()
     use_policy = bool(args.expression and settings.policy and (not args.click or settings.refine))
     if not use_policy and not args.click and args.box is None:
         raise RequestError("give --click and/or --box, or --expression with a SegAgent policy (SEGAGENT_POLICY)")
     image = load_image_file(args.image, settings.max_image_pixels)
     height, width = image.shape[:2]
     check_prompts(args.click, args.box, width, height)
-    predictor = Predictor(settings)
-    check_settings_models(settings, predictor.policy_source)
+    tools = []  # the tool loads first, then the policy: an empty list says the tool failed
+
+    def build_tool(settings: Settings, cache):
+        tools.append(segmenter_from_settings(settings, cache))
+        return tools[-1]
+
+    host = ModelHost(settings, build_segmenter=build_tool)
+    check_settings_models(settings, host.policy_source)
     with quiet_load_errors():
         try:
-            predictor.segmenter()  # loads the tool and the policy (if any) once
+            host.load()  # the tool and the policy (if any), once
         except ModelUnavailable as exc:
-            failed = predictor._segmenter is None  # the tool loads first, then the policy
-            what = tool_variable(settings) if failed else (
-                f"SEGAGENT_POLICY={settings.policy!r}" if predictor.policy_source == settings.policy
-                else f"model version {predictor.policy_source!r}")
+            what = tool_variable(settings) if not tools else (
+                f"SEGAGENT_POLICY={settings.policy!r}" if host.policy_source == settings.policy
+                else f"model version {host.policy_source!r}")
             raise load_failure(what, str(exc)) from None
     if use_policy:  # the same path as automatic predictions: the policy clicks, the tool segments
-        episode = predictor.run_policy([EpisodeRequest(image, args.expression, args.box, args.click)])[0]
+        episode = host.run_policy([EpisodeRequest(image, args.expression, args.box, args.click)])[0]
     else:
-        episode = predictor.run_episode(image, args.click, args.box)
-    payload = episode_json(image, episode, args.expression, predictor.model_version)
+        episode = host.run_clicks(image, args.click, args.box)
+    payload = episode_json(image, episode, args.expression, host.model_version)
     if args.png:  # first: a picture that fails leaves no JSON behind
         try:
             draw_png(image, episode, args.png)
@@ -136,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def episode_json(image: np.ndarray, episode: EpisodeResult, expression: Optional[str], model_version: str) -> dict:
     from trainer.traces import mask_to_rle
 
-    from .labelstudio.config import EXAMPLE_CONFIG, parse_label_config
+    from ..labelstudio.config import EXAMPLE_CONFIG, parse_label_config
 
     height, width = image.shape[:2]
     config = parse_label_config(EXAMPLE_CONFIG)

@@ -1,0 +1,58 @@
+"""The ``segagent`` command: ``predict`` one episode locally, ``serve`` the backend, run a queue
+``worker``, show the ``jobs``, ``preannotate`` a project, manage model ``versions``, make
+``trajectories``, ``train`` a policy, run or list ``training`` rounds, print the ``settings``.
+
+One module per command group; each has ``register(subparsers)``. Every error ends in ``main``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from . import jobs, predict, serve, settings, training, trajectories, versions
+from .arguments import join_signed_values
+from .errors import USER_ERRORS, exit_status, one_line
+
+# in the order ``segagent --help`` lists them
+COMMAND_GROUPS = (predict, serve, jobs, versions, trajectories, training, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segagent", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command. Every error ends here, in one way: ``segagent COMMAND: message`` on standard
+    error, exit status 2 for a mistake of the user's (1 for a failure elsewhere, e.g. Redis away);
+    argparse's own errors exit 2 too. A closed standard output (``segagent settings | head``) ends quietly."""
+    args = build_parser().parse_args(join_signed_values(sys.argv[1:] if argv is None else argv))
+    prog = f"segagent {args.command}"
+    try:
+        status = args.run(args)
+        sys.stdout.flush()  # inside the try: a reader that went away is noticed here, not at exit
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # what a shell reports for a process ended by SIGPIPE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        print(f"{prog}: {one_line(exc)}", file=sys.stderr)
+        return exit_status(exc)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null so that the interpreter's final flush raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (pytest's capture)
+        pass
+

@@ -1,0 +1,126 @@
+"""Label Studio /predict: tasks -> episode requests -> brush and trajectory regions, one answer per task.
+
+A task that cannot be predicted gets a per-task error (``task_error``: ``{"error", "status",
+"model_version"}`` and NO ``result`` key), so Label Studio skips it instead of storing an empty prediction.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from ..agent.loop import EpisodeRequest
+from ..agent.types import EpisodeResult
+from ..errors import NO_POLICY, RequestError
+from ..media import MediaLoader, MediaSource
+from .config import LabelConfig, parse_label_config
+from .context import Prompt, parse_context
+from .sources import ProjectSources
+from .tasks import expression, image_url, task_id
+
+if TYPE_CHECKING:
+    from ..model_host import ModelHost
+
+log = logging.getLogger(__name__)
+
+
+def task_error(message: str, status: int, model_version: str) -> dict:
+    """A per-task error: no ``result`` key, so Label Studio stores no empty prediction."""
+    return {"error": message, "status": status, "model_version": model_version}
+
+
+class Predictions:
+    """Label Studio predictions made with one process's ``ModelHost``."""
+
+    def __init__(self, host: "ModelHost", media: MediaLoader, sources: ProjectSources):
+        self.host = host
+        self.media = media
+        self.sources = sources
+
+    @property
+    def settings(self):
+        return self.host.settings
+
+    @property
+    def model_version(self) -> str:
+        return self.host.model_version
+
+    def error(self, message: str, status: int) -> dict:
+        """``task_error`` naming the serving model version."""
+        return task_error(message, status, self.model_version)
+
+    def predict(self, tasks: list, label_config: str, context: Any = None, project: Any = None,
+                source: Optional[MediaSource] = None) -> list[dict]:
+        """One Label Studio prediction per task, in order.
+
+        ``source`` (where the project's Label Studio serves images) defaults to what the settings or
+        /setup said; a queue worker gets it from the web process with the job. Without context
+        (automatic) every task of the request is an episode of one lockstep batch.
+        """
+        config = parse_label_config(label_config, self.settings.expression_field)
+        prompt = parse_context(context, config)
+        source = source or self.sources.source_for(project)
+        if prompt is None:
+            return self._automatic(tasks, config, source)
+        results = []
+        for task in tasks:
+            try:
+                results.append(self._interactive(task, config, prompt, source))
+            except RequestError as exc:
+                results.append(self.error(exc.message, exc.status))
+        return results
+
+    def _automatic(self, tasks: list, config: LabelConfig, source: MediaSource) -> list[dict]:
+        results: list[Optional[dict]] = [None] * len(tasks)
+        pending: list[tuple[int, EpisodeRequest]] = []
+        for i, task in enumerate(tasks):
+            try:
+                if self.host.policy_source is None:
+                    raise RequestError(f"task {task_id(task)!r}: {NO_POLICY}", 501)
+                image = self.media.load(image_url(task, config), task_id(task), source)
+                pending.append((i, EpisodeRequest(image, expression(task, config) or "")))
+            except RequestError as exc:
+                results[i] = self.error(exc.message, exc.status)
+        episodes = self.host.run_policy([request for _, request in pending]) if pending else []
+        for (i, request), episode in zip(pending, episodes):
+            results[i] = self._prediction(episode, config, request.image.shape, None)
+        return results
+
+    def _interactive(self, task: Any, config: LabelConfig, prompt: Prompt, source: MediaSource) -> dict:
+        image = self.media.load(image_url(task, config), task_id(task), source)
+        height, width = image.shape[:2]
+        clicks = [c.to_pixels(width, height) for c in prompt.clicks]
+        box = prompt.box.to_pixels(width, height) if prompt.box is not None else None
+        if not clicks and box is None:  # every click was deleted: no mask
+            return {"result": [], "score": 0.0, "model_version": self.host.model_version}
+        if self.settings.refine and self.host.policy_source is not None:
+            request = EpisodeRequest(image, expression(task, config, prompt.label) or "", box, clicks)
+            episode = self.host.run_policy([request])[0]
+        else:
+            episode = self.host.run_clicks(image, clicks, box)
+        return self._prediction(episode, config, image.shape, prompt, given=len(clicks))
+
+    def _prediction(self, episode: EpisodeResult, config: LabelConfig, shape: tuple, prompt: Optional[Prompt],
+                    given: int = 0) -> dict:
+        """Label Studio JSON: the brush region, and the policy's clicks on the trajectory control."""
+        label = config.brush.label_for(prompt.label if prompt else None)
+        rotation = prompt.image_rotation if prompt else 0
+        mask = fit_to_size(episode.mask, prompt.size if prompt else None)
+        result = [config.brush.region(mask, label, config.image_name, episode.score, rotation)]
+        if config.trajectory is not None:
+            clicks = [step.click for step in episode.trajectory[given:]]
+            result += config.trajectory.regions(clicks, config.image_name, shape[1], shape[0], rotation)
+        return {"result": result, "score": episode.score, "model_version": self.host.model_version}
+
+
+def fit_to_size(mask: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray:
+    """The (H, W) bool mask at Label Studio's ``(original_width, original_height)`` when that differs
+    from the image we loaded (a brush RLE of another size would not line up in the editor)."""
+    if not size or min(size) <= 0 or size == (mask.shape[1], mask.shape[0]):
+        return mask
+    import cv2
+
+    log.warning("Label Studio sees the image as %sx%s, we loaded %sx%s: resizing the mask",
+                size[0], size[1], mask.shape[1], mask.shape[0])
+    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)

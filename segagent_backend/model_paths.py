@@ -1,0 +1,26 @@
+"""Model names in settings and options: a local folder or a hub id, decided by ONE rule everywhere."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .settings import Settings, SettingsError
+
+
+def is_local_path(name: str) -> bool:
+    """True when ``name`` means a folder on this machine, not a hub id: it exists, starts with ``.``, ``/`` or
+    ``~``, ends with ``/``, or has more than one ``/`` (a hub id is ``ORG/NAME``: ``runs/x/model`` is a folder)."""
+    return (name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
+            or Path(name).expanduser().exists())
+
+
+def check_model_paths(settings: Settings) -> None:
+    """Fail at start, naming the setting, when a configured weights path does not exist."""
+    if settings.segmenter == "sam" and not Path(settings.sam_checkpoint).is_file():
+        raise SettingsError(f"SEGAGENT_SAM_CHECKPOINT={settings.sam_checkpoint!r}: no such file")
+    folders: dict[str, Optional[str]] = {
+        "SEGAGENT_SAM_MODEL": settings.sam_model if settings.segmenter == "hf-sam" else None,
+        "SEGAGENT_POLICY": settings.policy}
+    for var, model in folders.items():  # a hub id is checked when it loads; a local path now
+        if model is not None and is_local_path(model) and not Path(model).expanduser().is_dir():
+            raise SettingsError(f"{var}={model!r}: no such model folder")

@@ -1,0 +1,34 @@
+"""Putting a job on a queue: every job gets the same timeout, retry and failure TTL rules, written once here."""
+from __future__ import annotations
+
+from typing import Optional
+
+import redis
+from rq import Queue
+from rq.job import Job, Retry
+from rq.serializers import JSONSerializer
+
+from ..settings import Settings
+from .names import QueueNames, connect
+
+FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay visible (segagent jobs) for a week
+
+
+def open_queue(settings: Settings, kind: str, connection: Optional[redis.Redis] = None) -> Queue:
+    """The ``kind`` queue (interactive, batch, train) of this deployment's prefix on REDIS_URL."""
+    connection = connection or connect(settings.redis_url, settings.redis_timeout)
+    return Queue(QueueNames(settings.queue_prefix).queue(kind), connection=connection, serializer=JSONSerializer)
+
+
+def submit(queue: Queue, function: str, payload: dict, settings: Settings, *, description: str, result_ttl: int,
+           job_timeout: Optional[int] = None, ttl: Optional[int] = None) -> Job:
+    """Enqueue ``function`` (a dotted name a worker imports) with a JSON ``payload``.
+
+    ``job_timeout`` defaults to SEGAGENT_JOB_TIMEOUT; SEGAGENT_JOB_RETRIES re-queues a job whose worker
+    died or that crashed; ``ttl``: drop the job unrun when nobody picked it up within that many seconds.
+    """
+    return queue.enqueue(
+        function, payload, job_timeout=job_timeout or settings.job_timeout, result_ttl=result_ttl,
+        failure_ttl=FAILURE_TTL, ttl=ttl, retry=Retry(max=settings.job_retries) if settings.job_retries else None,
+        description=description,
+    )

@@ -1,0 +1,64 @@
+"""The engine's parts as the settings name them, each built in exactly ONE place for every caller (web
+process, worker, training round, CLI): the interactive tool, the policy, the episode loop's and the
+fine-tuning's configs, the click convention, the media loader."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from .media import MediaLoader, MediaSource
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from trainer.finetune import FinetuneConfig
+
+    from .agent.loop import LoopConfig
+    from .agent.policies import Policy
+    from .agent.protocol import CoordinateConvention
+    from .agent.segmenters import EmbeddingCache, Segmenter
+
+
+def segmenter_from_settings(settings: Settings, cache: Optional["EmbeddingCache"] = None) -> "Segmenter":
+    """The interactive tool the settings name, loaded as every service process loads it."""
+    from .agent.segmenters import EmbeddingCache, build_segmenter
+
+    return build_segmenter(settings.segmenter, cache if cache is not None else EmbeddingCache(settings.cache_bytes),
+                           sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
+                           sam_model=settings.sam_model, device=settings.device,
+                           grabcut_max_side=settings.grabcut_max_side)
+
+
+def policy_from_settings(settings: Settings, source: str) -> "Policy":
+    """The policy of kind SEGAGENT_POLICY_KIND from ``source`` (a folder or hub id), on the settings'
+    device, dtype, coordinates and sampling temperature."""
+    from .agent.policies import build_policy
+
+    return build_policy(settings.policy_kind, source, device=settings.device, dtype=settings.dtype,
+                        coordinates=settings.coordinates, temperature=settings.temperature)
+
+
+def loop_config(settings: Settings) -> "LoopConfig":
+    """The episode loop's settings (``Settings.loop_config``)."""
+    return settings.loop_config()
+
+
+def convention(settings: Settings) -> "CoordinateConvention":
+    """How the policy writes clicks (SEGAGENT_COORDINATES)."""
+    from .agent.protocol import CONVENTIONS
+
+    return CONVENTIONS[settings.coordinates]
+
+
+def finetune_config(settings: Settings, **overrides: Any) -> "FinetuneConfig":
+    """Fine-tuning as the SEGAGENT_TRAIN_* settings say; ``overrides`` that are not None win (CLI options)."""
+    from trainer.finetune import FinetuneConfig
+
+    values = dict(method=settings.train_method, epochs=settings.train_epochs, learning_rate=settings.train_lr,
+                  batch_size=settings.train_batch, save_steps=settings.train_save_steps, device=settings.device)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return FinetuneConfig(**values)
+
+
+def media_loader(settings: Settings) -> MediaLoader:
+    """Task images, fetched from LABEL_STUDIO_URL (when set) and cached under MODEL_DIR/cache/media."""
+    return MediaLoader(settings.media_cache_dir, settings.max_image_pixels, settings.media_timeout,
+                       MediaSource(settings.label_studio_url, settings.label_studio_api_key))
