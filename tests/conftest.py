@@ -19,6 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+# The Redis `make test` provides reaches tests only through the `redis_url` fixture, each with its own queue
+# prefix: a test that runs the service or the CLI in-process must not read (or leave) the shared Redis's
+# default-prefix announcements (a promoted version announced there would leak into every later test).
+SUITE_REDIS_URL = os.environ.pop("REDIS_URL", None)
 
 
 def make_disk_image(width: int = 160, height: int = 120, centre=(80, 60), radius: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +107,7 @@ def grabcut_dir() -> Path:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The Redis `make test` provides; skipped with a reason when the suite runs without it."""
-    url = os.environ.get("REDIS_URL")
+    url = SUITE_REDIS_URL
     if not url:
         pytest.skip("REDIS_URL is not set: run the suite with `make test`, which provides a Redis")
     return url
