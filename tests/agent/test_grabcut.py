@@ -132,6 +132,67 @@ def test_embedding_cache_is_hit_on_the_same_content(scene):
     assert len(cache) == 2
 
 
+def _two_part_object(seed: int = 0, dark_surroundings: bool = False):
+    """A "person": a skin-coloured head (disk) above a red shirt (a wide band under it), on noisy green.
+
+    With ``dark_surroundings`` the shirt is dark grey and so is a large background region around and
+    below it (the part's colour is a background colour too). Returns (image (160, 200, 3) uint8 RGB,
+    head, shirt, dark background), all (H, W) bool.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:160, :200]
+    head = (xx - 100) ** 2 + (yy - 60) ** 2 <= 50**2
+    shirt = (xx >= 20) & (xx < 180) & (yy >= 100) & (yy < 145) & ~head
+    image = np.empty((160, 200, 3), np.float64)
+    image[...] = (60, 120, 70)
+    image[head] = (225, 180, 150)
+    image[shirt] = (200, 40, 60)
+    dark = np.zeros_like(head)
+    if dark_surroundings:
+        dark = ((yy >= 145) | (xx < 20) | (xx >= 180)) & ~head & ~shirt
+        image[shirt | dark] = (30, 30, 30)
+    image += rng.normal(0, 8, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), head, shirt, dark
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_positive_click_on_an_uncovered_part_of_another_colour_adds_that_part(seed):
+    # the issue: a click on the face, then on the shirt; the shirt's colour is not in the face's colour
+    # model, so the window proposal called it background and only the click's dot was added
+    image, head, shirt, _ = _two_part_object(seed)
+    seg = GrabCutSegmenter()
+    seg.set_image(image)
+    first = seg.segment([Click(100, 60)])
+    assert first.mask[head].mean() > 0.95 and first.mask[shirt].mean() < 0.05
+    second = seg.segment([Click(100, 60), Click(100, 127)], prev_logits=first.logits)
+    assert second.mask[127, 100]  # the clicked pixel
+    assert second.mask[shirt].mean() > 0.7, second.mask[shirt].mean()
+    assert np.all(second.mask[first.mask])  # still only adds
+    assert np.count_nonzero(second.mask & ~head & ~shirt) < 0.02 * shirt.sum()  # no background came with it
+    # the old rule (own_region=False) adds the dot only: the scene does show the failure
+    old = GrabCutSegmenter(own_region=False)
+    old.set_image(image)
+    dot = old.segment([Click(100, 60), Click(100, 127)], prev_logits=first.logits)
+    assert dot.mask[shirt].mean() < 0.05
+
+
+def test_own_region_of_a_background_coloured_part_is_capped_and_kept_within_reach():
+    # the shirt's colour is also a large background region: the click's own region leaks into it.
+    # The part is larger than the mask so far, so only its piece within the click's reach may be added
+    image, head, shirt, dark = _two_part_object(dark_surroundings=True)
+    seg = GrabCutSegmenter()
+    seg.set_image(image)
+    first = seg.segment([Click(100, 60)])
+    second = seg.segment([Click(100, 60), Click(100, 127)], prev_logits=first.logits)
+    added = second.mask & ~first.mask
+    assert second.mask[127, 100]
+    assert np.count_nonzero(added) <= np.count_nonzero(first.mask)  # at most doubles the mask
+    # within reach: reach_factor (3) x the click's distance to the previous mask (17 px)
+    yy, xx = np.mgrid[: head.shape[0], : head.shape[1]]
+    assert np.all(np.hypot(xx - 100, yy - 127)[added] <= 3 * 17 + 2)
+    assert np.count_nonzero(added & dark) < np.count_nonzero(added & shirt)  # mostly the shirt
+
+
 # --- the real GrabCut set ---------------------------------------------------------------------------
 
 FAST_IMAGES = ("106024", "388016", "music")  # small, and monotone in the full bench run
@@ -155,3 +216,25 @@ def test_real_images_reach_a_good_iou_monotonically(name):
     assert len(ious) == 5
     assert max(ious) >= 0.85, ious
     assert all(b >= a - 1e-9 for a, b in zip(ious, ious[1:])), ious
+
+
+# person1.jpg (600 x 450): a positive click on the face (between nose and mouth), then one on the red
+# front of the shirt (below the white collar). Before the fix the shirt click added its dot only
+# (IoU 0.560 -> 0.561; the shirt click alone gives 0.730)
+PERSON1_FACE, PERSON1_SHIRT = (345, 260), (350, 420)
+
+
+def test_person1_face_then_shirt_adds_the_shirt(grabcut_dir):
+    from trainer.datasets import load_grabcut
+
+    sample = load_grabcut(grabcut_dir, names=["person1"])[0]
+    seg = GrabCutSegmenter()
+    seg.set_image(sample.image)
+    face, shirt = Click(*PERSON1_FACE), Click(*PERSON1_SHIRT)
+    first = seg.segment([face])
+    second = seg.segment([face, shirt], prev_logits=first.logits)
+    before = iou(first.mask, sample.gt, sample.ignore)
+    after = iou(second.mask, sample.gt, sample.ignore)
+    assert before < 0.6
+    assert after >= 0.68 and after > before + 0.1, (before, after)
+    assert second.mask[PERSON1_SHIRT[1], PERSON1_SHIRT[0]]

@@ -23,6 +23,19 @@ How clicks become a mask (all at a capped working resolution, ``max_side``):
   object model with background colours. When GrabCut will not drop a region a negative click is
   on (same colours as the object: a look-alike neighbour), the part of the mask near the click
   that is clearly closer to it than to any positive click is removed instead.
+* A positive click on a part of other colours than the mask (a shirt below a face) is still used:
+  the earlier clicks' colour model calls such a part background, so the proposal adds little more
+  than the click's sure disk. When it adds less than half the click's probable-object disk, GrabCut
+  runs again in the window seeded by that click alone (its disk is the whole object model, the
+  previous mask probable background) and the connected region of new object pixels containing the
+  click is added instead: whole if at most the previous mask's area, else its piece within the
+  click's reach if that is, else nothing more (a part larger than everything marked so far is more
+  likely a leak into background of the part's colours). On the GrabCut set (``bench/click_used.py``)
+  the share of positive clicks that corrected < 10% of the error region they were put on fell from
+  0.058 to 0.046, NoC@85/90 went from 3.66/4.90 to 3.50/4.64 and ``person1`` face-then-shirt from
+  IoU 0.561 to 0.792. (The clicked pixel itself was never left wrong, before or after: the sure
+  disks hold it.) Negative clicks needed no such rule: none removed less than 10% of its region,
+  thanks to the geometric fallback above.
 
 The mask handed back is upsampled to the original size; ``logits`` carries the working-resolution
 mask (uint8 0/1, (h, w)) as the state for the next call.
@@ -86,6 +99,9 @@ class GrabCutSegmenter(Segmenter):
         geometric_fallback, fallback_ratio: the look-alike removal rule above (pixels
             ``fallback_ratio`` times closer to the negative click than to every positive one).
         canny, blur: Canny thresholds and Gaussian blur size of the cached edge map.
+        own_region, own_ratio, own_max: the rule for a positive click on a part of other colours
+            (above): on when the proposal added less than ``own_ratio`` x the area of the click's
+            probable-object disk; the part added is at most ``own_max`` x the previous mask's area.
         seed: OpenCV RNG seed set before every GrabCut call (its GMM init uses k-means).
     """
 
@@ -113,6 +129,9 @@ class GrabCutSegmenter(Segmenter):
         geometric_fallback: bool = True,
         fallback_ratio: float = 1.5,
         blur: int = 5,
+        own_region: bool = True,
+        own_ratio: float = 0.5,
+        own_max: float = 1.0,
     ):
         super().__init__(cache)
         if max_side < 16:
@@ -136,6 +155,9 @@ class GrabCutSegmenter(Segmenter):
         self.geometric_fallback = bool(geometric_fallback)
         self.fallback_ratio = float(fallback_ratio)
         self.blur = int(blur) | 1
+        self.own_region = bool(own_region)
+        self.own_ratio = float(own_ratio)
+        self.own_max = float(own_max)
         # max_side, canny and blur change the embedding (working image, edge map); the rest act per call
         self.canny_low, self.canny_high = int(canny[0]), int(canny[1])
         self.cache_namespace = f"grabcut/max_side={self.max_side}/canny={self.canny_low},{self.canny_high}/blur={self.blur}"
@@ -295,6 +317,50 @@ class GrabCutSegmenter(Segmenter):
         my = int(self.margin * (ys.max() - ys.min()) + self.min_roi // 2)
         return max(0, xs.min() - mx), min(w, xs.max() + mx + 1), max(0, ys.min() - my), min(h, ys.max() + my + 1)
 
+    def _own_region(self, sub_prev: np.ndarray, points: list[tuple[int, int, bool]],
+                    window: tuple[int, int, int, int], radius: int) -> np.ndarray:
+        """GrabCut in ``window`` seeded by the newest (positive) click alone: its probable-object
+        disk of ``radius`` is the whole object model, the previous mask and the rest of the window
+        are probable background, negative clicks sure background. Returns the window's object
+        mask ((y1-y0, x1-x0) bool)."""
+        emb = self._emb
+        assert emb is not None
+        x0, x1, y0, y1 = window
+        x, y, _ = points[-1]
+        labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
+        _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD)
+        self._paint_clicks(labels, [p for p in points[:-1] if not p[2]] + [points[-1]], offset=(x0, y0))
+        return self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.refine_iterations)
+
+    def _add_own_region(self, added: np.ndarray, prev: np.ndarray, sub_prev: np.ndarray,
+                        points: list[tuple[int, int, bool]], window: tuple[int, int, int, int], radius: int,
+                        near: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """What a positive click adds when the window proposal added little more than its dot.
+
+        The click is then on a part of other colours than the mask (a shirt below a face): the
+        colour model of the earlier clicks calls it background. GrabCut seeded by this click alone
+        (``_own_region``) finds the part; its connected region outside ``prev`` that contains the
+        click is added if it is at most ``own_max`` x the previous mask's area, else its piece
+        within the click's reach (``near``) if that is; else nothing more than ``added`` (a part
+        larger than everything marked so far is more likely a leak into background of the part's
+        colours). ``raw`` (the whole working image's raw proposal) takes the window's own proposal
+        when it is used. All window-sized masks are (y1-y0, x1-x0) bool.
+        """
+        x0, x1, y0, y1 = window
+        x, y, _ = points[-1]
+        own = self._own_region(sub_prev, points, window, radius)
+        cap = self.own_max * np.count_nonzero(prev)
+        new = own & ~sub_prev
+        for part in (new, new & near):
+            part = _component_at(part, x - x0, y - y0)
+            size = np.count_nonzero(part)
+            if size <= cap:
+                if size > np.count_nonzero(added):
+                    raw[y0:y1, x0:x1] = sub_prev | own
+                    return part
+                break
+        return added
+
     def _refine(self, prev: np.ndarray, points: list[tuple[int, int, bool]]) -> tuple[np.ndarray, np.ndarray]:
         """Change ``prev`` ((h, w) bool) only around the newest click; returns (mask, raw GrabCut)."""
         emb = self._emb
@@ -332,7 +398,10 @@ class GrabCutSegmenter(Segmenter):
         out = prev.copy()
         cx, cy = x - x0, y - y0
         if positive:
-            out[y0:y1, x0:x1] |= _component_at(raw_sub & ~sub_prev & near, cx, cy)
+            added = _component_at(raw_sub & ~sub_prev & near, cx, cy)
+            if self.own_region and np.count_nonzero(added) < self.own_ratio * np.pi * radius**2:
+                added = self._add_own_region(added, prev, sub_prev, points, (x0, x1, y0, y1), radius, near, raw)
+            out[y0:y1, x0:x1] |= added
         else:
             removed = _component_at(sub_prev & ~raw_sub & near, cx, cy)
             if self.geometric_fallback and np.count_nonzero(removed) < 2 * np.pi * self.sure_radius**2:
