@@ -24,18 +24,10 @@ How clicks become a mask (all at a capped working resolution, ``max_side``):
   on (same colours as the object: a look-alike neighbour), the part of the mask near the click
   that is clearly closer to it than to any positive click is removed instead.
 * A positive click on a part of other colours than the mask (a shirt below a face) is still used:
-  the earlier clicks' colour model calls such a part background, so the proposal adds little more
-  than the click's sure disk. When it adds less than half the click's probable-object disk, GrabCut
-  runs again in the window seeded by that click alone (its disk is the whole object model, the
-  previous mask probable background) and the connected region of new object pixels containing the
-  click is added instead: whole if at most the previous mask's area, else its piece within the
-  click's reach if that is, else nothing more (a part larger than everything marked so far is more
-  likely a leak into background of the part's colours). On the GrabCut set (``bench/click_used.py``)
-  the share of positive clicks that corrected < 10% of the error region they were put on fell from
-  0.058 to 0.046, NoC@85/90 went from 3.66/4.90 to 3.50/4.64 and ``person1`` face-then-shirt from
-  IoU 0.561 to 0.792. (The clicked pixel itself was never left wrong, before or after: the sure
-  disks hold it.) Negative clicks needed no such rule: none removed less than 10% of its region,
-  thanks to the geometric fallback above.
+  when the proposal adds less than half the click's probable-object disk, GrabCut runs again in the
+  window seeded by that click alone and the connected region of new object pixels containing it is
+  added: whole if at most the previous mask's area, else its piece within the click's reach, else
+  nothing more (a larger part is more likely a leak). Figures: bench/README.md (``bench/click_used.py``).
 
 The mask handed back is upsampled to the original size; ``logits`` carries the working-resolution
 mask (uint8 0/1, (h, w)) as the state for the next call.
@@ -51,6 +43,7 @@ import numpy as np
 from ..types import Box, Click, Segmentation
 from .base import Segmenter
 from .cache import EmbeddingCache
+from .grabcut_params import GrabCutParams
 
 
 @dataclass(frozen=True)
@@ -78,95 +71,21 @@ def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
 class GrabCutSegmenter(Segmenter):
     """OpenCV GrabCut seeded by clicks and/or a box, refined locally click by click.
 
-    Keywords:
-        max_side: longest side of the working image in pixels (larger images are downscaled for
-            speed, the mask is upsampled back).
-        iterations: GrabCut iterations for the first segmentation.
-        refine_iterations: GrabCut iterations for the proposals of later clicks (a window only).
-        sure_radius: radius of the sure-label disk at each click, in working pixels.
-        object_radius: largest probable-object disk around a later positive click, as a fraction
-            of the working image's shorter side.
-        first_radius: the probable-object disk of the first positive click, same unit (with
-            ``adaptive_seed=False`` every disk is ``object_radius``).
-        flip_factor: later disks: at most ``flip_factor`` x the distance to the nearest image
-            edge (and to the previous mask), at least ``min_seed`` x the largest size.
-        margin, min_roi: later proposals run in the box around mask and clicks widened by
-            ``margin`` x its size + ``min_roi`` / 2 pixels.
-        reach_factor, neg_reach_factor, min_reach: a positive (negative) click changes pixels
-            within ``max(min_reach, reach_factor (neg_reach_factor) x distance to the previous
-            mask's boundary)`` of it only.
-        local: False = plain GrabCut from the clicks every call (no locality rule at all).
-        geometric_fallback, fallback_ratio: the look-alike removal rule above (pixels
-            ``fallback_ratio`` times closer to the negative click than to every positive one).
-        canny, blur: Canny thresholds and Gaussian blur size of the cached edge map.
-        own_region, own_ratio, own_max: the rule for a positive click on a part of other colours
-            (above): on when the proposal added less than ``own_ratio`` x the area of the click's
-            probable-object disk; the part added is at most ``own_max`` x the previous mask's area.
-        seed: OpenCV RNG seed set before every GrabCut call (its GMM init uses k-means).
+    Tunables: :class:`~.grabcut_params.GrabCutParams` (keyword arguments of the constructor).
     """
 
-    def __init__(
-        self,
-        cache: Optional[EmbeddingCache] = None,
-        *,
-        max_side: int = 512,
-        iterations: int = 4,
-        refine_iterations: int = 4,
-        sure_radius: int = 4,
-        object_radius: float = 0.12,
-        first_radius: float = 0.2,
-        min_roi: int = 48,
-        flip_factor: float = 0.8,
-        margin: float = 0.3,
-        reach_factor: float = 3.0,
-        neg_reach_factor: float = 4.0,
-        min_reach: int = 8,
-        local: bool = True,
-        seed: int = 0,
-        canny: tuple[int, int] = (40, 100),
-        adaptive_seed: bool = True,
-        min_seed: float = 0.5,
-        geometric_fallback: bool = True,
-        fallback_ratio: float = 1.5,
-        blur: int = 5,
-        own_region: bool = True,
-        own_ratio: float = 0.5,
-        own_max: float = 1.0,
-    ):
+    def __init__(self, cache: Optional[EmbeddingCache] = None, **params):
+        """``params``: any field of :class:`GrabCutParams` (e.g. ``max_side=256``)."""
         super().__init__(cache)
-        if max_side < 16:
-            raise ValueError("max_side must be >= 16")
-        self.max_side = int(max_side)
-        self.iterations = int(iterations)
-        self.refine_iterations = int(refine_iterations)
-        self.sure_radius = int(sure_radius)
-        self.object_radius = float(object_radius)
-        self.first_radius = float(first_radius)
-        self.min_roi = int(min_roi)
-        self.flip_factor = float(flip_factor)
-        self.margin = float(margin)
-        self.reach_factor = float(reach_factor)
-        self.neg_reach_factor = float(neg_reach_factor)
-        self.min_reach = int(min_reach)
-        self.local = bool(local)
-        self.seed = int(seed)
-        self.adaptive_seed = bool(adaptive_seed)
-        self.min_seed = float(min_seed)
-        self.geometric_fallback = bool(geometric_fallback)
-        self.fallback_ratio = float(fallback_ratio)
-        self.blur = int(blur) | 1
-        self.own_region = bool(own_region)
-        self.own_ratio = float(own_ratio)
-        self.own_max = float(own_max)
+        self.p = GrabCutParams(**params)
         # max_side, canny and blur change the embedding (working image, edge map); the rest act per call
-        self.canny_low, self.canny_high = int(canny[0]), int(canny[1])
-        self.cache_namespace = f"grabcut/max_side={self.max_side}/canny={self.canny_low},{self.canny_high}/blur={self.blur}"
+        self.cache_namespace = f"grabcut/max_side={self.p.max_side}/canny={self.p.canny[0]},{self.p.canny[1]}/blur={self.p.blur}"
         self._emb: Optional[_Embedding] = None
 
     # --- embedding -------------------------------------------------------------------------
     def _encode(self, image: np.ndarray) -> tuple[object, int]:
         h, w = image.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
+        scale = min(1.0, self.p.max_side / max(h, w))
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # GrabCut is colour-space agnostic; BGR by convention
         if scale < 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -174,8 +93,8 @@ class GrabCutSegmenter(Segmenter):
         bgr = np.ascontiguousarray(bgr)
         # distance to the nearest edge: how far from a click the object probably extends, used to
         # size the seed disks (a fixed radius spills over thin parts and seeds the wrong colours)
-        gray = cv2.GaussianBlur(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (self.blur, self.blur), 0)
-        edges = cv2.Canny(gray, self.canny_low, self.canny_high)
+        gray = cv2.GaussianBlur(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (self.p.blur, self.p.blur), 0)
+        edges = cv2.Canny(gray, self.p.canny[0], self.p.canny[1])
         edge_dist = cv2.distanceTransform((edges == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         return _Embedding(bgr, scale, edge_dist), int(bgr.nbytes + edge_dist.nbytes)
 
@@ -207,7 +126,7 @@ class GrabCutSegmenter(Segmenter):
         has_bg = np.any((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD))
         if not (has_fg and has_bg):  # GrabCut needs samples of both models
             return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-        cv2.setRNGSeed(self.seed)  # k-means in the GMM init draws from OpenCV's RNG: keep runs repeatable
+        cv2.setRNGSeed(self.p.seed)  # k-means in the GMM init draws from OpenCV's RNG: keep runs repeatable
         bgd = np.zeros((1, 65), np.float64)
         fgd = np.zeros((1, 65), np.float64)
         labels = labels.copy()
@@ -219,17 +138,17 @@ class GrabCutSegmenter(Segmenter):
         working pixels; ``first``: the first positive click (sized without looking at edges)."""
         emb = self._emb
         assert emb is not None
-        r0 = self.object_radius * min(emb.image.shape[:2])
-        if self.adaptive_seed and first:
-            r0 = self.first_radius * min(emb.image.shape[:2])
-        elif self.adaptive_seed:
-            r0 = min(r0, max(self.min_seed * r0, self.flip_factor * float(emb.edge_dist[y, x])))
-        return int(max(self.sure_radius, min(r0, cap)))
+        r0 = self.p.object_radius * min(emb.image.shape[:2])
+        if self.p.adaptive_seed and first:
+            r0 = self.p.first_radius * min(emb.image.shape[:2])
+        elif self.p.adaptive_seed:
+            r0 = min(r0, max(self.p.min_seed * r0, self.p.flip_factor * float(emb.edge_dist[y, x])))
+        return int(max(self.p.sure_radius, min(r0, cap)))
 
     def _paint_clicks(self, labels: np.ndarray, points: Sequence[tuple[int, int, bool]], offset=(0, 0)) -> None:
         """Sure-label disks at every click (working coordinates, shifted by ``offset`` = (x0, y0))."""
         for x, y, positive in points:
-            _disk(labels, x - offset[0], y - offset[1], self.sure_radius, cv2.GC_FGD if positive else cv2.GC_BGD)
+            _disk(labels, x - offset[0], y - offset[1], self.p.sure_radius, cv2.GC_FGD if positive else cv2.GC_BGD)
 
     # --- the tool ------------------------------------------------------------------------------
     def segment(
@@ -256,7 +175,7 @@ class GrabCutSegmenter(Segmenter):
         prev = None
         if prev_logits is not None and np.shape(prev_logits) == (h, w):
             prev = np.asarray(prev_logits) > 0
-        if prev is None or not prev.any() or not self.local or not points:
+        if prev is None or not prev.any() or not self.p.local or not points:
             work, raw = self._first(points, box)
         else:
             work, raw = self._refine(prev, points)
@@ -283,8 +202,8 @@ class GrabCutSegmenter(Segmenter):
                 if positive:
                     _disk(labels, x, y, self._seed_radius(x, y, first=i == first), cv2.GC_PR_FGD)
         self._paint_clicks(labels, points)
-        raw = self._grabcut(emb.image, labels, self.iterations)
-        if not self.local or box is not None:
+        raw = self._grabcut(emb.image, labels, self.p.iterations)
+        if not self.p.local or box is not None:
             return raw, raw
         # keep what the positive clicks point at
         keep = np.zeros_like(raw)
@@ -299,7 +218,7 @@ class GrabCutSegmenter(Segmenter):
         than to every positive click (working coordinates)."""
         x0, x1, y0, y1 = window
         yy, xx = np.mgrid[y0:y1, x0:x1]
-        own = np.hypot(xx - x, yy - y) * self.fallback_ratio
+        own = np.hypot(xx - x, yy - y) * self.p.fallback_ratio
         keep = np.ones(own.shape, bool)
         for px, py, positive in points:
             if positive:
@@ -313,8 +232,8 @@ class GrabCutSegmenter(Segmenter):
         ys, xs = np.nonzero(prev)
         xs = np.concatenate([xs, [p[0] for p in points]])
         ys = np.concatenate([ys, [p[1] for p in points]])
-        mx = int(self.margin * (xs.max() - xs.min()) + self.min_roi // 2)
-        my = int(self.margin * (ys.max() - ys.min()) + self.min_roi // 2)
+        mx = int(self.p.margin * (xs.max() - xs.min()) + self.p.min_roi // 2)
+        my = int(self.p.margin * (ys.max() - ys.min()) + self.p.min_roi // 2)
         return max(0, xs.min() - mx), min(w, xs.max() + mx + 1), max(0, ys.min() - my), min(h, ys.max() + my + 1)
 
     def _own_region(self, sub_prev: np.ndarray, points: list[tuple[int, int, bool]],
@@ -330,7 +249,7 @@ class GrabCutSegmenter(Segmenter):
         labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
         _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD)
         self._paint_clicks(labels, [p for p in points[:-1] if not p[2]] + [points[-1]], offset=(x0, y0))
-        return self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.refine_iterations)
+        return self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.p.refine_iterations)
 
     def _add_own_region(self, added: np.ndarray, prev: np.ndarray, sub_prev: np.ndarray,
                         points: list[tuple[int, int, bool]], window: tuple[int, int, int, int], radius: int,
@@ -349,7 +268,7 @@ class GrabCutSegmenter(Segmenter):
         x0, x1, y0, y1 = window
         x, y, _ = points[-1]
         own = self._own_region(sub_prev, points, window, radius)
-        cap = self.own_max * np.count_nonzero(prev)
+        cap = self.p.own_max * np.count_nonzero(prev)
         new = own & ~sub_prev
         for part in (new, new & near):
             part = _component_at(part, x - x0, y - y0)
@@ -373,7 +292,7 @@ class GrabCutSegmenter(Segmenter):
         d = float(dist[y + 1, x + 1])
         x0, x1, y0, y1 = self._window(prev, points)
         sub_prev = prev[y0:y1, x0:x1]
-        r0 = int(round(self.object_radius * min(h, w)))
+        r0 = int(round(self.p.object_radius * min(h, w)))
         # seed like a first call: colour models from the clicks, not from a possibly wrong previous
         # mask (seeding from the mask lets its colour model swallow the new click)
         labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
@@ -382,29 +301,29 @@ class GrabCutSegmenter(Segmenter):
             if ppos:
                 _disk(labels, px - x0, py - y0, self._seed_radius(px, py, first=i == first), cv2.GC_PR_FGD)
         # the neighbourhood the click asks to flip is probably of the click's label
-        radius = self._seed_radius(x, y, self.flip_factor * d) if positive else int(min(self.flip_factor * d, r0))
+        radius = self._seed_radius(x, y, self.p.flip_factor * d) if positive else int(min(self.p.flip_factor * d, r0))
         _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD if positive else cv2.GC_PR_BGD)
         self._paint_clicks(labels, points, offset=(x0, y0))
-        raw_sub = self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.refine_iterations)
+        raw_sub = self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.p.refine_iterations)
         raw = prev.copy()
         raw[y0:y1, x0:x1] = raw_sub
 
         # only flip pixels connected to the click and within reach of it: a click fixes the error
         # it was put on, it does not license GrabCut to redraw the rest of the mask
         near = np.zeros(sub_prev.shape, np.uint8)
-        reach = (self.reach_factor if positive else self.neg_reach_factor) * d
-        _disk(near, x - x0, y - y0, int(max(self.min_reach, reach)), 1)
+        reach = (self.p.reach_factor if positive else self.p.neg_reach_factor) * d
+        _disk(near, x - x0, y - y0, int(max(self.p.min_reach, reach)), 1)
         near = near.astype(bool)
         out = prev.copy()
         cx, cy = x - x0, y - y0
         if positive:
             added = _component_at(raw_sub & ~sub_prev & near, cx, cy)
-            if self.own_region and np.count_nonzero(added) < self.own_ratio * np.pi * radius**2:
+            if self.p.own_region and np.count_nonzero(added) < self.p.own_ratio * np.pi * radius**2:
                 added = self._add_own_region(added, prev, sub_prev, points, (x0, x1, y0, y1), radius, near, raw)
             out[y0:y1, x0:x1] |= added
         else:
             removed = _component_at(sub_prev & ~raw_sub & near, cx, cy)
-            if self.geometric_fallback and np.count_nonzero(removed) < 2 * np.pi * self.sure_radius**2:
+            if self.p.geometric_fallback and np.count_nonzero(removed) < 2 * np.pi * self.p.sure_radius**2:
                 # GrabCut kept the region (same colours as the object: a look-alike neighbour):
                 # cut by geometry instead: the part of the mask near the click that is clearly
                 # closer to it than to any positive click
