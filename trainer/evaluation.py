@@ -1,14 +1,16 @@
-"""The standard NoC evaluation: simulated clicks against the ground truth, IoU after every click."""
+"""The standard NoC evaluation (the engine with the simulator as the policy, every click kept, IoU after
+each) and a policy's score on held-out samples (its own episodes, ``run_episodes``)."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 
-from segagent_backend.agent.clicker import next_click
-from segagent_backend.agent.metrics import iou, mean_noc
+from segagent_backend.agent.engine import Episode, EpisodeRequest, Timing, drive, first_click
+from segagent_backend.agent.loop import LoopConfig, run_episodes
+from segagent_backend.agent.metrics import ciou, intersection_union, mean_noc
+from segagent_backend.agent.policies.simulator import SimulatorPolicy
 from segagent_backend.agent.segmenters.base import Segmenter
 from segagent_backend.agent.types import Click
 
@@ -47,28 +49,24 @@ def run_noc(
     IoU after clicks 1..min_clicks stay exact; drops after the stop are not seen.
     When the simulator finds no error left (a perfect mask) the remaining entries repeat too.
     """
-    segmenter.set_image(sample.image)
-    pred = np.zeros(sample.gt.shape, dtype=bool)
-    clicks: list[Click] = []
+    timing = Timing()
+    episode = Episode(segmenter, EpisodeRequest(sample.image, gt=sample.gt, ignore=sample.ignore), timing=timing)
     ious: list[float] = []
-    logits = None
-    seconds = 0.0
-    for _ in range(max_clicks):
-        click = next_click(sample.gt, pred, sample.ignore, clicks)
+
+    def every_click(episode: Episode, step: int, answers) -> None:
+        click = first_click(answers)
         if click is None:
-            break
-        clicks.append(click)
-        start = time.perf_counter()
-        out = segmenter.segment(list(clicks), prev_logits=logits)
-        seconds += time.perf_counter() - start
-        pred, logits = out.mask, out.logits
-        ious.append(iou(pred, sample.gt, sample.ignore))
+            return episode.stop("no error left")
+        episode.advance(episode.act(episode.state, click))
+        ious.append(episode.iou(episode.state))
         if stop_iou is not None and len(ious) >= min_clicks and ious[-1] >= stop_iou:
-            break
+            episode.stop("stop_iou")
+
+    drive(SimulatorPolicy(), [episode], every_click, max_clicks)
     calls = len(ious)
-    fill = ious[-1] if ious else iou(pred, sample.gt, sample.ignore)
+    fill = ious[-1] if ious else episode.iou(episode.state)
     ious.extend([fill] * (max_clicks - len(ious)))
-    return NocRun(sample.name, ious, clicks, seconds, calls)
+    return NocRun(sample.name, ious, list(episode.state.clicks), timing.seconds.get("tool", 0.0), calls)
 
 
 def count_drops(ious: Sequence[float], tol: float = 1e-9) -> int:
@@ -115,9 +113,6 @@ def evaluate_policy(policy, segmenter: Segmenter, samples: Sequence[Sample], con
 
     Each sample is its own referring expression; the ignore band is excluded from both metrics.
     """
-    from segagent_backend.agent.loop import EpisodeRequest, LoopConfig, run_episodes
-    from segagent_backend.agent.metrics import ciou, intersection_union
-
     if not samples:
         raise ValueError("no samples to evaluate on")
     requests = [EpisodeRequest(s.image, s.expression, gt=s.gt, ignore=s.ignore) for s in samples]

@@ -10,13 +10,11 @@ mask shown, so the PRM learns from the policy's own states too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
-
-import numpy as np
+from typing import Optional, Sequence
 
 from segagent_backend.agent.clicker import next_click
-from segagent_backend.agent.metrics import iou
-from segagent_backend.agent.policies.base import Observation, Policy
+from segagent_backend.agent.engine import Episode, EpisodeRequest, drive, first_click
+from segagent_backend.agent.policies.base import Policy
 from segagent_backend.agent.protocol import SEGAGENT_QWEN, CoordinateConvention, format_answer
 from segagent_backend.agent.segmenters.base import Segmenter
 from segagent_backend.agent.types import Click
@@ -35,68 +33,52 @@ class Rollout:
     replaced: int = 0  # policy actions replaced by the simulator's click
 
 
-@dataclass
-class _State:
-    sample: Sample
-    mask: np.ndarray
-    digest: str = ""
-    clicks: list[Click] = field(default_factory=list)
-    logits: object = None
-    done: bool = False
-
-
 def star_samples(policy: Policy, segmenter: Segmenter, samples: Sequence[Sample], max_steps: int = 7,
                  target_iou: float = 0.98, convention: CoordinateConvention = SEGAGENT_QWEN
                  ) -> tuple[list[SFTSample], list[Rollout]]:
-    """The refined SFT samples of one StaR+ round and each sample's rollout, in ``samples`` order."""
-    states = [_State(s, np.zeros(s.gt.shape, dtype=bool)) for s in samples]
+    """The refined SFT samples of one StaR+ round and each sample's rollout, in ``samples`` order.
+
+    The engine with ``policy`` in lockstep (greedy, gt / ignore / clicks shown, for a simulator policy;
+    an MLLM sees only the overlay and the text) and the StaR+ acceptance rule.
+    """
+    episodes = Episode.lockstep(segmenter, [EpisodeRequest(s.image, s.expression, gt=s.gt, ignore=s.ignore)
+                                            for s in samples])
     rollouts = [Rollout(s.name) for s in samples]
     out: list[SFTSample] = []
-    for step in range(max_steps):
-        active = [i for i, st in enumerate(states) if not st.done]
-        if not active:
-            break
-        # gt / ignore / clicks serve a simulator policy; an MLLM sees only the overlay and the text
-        observations = [Observation(st.sample.image, st.mask, st.sample.expression, step, tuple(st.clicks), i,
-                                    st.sample.gt, st.sample.ignore) for i, st in ((i, states[i]) for i in active)]
-        answers = policy.propose(observations, k=1)
-        for i, answer in zip(active, answers):
-            out += _step(states[i], rollouts[i], answer[0].click, segmenter, target_iou, convention)
+
+    def corrected(episode: Episode, step: int, answers) -> None:
+        out.extend(_step(episode, samples[episode.index], rollouts[episode.index], first_click(answers), target_iou,
+                         convention))
+
+    drive(policy, episodes, corrected, max_steps)
     return out, rollouts
 
 
-def _step(state: _State, rollout: Rollout, proposed, segmenter: Segmenter, target_iou: float,
+def _step(episode: Episode, s: Sample, rollout: Rollout, proposed: Optional[Click], target_iou: float,
           convention: CoordinateConvention) -> list[SFTSample]:
-    """Judge one proposed click on ``state``, advance the state, return the sample it teaches."""
-    s = state.sample
+    """Judge one proposed click on the episode's state, advance it, return the samples it teaches."""
     height, width = s.gt.shape
-    before = rollout.ious[-1]
-    segmenter.set_image(s.image, digest=state.digest or None)
-    state.digest = segmenter.image_key[1]
-    click, result = None, None
-    if proposed is not None:
-        click = proposed.clamped(width, height)
-        result = segmenter.segment(state.clicks + [click], prev_logits=state.logits)
-    if result is not None and iou(result.mask, s.gt, s.ignore) > before:
+    state, before = episode.state, rollout.ious[-1]
+    result = episode.act(state, proposed) if proposed is not None else None
+    if result is not None and episode.iou(result) > before:
         rollout.kept += 1
     else:
         click = next_click(s.gt, state.mask, s.ignore, state.clicks)
         if click is None:  # nothing left to fix
-            state.done = True
+            episode.stop("no error left")
             return []
         rollout.replaced += 1
-        result = segmenter.segment(state.clicks + [click], prev_logits=state.logits)
-    sample = SFTSample(s.image, state.mask, s.expression, format_answer(s.expression, before, click, width, height,
-                                                                         convention), s.name)
-    after = iou(result.mask, s.gt, s.ignore)
+        result = episode.act(state, click)
+    sample = SFTSample(s.image, state.mask, s.expression, format_answer(s.expression, before, result.clicks[-1], width,
+                                                                         height, convention), s.name)
+    after = episode.iou(result)
     if after <= before:  # even the simulator's click did not help: not a lesson, the trajectory ends
-        state.done = True
+        episode.stop("no improvement")
         return []
-    state.clicks.append(click)
-    state.mask, state.logits = result.mask, result.logits
+    episode.advance(result)
     rollout.ious.append(after)
-    state.done = after >= target_iou
-    if state.done:  # the finished mask and a stop, as in the SFT data
-        return [sample, SFTSample(s.image, state.mask, s.expression,
+    if after >= target_iou:  # the finished mask and a stop, as in the SFT data
+        episode.stop("target IoU")
+        return [sample, SFTSample(s.image, result.mask, s.expression,
                                   format_answer(s.expression, after, None, width, height, convention), s.name)]
     return [sample]

@@ -10,43 +10,23 @@ Images are (H, W, 3) uint8 RGB; masks (H, W) bool; clicks pixels with x = column
 """
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import ContextManager, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from segagent_backend.agent.clicker import next_click
+from segagent_backend.agent.engine import Episode, EpisodeRequest, State, Timing, drive, first_click, timed
 from segagent_backend.agent.metrics import iou
+from segagent_backend.agent.policies.simulator import SimulatorPolicy
 from segagent_backend.agent.segmenters.base import Segmenter
 from segagent_backend.agent.types import Box, Click
 
 from .datasets import Sample
 from .traces import StartState, Trace, TraceStep, mask_bbox
 
+__all__ = ["START_KINDS", "Timing", "box_start", "final_iou", "generate_traces", "make_start",
+           "random_points_start", "record_trace", "sample_captions"]
+
 START_KINDS = ("empty", "box", "points")
-
-
-@dataclass
-class Timing:
-    """Seconds and calls per part of generation (``simulator``, ``tool``, ``iou``, ``start``)."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    calls: dict[str, int] = field(default_factory=dict)
-
-    @contextmanager
-    def part(self, name: str) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began
-            self.calls[name] = self.calls.get(name, 0) + 1
-
-
-def _timed(timing: Optional[Timing], name: str) -> ContextManager:
-    return timing.part(name) if timing is not None else nullcontext()
 
 
 def _check_shapes(image: np.ndarray, gt: np.ndarray, ignore: Optional[np.ndarray]) -> None:
@@ -55,11 +35,12 @@ def _check_shapes(image: np.ndarray, gt: np.ndarray, ignore: Optional[np.ndarray
                          f"{None if ignore is None else ignore.shape} must share (H, W)")
 
 
-def _start_logits(segmenter: Segmenter, start: StartState) -> Optional[np.ndarray]:
-    """The tool's state after the start mask: kept from when it was made, else made again."""
-    if start.logits is not None or not (start.clicks or start.box):
-        return start.logits
-    return segmenter.segment(list(start.clicks), start.box).logits
+def _start_state(episode: Episode, start: StartState) -> State:
+    """The engine state of ``start``; the tool's logits kept from when it was made, else made again."""
+    logits = start.logits
+    if logits is None and (start.clicks or start.box):
+        logits = episode.tool(list(start.clicks), episode.box, None).logits
+    return State(tuple(start.clicks), start.mask.astype(bool), logits, box=episode.box)
 
 
 def record_trace(segmenter: Segmenter, image: np.ndarray, gt: np.ndarray, ignore: Optional[np.ndarray] = None,
@@ -71,34 +52,35 @@ def record_trace(segmenter: Segmenter, image: np.ndarray, gt: np.ndarray, ignore
     first click is made on (default: an empty mask); its clicks and box stay part of every tool call
     and of the simulator's already-clicked set, but the trace records only the new clicks.
     ``timing`` collects the seconds spent per part. Sets the image on ``segmenter`` once.
+    The engine's episode with the simulator as the policy; a click is kept only while IoU strictly improves.
     """
     gt = np.asarray(gt, dtype=bool)
     ignore = None if ignore is None else np.asarray(ignore, dtype=bool)
     _check_shapes(image, gt, ignore)
-    with _timed(timing, "set_image"):
-        segmenter.set_image(image)
-    clicks: list[Click] = list(start.clicks) if start is not None else []
-    box: Optional[Box] = start.box if start is not None else None
-    mask = start.mask.astype(bool) if start is not None else np.zeros(gt.shape, dtype=bool)
-    logits = _start_logits(segmenter, start) if start is not None else None
-    best = iou(mask, gt, ignore)
+    box = start.box if start is not None else None
+    episode = Episode(segmenter, EpisodeRequest(image, box=box, gt=gt, ignore=ignore), timing=timing)
+    if start is not None:
+        episode.advance(_start_state(episode, start))
+    best = iou(episode.state.mask, gt, ignore)
     steps: list[TraceStep] = []
-    while len(steps) < max_clicks:
-        with _timed(timing, "simulator"):
-            click = next_click(gt, mask, ignore, clicks)
+
+    def improving(episode: Episode, step: int, answers) -> None:
+        nonlocal best
+        click = first_click(answers)
         if click is None:
-            break
-        with _timed(timing, "tool"):
-            out = segmenter.segment(clicks + [click], box, logits)
-        with _timed(timing, "iou"):
-            value = iou(out.mask, gt, ignore)
+            return episode.stop("no error left")
+        state = episode.act(episode.state, click)
+        with timed(timing, "iou"):
+            value = episode.iou(state)
         if value <= best:  # no improvement: the trajectory ends, the click is not recorded
-            break
-        clicks.append(click)
-        mask, logits, best = np.asarray(out.mask, dtype=bool), out.logits, value
-        steps.append(TraceStep(click, mask, value))
+            return episode.stop("no improvement")
+        episode.advance(state)
+        best = value
+        steps.append(TraceStep(state.clicks[-1], np.asarray(state.mask, dtype=bool), value))
         if value >= target_iou:
-            break
+            episode.stop("target IoU")
+
+    drive(SimulatorPolicy(), [episode], improving, max_clicks, timing=timing)
     kept_ignore = ignore if ignore is not None and ignore.any() else None
     return Trace(image_name, gt, list(captions), steps, start, kept_ignore)
 
@@ -176,7 +158,7 @@ def generate_traces(segmenter: Segmenter, samples: Iterable[Sample], starts: Seq
         rng = np.random.default_rng((seed, index))
         for kind in starts:
             try:
-                with _timed(timing, "start"):
+                with timed(timing, "start"):
                     start = make_start(kind, segmenter, sample, rng)
             except ValueError as exc:
                 raise ValueError(f"{sample.name}: {exc}") from None

@@ -1,5 +1,5 @@
-"""The episode loop: state = (image, text, clicks, mask, tool logits), action = click, tool =
-segmenter, stop = the policy's own IoU estimate (PRM).
+"""The policy loop on the episode engine (``engine.drive``): state = (image, text, clicks, mask, tool
+logits), action = click, tool = segmenter, stop = the policy's own IoU estimate (PRM).
 
 Many episodes advance in lockstep: at every step ONE batched policy call evaluates every node of
 every active episode. A node is a mask to be judged; the policy's answer on it gives both the
@@ -21,11 +21,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .episode import replay
-from .policies.base import Observation, Policy
+from .engine import Episode, EpisodeRequest, State, drive, replay_given
+from .policies.base import Policy
 from .protocol import Answer, answer_head, box_pixels
 from .segmenters.base import Segmenter
-from .types import Box, Click, EpisodeResult, TrajectoryStep
+from .types import Click, EpisodeResult, TrajectoryStep
+
+__all__ = ["EpisodeRequest", "LoopConfig", "release_choice", "run_episodes"]
 
 
 @dataclass(frozen=True)
@@ -46,40 +48,22 @@ class LoopConfig:
 
 
 @dataclass
-class EpisodeRequest:
-    """One episode to run. image: (H, W, 3) uint8 RGB. clicks: the annotator's clicks (pixels) the
-    policy continues from (refinement). gt/ignore: (H, W) bool, for the simulator policy only."""
-
-    image: np.ndarray
-    expression: str
-    box: Optional[Box] = None
-    clicks: Sequence[Click] = ()
-    gt: Optional[np.ndarray] = None
-    ignore: Optional[np.ndarray] = None
-
-
-@dataclass
 class _Node:
-    clicks: tuple[Click, ...]
-    mask: np.ndarray
-    logits: Optional[np.ndarray]
-    tool_score: float = 0.0
-    box: Optional[Box] = None  # the box prompt the tool got for this mask (kept by every later call)
-    head: Optional[str] = None  # an answer's ``<ref>..</ref><box>..</box>``, re-fed to the policy
+    """A judged state: the policy's estimate of its mask (PRM score) and its proposals."""
+
+    state: State
     estimate: Optional[float] = None
     proposals: list[Answer] = field(default_factory=list)
 
 
 @dataclass
-class _Episode:
-    index: int
-    request: EpisodeRequest
+class _Search:
+    """One episode's search: the chosen node of every step, the last judged nodes, malformed answers."""
+
     given: int
-    nodes: list[_Node]
-    digest: str  # the image's content digest, hashed once per episode
     path: list[_Node] = field(default_factory=list)
+    nodes: list[_Node] = field(default_factory=list)
     malformed: int = 0
-    stop_reason: str = ""
 
 
 def run_episodes(
@@ -89,58 +73,41 @@ def run_episodes(
     config: LoopConfig = LoopConfig(),
 ) -> list[EpisodeResult]:
     """Run ``requests`` in lockstep; one EpisodeResult each, in order."""
-    episodes = [_start(i, r, segmenter) for i, r in enumerate(requests)]
+    episodes = Episode.lockstep(segmenter, requests)
+    replay_given(episodes, [r.clicks for r in requests])  # the root: the annotator's clicks and/or box
+    searches = [_Search(len(e.state.clicks)) for e in episodes]
     # the release makes max_steps calls and never judges the mask after the last click
     calls = config.max_steps if config.release else config.max_steps + 1
-    for step in range(calls):
-        active = [e for e in episodes if not e.stop_reason]
-        if not active:
-            break
-        _judge(policy, active, step, 1 if config.release else config.candidates, config.release)
-        for episode in active:
-            best = max(episode.nodes, key=_estimate_key)  # the first of equals
-            episode.path.append(best)
-            episode.stop_reason = "max steps" if config.release and step == calls - 1 else (
-                "" if config.release else _stop_reason(episode, step, config))
-            if not episode.stop_reason:
-                episode.nodes = _expand(episode, best, segmenter)
-                if not episode.nodes:
-                    malformed = all(a.malformed for a in best.proposals)
-                    episode.stop_reason = "malformed answer" if malformed else "policy stopped"
-    return [_release_result(e) if config.release else _result(e) for e in episodes]
+
+    def search_step(episode: Episode, step: int, answers: list[list[Answer]]) -> None:
+        """Judge the frontier, keep its best node, stop or expand that node into the next frontier."""
+        search = searches[episode.index]
+        search.nodes = [_judged(state, node_answers) for state, node_answers in zip(episode.frontier, answers)]
+        search.malformed += sum(a.malformed for node_answers in answers for a in node_answers)
+        best = max(search.nodes, key=_estimate_key)  # the first of equals
+        search.path.append(best)
+        reason = "max steps" if config.release and step == calls - 1 else (
+            "" if config.release else _stop_reason(search.path, step, config))
+        if reason:
+            return episode.stop(reason)
+        episode.frontier = _expand(episode, best)
+        if not episode.frontier:
+            search.nodes = []
+            malformed = all(a.malformed for a in best.proposals)
+            episode.stop("malformed answer" if malformed else "policy stopped")
+
+    drive(policy, episodes, search_step, calls, 1 if config.release else config.candidates, config.release)
+    return [(_release_result if config.release else _result)(e, s) for e, s in zip(episodes, searches)]
 
 
-def _start(index: int, request: EpisodeRequest, segmenter: Segmenter) -> _Episode:
-    """The root node: the annotator's clicks and/or box replayed through the tool, else an empty mask."""
-    segmenter.set_image(request.image)
-    height, width = request.image.shape[:2]
-    clicks = tuple(c.clamped(width, height) for c in request.clicks)
-    first = replay(segmenter, clicks, request.box)
-    if first is None:
-        root = _Node((), np.zeros((height, width), bool), None, box=request.box)
-    else:
-        root = _Node(clicks, first.mask, first.logits, float(first.score), box=request.box)
-    return _Episode(index, request, len(clicks), [root], segmenter.image_key[1])
+def _judged(state: State, answers: list[Answer]) -> _Node:
+    """The node's PRM score: the mean of its answers' estimates (None when none has one)."""
+    estimates = [a.iou_estimate for a in answers if a.iou_estimate is not None]
+    return _Node(state, float(np.mean(estimates)) if estimates else None, list(answers))
 
 
-def _judge(policy: Policy, episodes: list[_Episode], step: int, k: int, release: bool = False) -> None:
-    """One batched policy call over every node of every active episode: PRM score + proposals."""
-    owners, observations = [], []
-    for e in episodes:
-        r = e.request
-        for node in e.nodes:
-            owners.append((e, node))
-            observations.append(Observation(r.image, node.mask, r.expression, step, node.clicks, e.index, r.gt,
-                                            r.ignore, release=release, answer_head=node.head))
-    for (episode, node), answers in zip(owners, policy.propose(observations, k)):
-        estimates = [a.iou_estimate for a in answers if a.iou_estimate is not None]
-        node.estimate = float(np.mean(estimates)) if estimates else None
-        node.proposals = list(answers)
-        episode.malformed += sum(a.malformed for a in answers)
-
-
-def _stop_reason(episode: _Episode, step: int, config: LoopConfig) -> str:
-    estimates = [n.estimate for n in episode.path]
+def _stop_reason(path: list[_Node], step: int, config: LoopConfig) -> str:
+    estimates = [n.estimate for n in path]
     if estimates[-1] is not None and estimates[-1] >= config.stop_iou:
         return "estimate reached stop_iou"
     known = [e for e in estimates if e is not None]
@@ -151,7 +118,7 @@ def _stop_reason(episode: _Episode, step: int, config: LoopConfig) -> str:
     return ""
 
 
-def _expand(episode: _Episode, parent: _Node, segmenter: Segmenter) -> list[_Node]:
+def _expand(episode: Episode, parent: _Node) -> list[State]:
     """The children of ``parent``: its distinct proposed clicks, each run through the tool.
 
     An answer carrying a box (``<box>(x1,y1),(x2,y2)</box>``) gives the tool that box in this and every
@@ -161,18 +128,13 @@ def _expand(episode: _Episode, parent: _Node, segmenter: Segmenter) -> list[_Nod
     for a in parent.proposals:  # distinct clicks in proposal order, each with its first answer
         if a.click is not None:
             answers.setdefault(a.click, a)
-    if not answers:
-        return []
-    # lockstep interleaves images: switch back by the known digest (a cache hit, no re-hashing)
-    segmenter.set_image(episode.request.image, episode.digest)
-    height, width = episode.request.image.shape[:2]
     children = []
     for click, answer in answers.items():
-        box, head = parent.box, parent.head
-        if answer.box is not None:
-            box, head = box_pixels(answer.box, width, height), answer_head(answer.text)
-        out = segmenter.segment(parent.clicks + (click,), box, parent.logits)
-        children.append(_Node(parent.clicks + (click,), out.mask, out.logits, float(out.score), box, head))
+        if answer.box is None:
+            children.append(episode.act(parent.state, click))
+        else:
+            box = box_pixels(answer.box, episode.width, episode.height)
+            children.append(episode.act(parent.state, click, box, answer_head(answer.text)))
     return children
 
 
@@ -180,18 +142,19 @@ def _estimate_key(node: _Node) -> float:
     return -1.0 if node.estimate is None else node.estimate
 
 
-def _result(episode: _Episode) -> EpisodeResult:
+def _result(episode: Episode, search: _Search) -> EpisodeResult:
     """The chosen node with the highest estimate, the latest of equals (the last one when the policy gives none)."""
-    path = episode.path
+    path = search.path
     # the latest of equal estimates: when the PRM cannot tell two masks apart, the later one holds more clicks
     best = max(reversed(path), key=_estimate_key)
-    shown = {len(n.clicks): n.estimate for n in path}  # estimate of the mask each click was chosen on
+    shown = {len(n.state.clicks): n.estimate for n in path}  # estimate of the mask each click was chosen on
     trajectory = [
-        TrajectoryStep(click, None if i < episode.given else shown.get(i))
-        for i, click in enumerate(best.clicks)
+        TrajectoryStep(click, None if i < search.given else shown.get(i))
+        for i, click in enumerate(best.state.clicks)
     ]
-    score = best.estimate if best.estimate is not None else best.tool_score
-    return EpisodeResult(best.mask, float(score), trajectory, best.box, episode.malformed, episode.stop_reason)
+    score = best.estimate if best.estimate is not None else best.state.score
+    return EpisodeResult(best.state.mask, float(score), trajectory, best.state.box, search.malformed,
+                         episode.stop_reason)
 
 
 def release_choice(estimates: Sequence[Optional[float]], clicks: int) -> int:
@@ -206,13 +169,14 @@ def release_choice(estimates: Sequence[Optional[float]], clicks: int) -> int:
     return min(max(best, 1), clicks)
 
 
-def _release_result(episode: _Episode) -> EpisodeResult:
-    path = episode.path
+def _release_result(episode: Episode, search: _Search) -> EpisodeResult:
+    path = search.path
     # the mask after each count of policy clicks (the annotator's clicks, if any, came before)
-    masks = {len(n.clicks) - episode.given: n for n in path + episode.nodes}
+    masks = {len(n.state.clicks) - search.given: n for n in path + search.nodes}
     chosen = masks[release_choice([n.estimate for n in path], max(masks))]
     estimates = [n.estimate for n in path]
-    trajectory = [TrajectoryStep(click, None if i < episode.given or i >= len(estimates) else estimates[i])
-                  for i, click in enumerate(chosen.clicks)]
+    trajectory = [TrajectoryStep(click, None if i < search.given or i >= len(estimates) else estimates[i])
+                  for i, click in enumerate(chosen.state.clicks)]
     score = chosen.estimate if chosen.estimate is not None and None not in estimates else 0.0
-    return EpisodeResult(chosen.mask, float(score), trajectory, chosen.box, episode.malformed, episode.stop_reason)
+    return EpisodeResult(chosen.state.mask, float(score), trajectory, chosen.state.box, search.malformed,
+                         episode.stop_reason)

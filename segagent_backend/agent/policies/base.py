@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional, Sequence
 
@@ -31,7 +31,6 @@ class Observation:
     episode: int = 0
     gt: Optional[np.ndarray] = None
     ignore: Optional[np.ndarray] = None
-    extra: dict = field(default_factory=dict)
     release: bool = False  # the paper's protocol: the release's overlay arithmetic and strict parser
     answer_head: Optional[str] = None  # ``<ref>..</ref><box>..</box>`` re-fed after an answer with a box
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -30,7 +29,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, parse_answer, task_text
+from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, task_text
 from ..loading import ModelLoadError, resolve_device
 from .base import Observation
 from .text import TextAnswerPolicy
@@ -258,37 +257,4 @@ class HFVLMPolicy(TextAnswerPolicy):
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         out = self.model.generate(**inputs, **kwargs)
-        result = decode_answers(self.tokenizer, out[:, prompt_len:].tolist(), observations, k, self.stop_ids,
-                                self.forced_prefix, self.convention, self.stats)
-        self.stats.calls += 1
-        self.stats.answers += len(observations) * k
-        self.stats.seconds += time.perf_counter() - start
-        return result
-
-
-def decode_answers(tokenizer, rows: list[list[int]], observations: Sequence[Observation], k: int,
-                   stop_ids: Sequence[int], forced_prefix: bool, convention: CoordinateConvention,
-                   stats) -> list[list[Answer]]:
-    """Generated ids (``len(observations) * k`` rows grouped by observation, prompt removed) -> answers.
-
-    Each row is cut at its first stop id; generated tokens (stop included, padding excluded) and
-    malformed answers are added to ``stats``. A row cut by the token budget without a click is
-    malformed: it is not a deliberate stop.
-    """
-    stops = set(stop_ids)
-    result: list[list[Answer]] = []
-    for i, obs in enumerate(observations):
-        width, height = obs.size
-        prefix = answer_prefix(obs.expression, obs.answer_head) if forced_prefix else (obs.answer_head or "")
-        answers = []
-        for ids in rows[i * k:(i + 1) * k]:
-            end = next((j for j, t in enumerate(ids) if t in stops), None)
-            stats.generated_tokens += len(ids) if end is None else end + 1
-            text = prefix + tokenizer.decode(ids[:end], skip_special_tokens=True)
-            answer = parse_answer(text, width, height, convention, strict=obs.release)
-            if end is None and answer.click is None:
-                answer = replace(answer, malformed=True)
-            stats.malformed += int(answer.malformed)
-            answers.append(answer)
-        result.append(answers)
-    return result
+        return self.decoded(out[:, prompt_len:].tolist(), observations, k, start)

@@ -22,7 +22,6 @@ from ..protocol import QWEN_VL_CHAT_PROMPT, SEGAGENT_QWEN, Answer, CoordinateCon
 from ..qwen_native import IMAGE_PLACEHOLDER, load_qwen_vl_chat_native, preprocess_images, released_jpeg
 from ..qwen_native.tokenizer import EOD_ID, IM_END_ID, IM_START_ID
 from .base import Observation
-from .hf_vlm import decode_answers
 from .text import TextAnswerPolicy
 
 
@@ -79,9 +78,4 @@ class QwenVLChatPolicy(TextAnswerPolicy):
             kwargs["logits_processor"] = LogitsProcessorList([self.grammar().for_prompt(prompt_len)])
         out = self.model.generate(enc["input_ids"], attention_mask=enc["attention_mask"],
                                   pixel_values=self.pixels(observations).to(self.model.dtype), **kwargs)
-        result = decode_answers(self.tokenizer, out[:, prompt_len:].tolist(), observations, k, self.stop_ids,
-                                self.forced_prefix, self.convention, self.stats)
-        self.stats.calls += 1
-        self.stats.answers += len(observations) * k
-        self.stats.seconds += time.perf_counter() - start
-        return result
+        return self.decoded(out[:, prompt_len:].tolist(), observations, k, start)

@@ -1,10 +1,12 @@
 """What the MLLM policies share: how an answer is decoded (forced prefix, grammar, greedy or sampled)."""
 from __future__ import annotations
 
+import time
 import warnings
+from dataclasses import replace
 from typing import Optional, Sequence
 
-from ..protocol import SEGAGENT_QWEN, CoordinateConvention, answer_prefix
+from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, parse_answer
 from .base import Observation, Policy
 from .canonical import NotCanonicalError, answer_processor
 from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
@@ -75,3 +77,42 @@ class TextAnswerPolicy(Policy):
             return 0
         return max(len(self.tokenizer.encode(answer_prefix(o.expression), add_special_tokens=False))
                    for o in observations)
+
+    def decoded(self, rows: list[list[int]], observations: Sequence[Observation], k: int,
+                started: float) -> list[list[Answer]]:
+        """One ``propose`` call's generated ids (prompt removed) -> its answers, counted in ``stats`` with
+        the seconds since ``started`` (``time.perf_counter()``)."""
+        result = decode_answers(self.tokenizer, rows, observations, k, self.stop_ids, self.forced_prefix,
+                                self.convention, self.stats)
+        self.stats.calls += 1
+        self.stats.answers += len(observations) * k
+        self.stats.seconds += time.perf_counter() - started
+        return result
+
+
+def decode_answers(tokenizer, rows: list[list[int]], observations: Sequence[Observation], k: int,
+                   stop_ids: Sequence[int], forced_prefix: bool, convention: CoordinateConvention,
+                   stats) -> list[list[Answer]]:
+    """Generated ids (``len(observations) * k`` rows grouped by observation, prompt removed) -> answers.
+
+    Each row is cut at its first stop id; generated tokens (stop included, padding excluded) and
+    malformed answers are added to ``stats``. A row cut by the token budget without a click is
+    malformed: it is not a deliberate stop.
+    """
+    stops = set(stop_ids)
+    result: list[list[Answer]] = []
+    for i, obs in enumerate(observations):
+        width, height = obs.size
+        prefix = answer_prefix(obs.expression, obs.answer_head) if forced_prefix else (obs.answer_head or "")
+        answers = []
+        for ids in rows[i * k:(i + 1) * k]:
+            end = next((j for j, t in enumerate(ids) if t in stops), None)
+            stats.generated_tokens += len(ids) if end is None else end + 1
+            text = prefix + tokenizer.decode(ids[:end], skip_special_tokens=True)
+            answer = parse_answer(text, width, height, convention, strict=obs.release)
+            if end is None and answer.click is None:
+                answer = replace(answer, malformed=True)
+            stats.malformed += int(answer.malformed)
+            answers.append(answer)
+        result.append(answers)
+    return result

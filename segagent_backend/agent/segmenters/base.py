@@ -72,13 +72,10 @@ class Segmenter(ABC):
         """Make ``embedding`` (of ``image``) the current one."""
 
     @abstractmethod
-    def segment(
-        self,
-        clicks: Sequence[Click],
-        box: Optional[Box] = None,
-        prev_logits: Optional[np.ndarray] = None,
-    ) -> Segmentation:
-        """All clicks so far (pixels of the original image) -> the best mask at the original size.
+    def segment(self, clicks: Sequence[Click], box: Optional[Box] = None,
+                prev_logits: Optional[np.ndarray] = None) -> Segmentation:
+        """All clicks so far (pixels inside the original image: the episode engine clamps them) and an
+        optional box (XYXY pixels, inside the image) -> the best mask at the original size.
 
         ``prev_logits`` is the ``logits`` of this segmenter's previous call on the same image
         (SAM feeds it back as ``mask_input``). With several candidate masks the best-scoring one

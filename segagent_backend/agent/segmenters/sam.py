@@ -13,15 +13,14 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import torch
 
-from ..types import Box, Click, Segmentation
-from .base import Segmenter
-from .cache import EmbeddingCache
 from ..loading import ModelLoadError, resolve_device
+from .cache import EmbeddingCache
+from .prompted import PromptedSegmenter, SamEmbedding
 
 if TYPE_CHECKING:  # segment_anything needs torchvision at import time: import it lazily
     from segment_anything import SamPredictor
@@ -222,52 +221,20 @@ def load_sam(checkpoint: Union[str, Path], model_type: Optional[str] = None, dev
     return model.to(dev).eval()
 
 
-@dataclass(frozen=True)
-class SamEmbedding:
-    """What ``_encode`` caches for one image.
+class SamSegmenter(PromptedSegmenter):
+    """segment-anything SAM (see :class:`PromptedSegmenter` for what ``segment`` returns)."""
 
-    features:      (1, C, h, w) float tensor on the model's device (C = prompt dim, h = w = img_size / 16).
-    original_size: (H, W) of the original image.
-    input_size:    (H', W') of the image resized so its long side is img_size (before padding).
-    """
-
-    features: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.element_size() * self.features.nelement()
-
-
-class SamSegmenter(Segmenter):
-    """segment-anything SAM: clicks (+ box, + previous low-res logits) -> best of SAM's candidate masks.
-
-    ``segment`` returns ``Segmentation(mask=(H, W) bool, logits=(1, 256, 256) float32 low-res logits
-    of the chosen mask, score=SAM's predicted IoU clamped to [0, 1])``.
-    """
-
-    def __init__(
-        self,
-        model: "Sam",
-        cache: Optional[EmbeddingCache] = None,
-        namespace: Optional[str] = None,
-        single_mask_when_refining: bool = False,
-    ):
+    def __init__(self, model: "Sam", cache: Optional[EmbeddingCache] = None, namespace: Optional[str] = None):
         """``model``: a loaded Sam (see :func:`load_sam`). ``namespace`` keys this model's cache entries
-        (default: unique to this model object). ``single_mask_when_refining``: with previous logits and
-        several clicks ask SAM for its single unambiguous mask (SAM's own advice) instead of the best of 3.
-        """
+        (default: unique to this model object)."""
         super().__init__(cache)
         predictor_cls = import_segment_anything().SamPredictor
         self.model = model
         self.predictor: "SamPredictor" = predictor_cls(model)
         self.cache_namespace = namespace or f"sam:{id(model)}"
-        self.single_mask_when_refining = single_mask_when_refining
         with torch.inference_mode():
             # constant for a model: computed once instead of on every click
             self._dense_pe = model.prompt_encoder.get_dense_pe()
-        self._embedding: Optional[SamEmbedding] = None
 
     @classmethod
     def from_checkpoint(
@@ -276,15 +243,18 @@ class SamSegmenter(Segmenter):
         model_type: Optional[str] = None,
         device: str = "auto",
         cache: Optional[EmbeddingCache] = None,
-        **kwargs,
     ) -> "SamSegmenter":
         """Load ``checkpoint`` with :func:`load_sam`; cache entries are keyed by the checkpoint path."""
         model = load_sam(checkpoint, model_type, device)
-        return cls(model, cache, namespace=f"sam:{Path(checkpoint).resolve()}", **kwargs)
+        return cls(model, cache, namespace=f"sam:{Path(checkpoint).resolve()}")
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        return tuple(self.model.prompt_encoder.mask_input_size)
 
     def _encode(self, image: np.ndarray) -> tuple[SamEmbedding, int]:
         with torch.inference_mode():
@@ -297,62 +267,38 @@ class SamSegmenter(Segmenter):
         return emb, emb.nbytes
 
     def _use(self, embedding: object, image: np.ndarray) -> None:
-        assert isinstance(embedding, SamEmbedding)
+        super()._use(embedding, image)
         # restore exactly the state SamPredictor.set_image leaves, without running the encoder
         p = self.predictor
         p.features = embedding.features
         p.original_size = embedding.original_size
         p.input_size = embedding.input_size
         p.is_image_set = True
-        self._embedding = embedding
 
-    def segment(
-        self,
-        clicks: Sequence[Click],
-        box: Optional[Box] = None,
-        prev_logits: Optional[np.ndarray] = None,
-    ) -> Segmentation:
-        h, w = self.image_size
-        emb = self._embedding
-        assert emb is not None
+    def _decode(self, emb, xy, labels, xyxy, prev):
         dev = self.device
         transform = self.predictor.transform  # original pixels -> the resized input frame
-        points = None
-        if clicks:
-            xy = np.array([[c.x, c.y] for c in (c.clamped(w, h) for c in clicks)], dtype=np.float64)
-            xy = transform.apply_coords(xy, emb.original_size)
-            labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
+        points = boxes = masks = None
+        if len(xy):
             points = (
-                torch.as_tensor(xy, dtype=torch.float32, device=dev)[None],  # (1, N, 2) x, y
-                torch.as_tensor(labels, dtype=torch.int, device=dev)[None],  # (1, N)
-            )
-        boxes = None
-        if box is not None:
-            b = box.clamped(w, h)
-            xyxy = transform.apply_boxes(np.array([[b.x1, b.y1, b.x2, b.y2]], dtype=np.float64), emb.original_size)
-            boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=dev)  # (1, 4)
-        masks = None
-        if prev_logits is not None:
-            expected = (1, *self.model.prompt_encoder.mask_input_size)
-            prev = np.asarray(prev_logits, dtype=np.float32)
-            if prev.shape != expected:
-                raise ValueError(f"prev_logits must have shape {expected}, got {prev.shape}")
+                torch.as_tensor(transform.apply_coords(xy, emb.original_size), dtype=torch.float32, device=dev)[None],
+                torch.as_tensor(labels, dtype=torch.int, device=dev)[None],
+            )  # (1, N, 2) x, y and (1, N)
+        if xyxy is not None:
+            boxes = torch.as_tensor(transform.apply_boxes(xyxy[None], emb.original_size), dtype=torch.float32,
+                                    device=dev)  # (1, 4)
+        if prev is not None:
             masks = torch.as_tensor(prev, device=dev)[None]  # (1, 1, 256, 256)
-        multimask = not (self.single_mask_when_refining and prev_logits is not None and len(clicks) > 1)
-        with torch.inference_mode():
-            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
-            low_res, iou = self.model.mask_decoder(
-                image_embeddings=emb.features,
-                image_pe=self._dense_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )  # low_res (1, K, 256, 256) logits, iou (1, K)
-            best = int(torch.argmax(iou[0]))
-            chosen = low_res[:, best : best + 1]
-            # upscale only the chosen candidate (SamPredictor would upscale all K)
-            full = self.model.postprocess_masks(chosen, emb.input_size, emb.original_size)
-            mask = (full[0, 0] > self.model.mask_threshold).cpu().numpy()
-            logits = chosen[0].float().cpu().numpy()
-            score = float(iou[0, best])
-        return Segmentation(mask=mask, logits=logits, score=min(max(score, 0.0), 1.0))
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=emb.features,
+            image_pe=self._dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )  # low_res (1, K, 256, 256) logits, iou (1, K)
+        return low_res, iou[0]
+
+    def _upscale(self, emb, chosen):
+        full = self.model.postprocess_masks(chosen, emb.input_size, emb.original_size)
+        return (full[0, 0] > self.model.mask_threshold).cpu().numpy()
