@@ -40,7 +40,8 @@ from .labelstudio.annotations import Correction, Rejected, check_mask, correctio
 from .labelstudio.client import label_studio
 from .registry import Registry
 from .settings import Settings
-from .wiring import convention, finetune_config, loop_config, media_loader, policy_from_settings, segmenter_from_settings
+from .wiring import (convention, finetune_config, loop_config, media_loader, policy_from_settings, policy_options,
+                     segmenter_from_settings)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
         raise TrainingError("the trajectories gave no training samples")
     outcome = train_policy(sft, settings.policy, workdir, finetune_config(settings), star_rounds=settings.star_rounds,
                            samples=train, segmenter=segmenter, policy_kind=settings.policy_kind, convention=clicks,
-                           max_steps=settings.max_steps, progress=False)
+                           max_steps=settings.max_steps, policy_options=policy_options(settings), progress=False)
     free_accelerator_memory()  # the trainer's model is gone; its cached blocks need not wait for the next one
     _judge_and_register(settings, report, outcome, held_out, segmenter)
 

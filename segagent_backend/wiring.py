@@ -32,8 +32,12 @@ def policy_from_settings(settings: Settings, source: str) -> "Policy":
     device, dtype, coordinates and sampling temperature."""
     from .agent.policies import build_policy
 
-    return build_policy(settings.policy_kind, source, device=settings.device, dtype=settings.dtype,
-                        coordinates=settings.coordinates, temperature=settings.temperature)
+    return build_policy(settings.policy_kind, source, coordinates=settings.coordinates, **policy_options(settings))
+
+
+def policy_options(settings: Settings) -> dict:
+    """``build_policy`` keywords besides kind, source and coordinates: how every policy of this deployment runs."""
+    return dict(device=settings.device, dtype=settings.dtype, temperature=settings.temperature)
 
 
 def loop_config(settings: Settings) -> "LoopConfig":

@@ -56,8 +56,11 @@ class TrainOutcome:
 def train_policy(sft: Sequence[SFTSample], base: str, out: Path, config: FinetuneConfig, *, star_rounds: int = 0,
                  samples: Sequence[Sample] = (), segmenter: Optional[Segmenter] = None, policy_kind: str = "hf-vlm",
                  convention: CoordinateConvention = SEGAGENT_QWEN, max_steps: int = 7,
-                 progress: bool = True) -> TrainOutcome:
+                 policy_options: Optional[dict] = None, progress: bool = True) -> TrainOutcome:
     """Fine-tune ``base`` on ``sft``; then ``star_rounds`` StaR+ rounds over ``samples`` with ``segmenter``.
+
+    ``policy_options``: ``build_policy`` keywords for the StaR+ rollouts (device, dtype, temperature), so
+    the rolled-out policy runs as the served one does.
 
     A Qwen-VL-Chat base (config.json ``model_type: qwen``) is trained and rolled out as ``qwen-vl-chat``
     (the native model) whatever ``policy_kind`` says: no other policy can load it.
@@ -70,7 +73,7 @@ def train_policy(sft: Sequence[SFTSample], base: str, out: Path, config: Finetun
     data = list(sft)
     reports = [_train_round(0, data, base, out, config, progress, policy_kind=policy_kind)]
     for r in range(1, star_rounds + 1):
-        refined, star = _refine(r, out, samples, segmenter, policy_kind, convention, max_steps)
+        refined, star = _refine(r, out, samples, segmenter, policy_kind, convention, max_steps, policy_options or {})
         data += refined
         reports.append(_train_round(r, data, base, out, config, progress, star, policy_kind))
     final = out / "model"
@@ -98,7 +101,7 @@ def _train_round(r: int, data: list[SFTSample], base: str, out: Path, config: Fi
 
 
 def _refine(r: int, out: Path, samples: Sequence[Sample], segmenter: Segmenter, policy_kind: str,
-            convention: CoordinateConvention, max_steps: int) -> tuple[list[SFTSample], dict]:
+            convention: CoordinateConvention, max_steps: int, policy_options: dict) -> tuple[list[SFTSample], dict]:
     """Roll out round r-1's policy; its refined samples (recomputed on resume: rollouts are greedy)."""
     from segagent_backend.agent.policies import build_policy
 
@@ -108,7 +111,8 @@ def _refine(r: int, out: Path, samples: Sequence[Sample], segmenter: Segmenter, 
     from .star import star_samples
 
     coordinates = next(name for name, c in CONVENTIONS.items() if c == convention)
-    policy = build_policy(policy_kind, str(out / "rounds" / str(r - 1) / "model"), coordinates=coordinates)
+    policy = build_policy(policy_kind, str(out / "rounds" / str(r - 1) / "model"), coordinates=coordinates,
+                          **policy_options)
     score = evaluate_policy(policy, segmenter, samples, LoopConfig(max_steps=max_steps))
     refined, rollouts = star_samples(policy, segmenter, samples, max_steps=max_steps, convention=convention)
     star = {"rollout_iou": score.miou, "rollout_ciou": score.ciou,

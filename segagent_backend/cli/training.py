@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.pipeline import train_policy
 
     from ..registry import Registry
-    from ..wiring import convention, finetune_config
+    from ..wiring import convention, finetune_config, policy_options
     from .models import check_model_source, load_tool
 
     settings = Settings.from_env()
@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     rounds = settings.star_rounds if args.star_rounds is None else args.star_rounds
     outcome = train_policy(sft, base, Path(args.out), config, star_rounds=rounds, samples=samples,
                            segmenter=segmenter, policy_kind=settings.policy_kind, convention=clicks,
-                           max_steps=settings.max_steps)
+                           max_steps=settings.max_steps, policy_options=policy_options(settings))
     print(json.dumps(outcome.to_json(), indent=2))
     if args.register:
         info = Registry.from_settings(settings).register(outcome.model_dir, {
