@@ -193,6 +193,21 @@ def _trainer_class():
     return CountingTrainer
 
 
+def last_complete_checkpoint(checkpoints: Path) -> Optional[str]:
+    """The newest ``checkpoint-N`` the Trainer finished writing (its ``trainer_state.json`` is written last);
+    one cut short by a killed process is deleted, so the run resumes from the one before."""
+    done = []
+    for folder in checkpoints.glob("checkpoint-*") if checkpoints.is_dir() else ():
+        if not folder.name.split("-")[-1].isdigit():
+            continue
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+            done.append((int(folder.name.split("-")[-1]), folder))
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)
+    return str(max(done)[1]) if done else None
+
+
 def _check_run(out: Path, run: dict, resume: Optional[str]) -> None:
     path = out / "run.json"
     if resume and path.is_file():
@@ -278,7 +293,6 @@ def finetune(samples: Sequence[SFTSample], base: Union[str, Path], out: Path, co
     """
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     if not samples:
         raise ValueError("no SFT samples to train on")
@@ -306,7 +320,7 @@ def finetune(samples: Sequence[SFTSample], base: Union[str, Path], out: Path, co
 
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = last_complete_checkpoint(checkpoints)
     where = Path(str(base)).expanduser()
     source = str(where.resolve()) if where.exists() else str(base)
     run = dict({k: getattr(config, k) for k in RUN_KEYS}, base=source, samples=len(samples))
