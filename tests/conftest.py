@@ -19,6 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+# the tiny random models, one session-scoped fixture each (tests/fixtures/models.py)
+pytest_plugins = ["tests.fixtures.models"]
 # The Redis `make test` provides reaches tests only through the `redis_url` fixture, each with its own queue
 # prefix: a test that runs the service or the CLI in-process must not read (or leave) the shared Redis's
 # default-prefix announcements (a promoted version announced there would leak into every later test).
@@ -97,8 +99,11 @@ def client(make_client):
 
 @pytest.fixture(scope="session")
 def grabcut_dir() -> Path:
-    """The GrabCut set: SEGAGENT_GRABCUT_DIR, default ../shared/datasets/grabcut; skipped when absent."""
-    root = Path(os.environ.get("SEGAGENT_GRABCUT_DIR", REPO.parent / "shared" / "datasets" / "grabcut"))
+    """The GrabCut set (trainer.datasets.default_grabcut_dir: SEGAGENT_GRABCUT_DIR, default
+    ../shared/datasets/grabcut); skipped when absent."""
+    from trainer.datasets import default_grabcut_dir
+
+    root = default_grabcut_dir(REPO)
     if not (root / "manifest.json").is_file():
         pytest.skip(f"GrabCut set not found at {root} (set SEGAGENT_GRABCUT_DIR)")
     return root

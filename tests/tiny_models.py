@@ -110,10 +110,12 @@ def torchvision_standin() -> Iterator[None]:
 
 
 def import_segment_anything():
-    """``import segment_anything`` through :func:`torchvision_standin`; returns the module."""
+    """The production :func:`segagent_backend.agent.segmenters.sam.import_segment_anything`, run through
+    :func:`torchvision_standin`; returns the module."""
+    from segagent_backend.agent.segmenters.sam import import_segment_anything as production_import
+
     with torchvision_standin():
-        import segment_anything
-    return segment_anything
+        return production_import()
 
 
 def _build_sam(
@@ -128,44 +130,25 @@ def _build_sam(
     img_size: int = 1024,
     seed: int = 0,
 ):
-    """A randomly initialised segment_anything ``Sam`` built from its modeling classes."""
-    from functools import partial
+    """A randomly initialised segment_anything ``Sam``: the production ``build_sam`` of a ``SamArchitecture``.
 
+    The other hyper-parameters are segment_anything's (patch 16, MLP ratio 4, window 14, absolute positions,
+    qkv bias, 16 mask channels, 3 multimask outputs, a 2-layer decoder, a 3-layer IoU head).
+    """
     import torch
 
-    import_segment_anything()
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segagent_backend.agent.segmenters.sam import SamArchitecture, build_sam
 
-    torch.manual_seed(seed)
-    grid = img_size // 16
-    encoder = ImageEncoderViT(
-        img_size=img_size,
-        patch_size=16,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=4,
-        out_chans=prompt_dim,
-        qkv_bias=True,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
-        window_size=14,
-        global_attn_indexes=global_attn_indexes,
-    )
-    prompt = PromptEncoder(
-        embed_dim=prompt_dim,
-        image_embedding_size=(grid, grid),
-        input_image_size=(img_size, img_size),
-        mask_in_chans=16,
-    )
-    decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=decoder_mlp_dim, num_heads=8),
-        transformer_dim=prompt_dim,
-        iou_head_depth=3,
+    import_segment_anything()
+    arch = SamArchitecture(
+        img_size=img_size, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4,
+        window_size=14, global_attn_indexes=tuple(global_attn_indexes), use_abs_pos=True, qkv_bias=True,
+        prompt_dim=prompt_dim, mask_in_chans=16, num_multimask_outputs=3, decoder_depth=2,
+        decoder_mlp_dim=decoder_mlp_dim, attention_downsample_rate=2, iou_head_depth=3,
         iou_head_hidden_dim=iou_hidden,
     )
-    sam = Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder)
+    torch.manual_seed(seed)
+    sam = build_sam(arch)
     # Random rel-pos tables (SAM zero-initialises them) so a wrongly inferred head split shows.
     with torch.no_grad():
         for name, p in sam.named_parameters():

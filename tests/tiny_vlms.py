@@ -13,13 +13,12 @@ ASSISTANT:`` for LLaVA).
 
 Qwen processors cannot be constructed without torchvision (their video processor is a
 placeholder), so the folders are written through the same video-less processor subclass the
-loader uses, then the saved ``processor_class`` is set back to the real class name, as a real
-checkpoint has it. Images are kept tiny: Qwen's image processor gets a small ``max_pixels``
-(at most 16 merged image tokens), LLaVA's a 28x28 crop with 14-pixel patches (4 image tokens).
+loader uses, by the production ``save_processor``, which writes the real class name as the saved
+``processor_class``, as a real checkpoint has it. Images are kept tiny: Qwen's image processor gets a
+small ``max_pixels`` (at most 16 merged image tokens), LLaVA's a 28x28 crop with 14-pixel patches (4 image tokens).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Union
 
@@ -100,17 +99,6 @@ def _video_less(kind: str):
     return video_less_processor_class(kind)
 
 
-def _fix_processor_class(folder: Path, real_name: str) -> None:
-    """Write the real processor class name where ``save_pretrained`` wrote the subclass's."""
-    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
-        path = folder / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            if "processor_class" in data:
-                data["processor_class"] = real_name
-                path.write_text(json.dumps(data, indent=2))
-
-
 def _qwen_text_config(vocab_size: int, tok) -> dict:
     # head_dim = 32 / 2 = 16; mrope_section must sum to head_dim / 2 = 8
     return dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -128,9 +116,11 @@ def _qwen_ids(tok) -> dict:
                 vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
 
 
-def _save_qwen(folder: PathLike, model_cls, config, kind: str, real_processor: str, seed: int) -> Path:
+def _save_qwen(folder: PathLike, model_cls, config, kind: str, seed: int) -> Path:
     import torch
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from segagent_backend.agent.policies.hf_vlm import save_processor
 
     folder = Path(folder)
     tok = _qwen_tokenizer()
@@ -143,8 +133,7 @@ def _save_qwen(folder: PathLike, model_cls, config, kind: str, real_processor: s
     # 28 = patch 14 x merge 2: 4..16 merged image tokens per image whatever its size
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     processor = _video_less(kind)(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE)
-    processor.save_pretrained(folder)
-    _fix_processor_class(folder, real_processor)
+    save_processor(processor, folder)  # the production writer: the saved processor_class is the real one
     return folder
 
 
@@ -159,7 +148,7 @@ def make_tiny_qwen2_vl(folder: PathLike, seed: int = 0) -> Path:
         vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2),
         **_qwen_ids(tok))
-    return _save_qwen(folder, Qwen2VLForConditionalGeneration, config, "qwen2_vl", "Qwen2VLProcessor", seed)
+    return _save_qwen(folder, Qwen2VLForConditionalGeneration, config, "qwen2_vl", seed)
 
 
 def make_tiny_qwen2_5_vl(folder: PathLike, seed: int = 0) -> Path:
@@ -173,8 +162,7 @@ def make_tiny_qwen2_5_vl(folder: PathLike, seed: int = 0) -> Path:
                            spatial_merge_size=2, temporal_patch_size=2, window_size=56, out_hidden_size=32,
                            fullatt_block_indexes=[1]),
         **_qwen_ids(tok))
-    return _save_qwen(folder, Qwen2_5_VLForConditionalGeneration, config, "qwen2_5_vl", "Qwen2_5_VLProcessor",
-                      seed)
+    return _save_qwen(folder, Qwen2_5_VLForConditionalGeneration, config, "qwen2_5_vl", seed)
 
 
 def make_tiny_llava(folder: PathLike, seed: int = 0) -> Path:

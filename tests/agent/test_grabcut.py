@@ -1,9 +1,6 @@
 """The GrabCut tool on synthetic images made here, and on a few images of the real GrabCut set."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,8 +8,6 @@ from segagent_backend.agent.metrics import iou
 from segagent_backend.agent.segmenters.cache import EmbeddingCache
 from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
 from segagent_backend.agent.types import Box, Click
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _scene(width: int = 200, height: int = 150, seed: int = 0):
@@ -198,16 +193,9 @@ def test_own_region_of_a_background_coloured_part_is_capped_and_kept_within_reac
 FAST_IMAGES = ("106024", "388016", "music")  # small, and monotone in the full bench run
 
 
-def _grabcut_dir() -> Path:
-    env = os.environ.get("SEGAGENT_GRABCUT_DIR")
-    return Path(env) if env else (REPO / ".." / "shared" / "datasets" / "grabcut").resolve()
-
-
 @pytest.mark.parametrize("name", FAST_IMAGES)
-def test_real_images_reach_a_good_iou_monotonically(name):
-    root = _grabcut_dir()
-    if not (root / "manifest.json").is_file():
-        pytest.skip(f"GrabCut dataset not found at {root} (set SEGAGENT_GRABCUT_DIR)")
+def test_real_images_reach_a_good_iou_monotonically(name, grabcut_dir):
+    root = grabcut_dir  # skipped with the reason when the set is absent (tests/conftest.py)
     from trainer.datasets import load_grabcut
     from trainer.evaluation import simulate_noc
 

@@ -13,14 +13,13 @@ from segagent_backend.agent.segmenters.cache import EmbeddingCache
 from segagent_backend.agent.segmenters.hf_sam import HFSamSegmenter, load_hf_sam
 from segagent_backend.agent.segmenters.sam import ModelLoadError
 from segagent_backend.agent.types import Box, Click
-from tests.tiny_models import make_tiny_hf_sam
 
 H, W = 96, 128  # deliberately not square: x and y must not be swapped
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_tiny_hf_sam(tmp_path_factory.mktemp("hf_sam") / "tiny-sam")
+def folder(tiny_hf_sam):
+    return tiny_hf_sam
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,14 @@ SIZES = [(40, 60), (80, 50), (30, 30)]  # (H, W): three different image sizes in
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    """name -> (model, processor), each built by tests/tiny_vlms.py and loaded through load_hf_vlm."""
+def loaded(tmp_path_factory, tiny_qwen2_vl, tiny_llava):
+    """name -> (model, processor), each built by tests/tiny_vlms.py and loaded through load_hf_vlm.
+
+    Qwen2-VL and LLaVA are the session's shared folders (named after their MAKERS key)."""
+    shared = {"qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
     root = tmp_path_factory.mktemp("tiny_vlms")
-    return {name: load_hf_vlm(make(root / name)) for name, make in tiny_vlms.MAKERS.items()}
+    return {name: load_hf_vlm(shared[name] if name in shared else make(root / name))
+            for name, make in tiny_vlms.MAKERS.items()}
 
 
 def observations(expression: str = "a red disk") -> list[Observation]:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.oracle.tiny_qwen import ORACLE_CODE, REPO, oracle_code_dir, random_state_dict, save_checkpoint, tiny_config
+from tests.oracle.tiny_qwen import ORACLE_CODE, oracle_code_dir
 
 pytestmark = pytest.mark.skipif(oracle_code_dir() is None, reason=f"qwen.tiktoken absent at {ORACLE_CODE}")
 pytest.importorskip("tiktoken", reason="tiktoken is not installed (the native tokenizer needs it)")
@@ -29,13 +29,12 @@ from segagent_backend.agent.policies.qwen_vl_chat import QwenVLChatPolicy  # noq
 from segagent_backend.agent.protocol import QWEN_VL_CHAT_PROMPT, answer_prefix  # noqa: E402
 from segagent_backend.agent.qwen_native import preprocess_images  # noqa: E402
 
-from conftest import make_disk_image  # noqa: E402
+from tests.conftest import make_disk_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    config = tiny_config()
-    return save_checkpoint(tmp_path_factory.mktemp("segagent-qwen"), config, random_state_dict(config, seed=3))
+def folder(tiny_qwen_vl_chat):
+    return tiny_qwen_vl_chat
 
 
 @pytest.fixture(scope="module")

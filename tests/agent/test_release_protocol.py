@@ -13,7 +13,7 @@ from segagent_backend.agent.protocol import Answer, parse_answer
 from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
 from segagent_backend.agent.types import Box, Click
 
-from conftest import make_disk_image
+from tests.conftest import make_disk_image
 
 
 @pytest.mark.parametrize("estimates, clicks, expected", [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_models import import_segment_anything, make_tiny_sam_checkpoint
+from tests.tiny_models import import_segment_anything
 
 import_segment_anything()  # through the torchvision stand-in on machines without torchvision
 
@@ -25,8 +25,8 @@ H, W = 96, 128  # deliberately not square: x and y must not be swapped
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_tiny_sam_checkpoint(tmp_path_factory.mktemp("sam") / "tiny_sam.pth")
+def checkpoint(tiny_sam_checkpoint):
+    return tiny_sam_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -126,11 +126,9 @@ def backend(label_studio, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def policy_backend(label_studio, tmp_path_factory):
+def policy_backend(label_studio, tmp_path_factory, tiny_qwen2_vl):
     """The backend with a SegAgent policy (a tiny random Qwen2-VL saved like a real checkpoint)."""
-    from tests.tiny_vlms import make_tiny_qwen2_vl
-
-    folder = make_tiny_qwen2_vl(tmp_path_factory.mktemp("policy") / "tiny-qwen2-vl")
+    folder = tiny_qwen2_vl
     url, proc = serve_backend(label_studio, tmp_path_factory.mktemp("models"), SEGAGENT_POLICY=str(folder),
                               SEGAGENT_MAX_STEPS="3")
     yield url
@@ -209,15 +207,13 @@ def test_automatic_predictions_with_a_policy_are_stored_with_their_trajectory(la
     assert len(list(ls.predictions.list(task=task.id))) == 1
 
 
-def test_preannotate_a_project_through_queue_workers(label_studio, files_root, redis_url, tmp_path):
+def test_preannotate_a_project_through_queue_workers(label_studio, files_root, redis_url, tmp_path, tiny_qwen2_vl):
     """`segagent preannotate` queues the tasks lacking this model version; a burst `segagent worker`
     posts their predictions through the API; a second run queues nothing (idempotent)."""
     import json
     import uuid
 
     import redis
-
-    from tests.tiny_vlms import make_tiny_qwen2_vl
 
     url, token = label_studio
     ls = LabelStudio(base_url=url, api_key=token)
@@ -228,7 +224,7 @@ def test_preannotate_a_project_through_queue_workers(label_studio, files_root, r
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "REDIS_URL": redis_url, "SEGAGENT_QUEUE_PREFIX": prefix, "LABEL_STUDIO_URL": url,
            "LABEL_STUDIO_API_KEY": token, "SEGAGENT_BATCH_CHUNK": "2", "SEGAGENT_MAX_STEPS": "2",
-           "SEGAGENT_POLICY": str(make_tiny_qwen2_vl(tmp_path / "policy" / "tiny-qwen2-vl")),
+           "SEGAGENT_POLICY": str(tiny_qwen2_vl),
            "MODEL_DIR": str(tmp_path / "models"), "PYTHONPATH": str(REPO)}
 
     def segagent(*args: str) -> str:
@@ -254,16 +250,16 @@ def test_preannotate_a_project_through_queue_workers(label_studio, files_root, r
         conn.srem("rq:queues", *[f"rq:queue:{prefix}-{kind}" for kind in ("interactive", "batch", "train")])
 
 
-def test_annotations_in_label_studio_train_a_version_that_serves(label_studio, files_root, disk_image, tmp_path):
+def test_annotations_in_label_studio_train_a_version_that_serves(label_studio, files_root, disk_image, tmp_path,
+                                                                  tiny_qwen2_vl):
     """Annotations submitted in Label Studio reach /webhook as Label Studio sends them and are recorded;
     Start Training pulls the project through the SDK, trains, judges on held-out tasks and promotes; the
     next "Retrieve predictions" stores predictions of the new model version."""
     from label_studio_sdk.converter.brush import mask2rle
 
     from tests.service.test_learning_loop import FAST_ROUND
-    from tests.tiny_vlms import make_tiny_qwen2_vl
 
-    policy = make_tiny_qwen2_vl(tmp_path / "policy" / "tiny-qwen2-vl")
+    policy = tiny_qwen2_vl  # shared read-only: training writes into tmp_path / "models"
     backend_url, proc = serve_backend(label_studio, tmp_path / "models", SEGAGENT_POLICY=str(policy),
                                       SEGAGENT_TRAIN_EVERY="0", **FAST_ROUND)
     try:

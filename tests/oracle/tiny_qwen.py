@@ -14,6 +14,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from segagent_backend.agent.qwen_native.save import DEFAULT_GENERATION_CONFIG
+from segagent_backend.agent.qwen_native.tokenizer import VOCAB_FILE
+
 REPO = Path(__file__).resolve().parents[2]
 ORACLE_CODE = REPO.parent / "shared" / "oracles" / "qwen-vl-chat"
 ORACLE_PY_FILES = ("configuration_qwen.py", "modeling_qwen.py", "visual.py", "tokenization_qwen.py",
@@ -100,7 +103,7 @@ def random_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: Path, config: dict, state: dict[str, torch.Tensor], layout: str = "safetensors",
                     shards: int = 1, tokenizer: bool = True) -> Path:
-    """Write config.json (+ generation_config.json, + qwen.tiktoken) and the weights.
+    """Write config.json (+ the production default generation_config.json, + qwen.tiktoken) and the weights.
 
     layout: ``safetensors`` or ``bin``; shards > 1 writes ``model-0000i-of-0000n.*`` and the index file the
     hub uses. No .py file is written: the folder is what the native loader must cope with.
@@ -108,11 +111,9 @@ def save_checkpoint(folder: Path, config: dict, state: dict[str, torch.Tensor], 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=1))
-    (folder / "generation_config.json").write_text(json.dumps(
-        {"chat_format": "chatml", "eos_token_id": 151643, "pad_token_id": 151643, "max_window_size": 6144,
-         "max_new_tokens": 512, "do_sample": False}))
+    (folder / "generation_config.json").write_text(json.dumps(DEFAULT_GENERATION_CONFIG))
     if tokenizer:
-        shutil.copyfile(ORACLE_CODE / "qwen.tiktoken", folder / "qwen.tiktoken")
+        shutil.copyfile(ORACLE_CODE / VOCAB_FILE, folder / VOCAB_FILE)
     names = list(state)
     groups = [names[i::shards] for i in range(shards)]
     ext = "safetensors" if layout == "safetensors" else "bin"
@@ -148,5 +149,5 @@ def make_image(path: Path, size: tuple[int, int] = (96, 64), seed: int = 0) -> P
 
 def oracle_code_dir() -> Optional[Path]:
     """The folder of the original Qwen-VL-Chat code and qwen.tiktoken, or None when absent."""
-    ok = all((ORACLE_CODE / n).is_file() for n in ORACLE_PY_FILES + ("qwen.tiktoken",))
+    ok = all((ORACLE_CODE / n).is_file() for n in ORACLE_PY_FILES + (VOCAB_FILE,))
     return ORACLE_CODE if ok else None

@@ -11,12 +11,11 @@ from segagent_backend.learning import list_reports
 from segagent_backend.registry import Registry
 from tests.service.payloads import CONFIG, predict_body
 from tests.service.test_learning_loop import FAST_ROUND, annotation_event
-from tests.tiny_vlms import make_tiny_qwen2_vl
 
 
 def test_webhook_round_runs_on_a_worker_and_the_new_version_serves(queue_app, workers, queue_env, tmp_path,
-                                                                    media_server, disk_image):
-    base = make_tiny_qwen2_vl(tmp_path / "base")
+                                                                    media_server, disk_image, tiny_qwen2_vl):
+    base = tiny_qwen2_vl
     shared = tmp_path / "worker0"  # MODEL_DIR of worker 0: the web process must share it (corrections, versions)
     env = {"SEGAGENT_POLICY": str(base), "SEGAGENT_TRAIN_EVERY": "3", **FAST_ROUND}
     workers.start(1, **env)
@@ -61,7 +60,8 @@ def base_policy_dir(tmp_path):
     return folder
 
 
-def test_a_round_whose_worker_is_killed_resumes_on_another(workers, queue_env, tmp_path, media_server, disk_image):
+def test_a_round_whose_worker_is_killed_resumes_on_another(workers, queue_env, tmp_path, media_server, disk_image,
+                                                           tiny_qwen2_vl):
     """SIGKILL the worker in the middle of training: the job is re-queued, another worker (sharing
     MODEL_DIR) resumes from the last checkpoint, and the round still ends promoted."""
     import os
@@ -73,7 +73,7 @@ def test_a_round_whose_worker_is_killed_resumes_on_another(workers, queue_env, t
     from segagent_backend.settings import Settings
 
     shared = tmp_path / "shared"
-    env = {"SEGAGENT_POLICY": str(make_tiny_qwen2_vl(tmp_path / "base")), **FAST_ROUND,
+    env = {"SEGAGENT_POLICY": str(tiny_qwen2_vl), **FAST_ROUND,
            "SEGAGENT_TRAIN_EPOCHS": "150", "SEGAGENT_TRAIN_SAVE_STEPS": "10"}
     settings = Settings.from_env({**queue_env, **env, "MODEL_DIR": str(shared)})
     url = f"{media_server}/disk.png"

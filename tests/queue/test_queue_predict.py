@@ -12,7 +12,6 @@ from segagent_backend.app import create_app
 from segagent_backend.labelstudio.config import EXAMPLE_CONFIG
 from tests.conftest import make_disk_image
 from tests.service.payloads import keypoint, predict_body
-from tests.tiny_vlms import make_tiny_qwen2_vl
 
 
 def mask_of(prediction: dict) -> np.ndarray:
@@ -45,8 +44,8 @@ def test_clicks_are_answered_quickly_by_a_warm_worker(queue_app, workers, media_
 
 
 @pytest.fixture(scope="module")
-def policy_folder(tmp_path_factory):
-    return make_tiny_qwen2_vl(tmp_path_factory.mktemp("policy") / "tiny-qwen2-vl")
+def policy_folder(tiny_qwen2_vl):
+    return tiny_qwen2_vl
 
 
 @pytest.fixture(scope="module")

@@ -3,17 +3,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from segagent_backend.registry import Registry
 from tests.service.payloads import CONFIG, keypoint, predict_body
-from tests.tiny_vlms import make_tiny_qwen2_vl
-
-
-@pytest.fixture(scope="module")
-def tiny_policies(tmp_path_factory):
-    root = tmp_path_factory.mktemp("policies")
-    return make_tiny_qwen2_vl(root / "a", seed=0), make_tiny_qwen2_vl(root / "b", seed=1)
 
 
 def test_worker_reloads_a_promoted_version_between_jobs(queue_app, workers, queue_env, tmp_path, tiny_policies,

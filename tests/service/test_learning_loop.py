@@ -13,7 +13,6 @@ from label_studio_sdk.converter.brush import mask2rle
 from segagent_backend.learning import list_reports, run_training
 from segagent_backend.registry import Registry
 from tests.service.payloads import CONFIG, predict_body
-from tests.tiny_vlms import make_tiny_qwen2_vl
 
 # a round that memorises one-click trajectories of the disk image in ~30 optimizer steps
 FAST_ROUND = {"SEGAGENT_TRAIN_METHOD": "full", "SEGAGENT_TRAIN_LR": "0.003", "SEGAGENT_TRAIN_EPOCHS": "40", "SEGAGENT_TRAIN_BATCH": "2",
@@ -21,8 +20,8 @@ FAST_ROUND = {"SEGAGENT_TRAIN_METHOD": "full", "SEGAGENT_TRAIN_LR": "0.003", "SE
 
 
 @pytest.fixture(scope="module")
-def base_policy(tmp_path_factory):
-    return make_tiny_qwen2_vl(tmp_path_factory.mktemp("base") / "qwen2_vl")
+def base_policy(tiny_qwen2_vl):
+    return tiny_qwen2_vl  # shared read-only: rounds train into MODEL_DIR and register copies
 
 
 def annotation_event(task_id: int, image_url: str, mask: np.ndarray, action: str = "ANNOTATION_CREATED") -> dict:

@@ -16,12 +16,14 @@ from label_studio_sdk.converter.brush import decode_rle
 from payloads import keypoint, predict_body
 from segagent_backend.cli import main
 from segagent_backend.labelstudio.config import EXAMPLE_CONFIG
-from tests.tiny_vlms import make_tiny_qwen2_vl
 
 
 @pytest.fixture(scope="module")
-def policy_folder(tmp_path_factory):
-    return make_tiny_qwen2_vl(tmp_path_factory.mktemp("policy") / "tiny-qwen2-vl")
+def policy_folder(tmp_path_factory, tiny_qwen2_vl):
+    """The shared tiny Qwen2-VL under the name ``tiny-qwen2-vl`` (a link: the model version is named after it)."""
+    folder = tmp_path_factory.mktemp("policy") / "tiny-qwen2-vl"
+    folder.symlink_to(tiny_qwen2_vl, target_is_directory=True)
+    return folder
 
 
 @pytest.fixture

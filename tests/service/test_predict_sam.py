@@ -11,18 +11,16 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from payloads import keypoint, predict_body, rectangle
-from tests.tiny_models import import_segment_anything, make_tiny_hf_sam, make_tiny_sam_checkpoint
 
 
 @pytest.fixture(scope="module")
-def sam_checkpoint(tmp_path_factory):
-    import_segment_anything()  # CPU machines: see tests/tiny_models.py on the torchvision stand-in
-    return make_tiny_sam_checkpoint(tmp_path_factory.mktemp("sam") / "sam_tiny.pth")
+def sam_checkpoint(tiny_sam_checkpoint):
+    return tiny_sam_checkpoint  # built through the torchvision stand-in on CPU machines (tests/tiny_models.py)
 
 
 @pytest.fixture(scope="module")
-def hf_sam_folder(tmp_path_factory):
-    return make_tiny_hf_sam(tmp_path_factory.mktemp("hf-sam") / "sam-tiny")
+def hf_sam_folder(tiny_hf_sam):
+    return tiny_hf_sam
 
 
 @pytest.fixture(params=["sam", "hf-sam"])

@@ -14,13 +14,6 @@ from payloads import predict_body
 from segagent_backend.cli import main
 from segagent_backend.labelstudio.config import EXAMPLE_CONFIG
 from segagent_backend.registry import Current, Registry, RegistryError
-from tests.tiny_vlms import make_tiny_qwen2_vl
-
-
-@pytest.fixture(scope="module")
-def tiny_policies(tmp_path_factory):
-    root = tmp_path_factory.mktemp("policies")
-    return make_tiny_qwen2_vl(root / "a", seed=0), make_tiny_qwen2_vl(root / "b", seed=1)
 
 
 def test_register_list_promote_rollback(tmp_path):

@@ -2,7 +2,7 @@
 
 The samples come from real trajectories: GrabCut + the click simulator on small synthetic images
 (a disk and a differently coloured bar: GrabCut needs 2-4 clicks). Every model is built by
-tests/tiny_vlms.py and goes in and out through the production loader.
+tests/tiny_vlms.py (once per session: tests/fixtures/models.py) and goes in and out through the production loader.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests import tiny_vlms  # noqa: E402
 from tests.conftest import make_disk_image  # noqa: E402
 from segagent_backend.agent.loading import ModelLoadError  # noqa: E402
 from segagent_backend.agent.loop import EpisodeRequest, run_episodes  # noqa: E402
@@ -79,10 +78,9 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def bases(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bases")
-    return {"qwen2_vl": tiny_vlms.make_tiny_qwen2_vl(root / "qwen2_vl"),
-            "llava": tiny_vlms.make_tiny_llava(root / "llava")}
+def bases(tiny_qwen2_vl, tiny_llava):
+    """The shared read-only tiny models: finetune writes only to its own output folder."""
+    return {"qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
 
 
 class ForceTokens:
@@ -280,3 +278,22 @@ def test_bad_inputs(bases, data, tmp_path):
     with pytest.raises(ValueError, match="does not start with the answer prefix"):
         finetune([bad], bases["qwen2_vl"], tmp_path / "c", progress=False)
     assert not (tmp_path / "c" / "model").exists()
+
+
+def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
+    """A process killed while the Trainer wrote checkpoint-N leaves it without trainer_state.json (written
+    last): the run resumes from the newest complete one and the incomplete one is removed."""
+    from trainer.finetune import last_complete_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    for step, complete in ((10, True), (20, True), (30, False)):
+        folder = checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if complete:
+            (folder / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (checkpoints / "checkpoint-25").mkdir()
+    (checkpoints / "checkpoint-25" / "trainer_state.json").write_text('{"global_st')  # cut mid-write
+    assert last_complete_checkpoint(checkpoints) == str(checkpoints / "checkpoint-20")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-10", "checkpoint-20"]
+    assert last_complete_checkpoint(tmp_path / "none") is None

@@ -18,8 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.oracle.tiny_qwen import (ORACLE_CODE, oracle_code_dir, random_state_dict, save_checkpoint,  # noqa: E402
-                                    tiny_config)
+from tests.oracle.tiny_qwen import ORACLE_CODE, oracle_code_dir  # noqa: E402
 
 pytestmark = pytest.mark.skipif(oracle_code_dir() is None, reason=f"qwen.tiktoken absent at {ORACLE_CODE}")
 pytest.importorskip("tiktoken", reason="tiktoken is not installed (the native tokenizer needs it)")
@@ -52,9 +51,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    config = tiny_config()
-    return save_checkpoint(tmp_path_factory.mktemp("segagent-qwen"), config, random_state_dict(config, seed=3))
+def base(tiny_qwen_vl_chat):
+    return tiny_qwen_vl_chat  # shared read-only: training and exports write to their own folders
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,13 @@ from segagent_backend.learning import TrainReport, _save, list_reports
 from segagent_backend.registry import Registry
 from segagent_backend.settings import Settings
 from tests.conftest import make_disk_image
-from tests.tiny_vlms import make_tiny_qwen2_vl
 
 FAST = ["--method", "full", "--lr", "0.003", "--batch", "8", "--max-steps", "3"]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return make_tiny_qwen2_vl(tmp_path_factory.mktemp("base") / "qwen2_vl")
+def base(tiny_qwen2_vl):
+    return tiny_qwen2_vl  # shared read-only: training writes to its own --out, --register copies it
 
 
 @pytest.fixture
