@@ -45,9 +45,10 @@ from segagent_backend.agent.clicker import next_click
 from segagent_backend.agent.metrics import iou, mean_noc
 from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
 from segagent_backend.agent.types import Click
-from trainer.datasets import default_grabcut_dir, grabcut_names, load_grabcut
+from trainer.datasets import grabcut_names, load_grabcut
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import grabcut_root
+
 
 #: person1.jpg (600 x 450): the face (between nose and mouth, skin) and the shirt (the red front,
 #: below the white collar), picked on the image with its trimap over it
@@ -206,9 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
 
-    root = args.data if args.data is not None else default_grabcut_dir(REPO)
-    if not (root / "manifest.json").is_file():
-        print(f"SKIP: GrabCut dataset not found at {root} (pass --data or set SEGAGENT_GRABCUT_DIR)")
+    root = grabcut_root(args.data)
+    if root is None:
         return 0
     if args.old is not None and not Path(args.old).is_file():
         p.error(f"--old: no such file {args.old}")

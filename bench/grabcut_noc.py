@@ -20,10 +20,11 @@ from typing import Optional, Sequence
 import cv2
 
 from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
-from trainer.datasets import default_grabcut_dir, grabcut_names, load_grabcut
+from trainer.datasets import grabcut_names, load_grabcut
 from trainer.evaluation import NocRun, run_noc, summarize
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import grabcut_root
+
 
 PUBLISHED_GRAPH_CUT = {"noc85": 7.98, "noc90": 10.00}
 
@@ -100,9 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--configs", default="ours,straightforward", help="comma-separated: " + ",".join(CONFIGS))
     args = p.parse_args(argv)
 
-    root = args.data if args.data is not None else default_grabcut_dir(REPO)
-    if not (root / "manifest.json").is_file():
-        print(f"SKIP: GrabCut dataset not found at {root} (pass --data or set SEGAGENT_GRABCUT_DIR)")
+    root = grabcut_root(args.data)
+    if root is None:
         return 0
     names = grabcut_names(root, args.limit)
     configs = [c for c in args.configs.split(",") if c]

@@ -28,29 +28,14 @@ from tests.tiny_models import import_segment_anything, make_tiny_sam_checkpoint
 from tests.tiny_vlms import make_tiny_qwen2_vl
 from trainer.datasets import default_grabcut_dir, load_grabcut
 
+from .common import Timed
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Timed:
-    """Wraps a callable and adds its wall time to a shared counter."""
-
-    def __init__(self, fn, counter: list):
-        self.fn, self.counter = fn, counter
-
-    def __getattr__(self, name):  # the processor's other attributes (tokenizer, chat template) pass through
-        return getattr(self.fn, name)
-
-    def __call__(self, *args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            self.counter[0] += time.perf_counter() - started
 
 
 def instrument(policy: HFVLMPolicy, tool: SamSegmenter) -> list:
     """Time every model call: the policy's processor and generate, the tool's set_image and segment."""
-    counter = [0.0]
+    counter = {"model": 0.0}
     policy.processor = Timed(policy.processor, counter)
     policy.model.generate = Timed(policy.model.generate, counter)
     tool.set_image = Timed(tool.set_image, counter)
@@ -89,11 +74,11 @@ def main() -> int:
 
         lockstep, alone, model_share = [], [], []
         for _ in range(args.repeats):
-            counter[0] = 0.0
+            counter["model"] = 0.0
             started = time.perf_counter()
             together = run_episodes(policy, tool, requests, config)
             lockstep.append(time.perf_counter() - started)
-            model_share.append(counter[0] / lockstep[-1])
+            model_share.append(counter["model"] / lockstep[-1])
             started = time.perf_counter()
             for request in requests:
                 run_episodes(policy, tool, [request], config)

@@ -51,26 +51,11 @@ from segagent_backend.agent.types import Click
 from tests.oracle.tiny_qwen import ORACLE_CODE, random_state_dict, save_checkpoint, tiny_config
 from trainer.datasets import default_grabcut_dir, load_grabcut
 
+from .common import Timed
+
 REPO = Path(__file__).resolve().parents[1]
 
 CAPTION = "the brown chicken in front of more chickens"  # the synthetic images' caption (as bench/forced_prefix.py)
-
-
-class Timed:
-    """Wraps a callable and adds its wall time to ``counter[key]``; other attributes pass through."""
-
-    def __init__(self, fn, counter: dict, key: str):
-        self.fn, self.counter, self.key = fn, counter, key
-
-    def __getattr__(self, name):
-        return getattr(self.fn, name)
-
-    def __call__(self, *args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            self.counter[self.key] += time.perf_counter() - started
 
 
 def disk_image(index: int, width: int = 160, height: int = 120) -> tuple[np.ndarray, np.ndarray]:

@@ -27,11 +27,12 @@ import numpy as np
 
 from segagent_backend.agent.clicker import next_click
 from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
-from trainer.datasets import Sample, default_grabcut_dir, load_grabcut
+from trainer.datasets import Sample, load_grabcut
 from trainer.traces import Trace
 from trainer.trajectories import Timing, final_iou, generate_traces
 
-REPO = Path(__file__).resolve().parents[1]
+from .common import grabcut_root
+
 
 
 def replay_states(traces: Sequence[Trace], samples: Sequence[Sample]) -> list[tuple]:
@@ -79,9 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
 
-    root = args.data if args.data is not None else default_grabcut_dir(REPO)
-    if not (root / "manifest.json").is_file():
-        print(f"SKIP: GrabCut dataset not found at {root} (pass --data or set SEGAGENT_GRABCUT_DIR)")
+    root = grabcut_root(args.data)
+    if root is None:
         return 0
     samples = load_grabcut(root, limit=args.limit or None)
     starts = tuple(k for k in args.starts.split(",") if k)
