@@ -42,15 +42,6 @@ OVERFIT = FinetuneConfig(method="full", learning_rate=3e-3, max_steps=150, batch
                          save_steps=1000)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are all thread synchronisation on a shared 2-core CPU: 1 thread is ~2-10x faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def object_image(centre, radius, bar, colour, width=64, height=48):
     """(H, W, 3) uint8 image and (H, W) bool mask of a red disk joined to a bar of another colour."""
     image, gt = make_disk_image(width, height, centre, radius)
@@ -61,6 +52,9 @@ def object_image(centre, radius, bar, colour, width=64, height=48):
     gt[y0:y1, x0:x1] = True
     return image, gt
 
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def data():

@@ -20,7 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.oracle.tiny_qwen import ORACLE_CODE, oracle_code_dir  # noqa: E402
 
-pytestmark = pytest.mark.skipif(oracle_code_dir() is None, reason=f"qwen.tiktoken absent at {ORACLE_CODE}")
+pytestmark = [pytest.mark.skipif(oracle_code_dir() is None, reason=f"qwen.tiktoken absent at {ORACLE_CODE}"),
+              pytest.mark.usefixtures("one_torch_thread")]
 pytest.importorskip("tiktoken", reason="tiktoken is not installed (the native tokenizer needs it)")
 pytest.importorskip("peft", reason="peft is not installed (LoRA fine-tuning needs it)")
 
@@ -39,15 +40,6 @@ from trainer.samples import step_samples  # noqa: E402
 from trainer.sft_data import IGNORE_INDEX, collate, encode_native_sample  # noqa: E402
 
 LM_LINEARS = (".attn.c_attn.", ".attn.c_proj.", ".mlp.w1.", ".mlp.w2.", ".mlp.c_proj.")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are all thread synchronisation on a shared 2-core CPU: 1 thread is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
