@@ -4,14 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from .agent.loading import is_local_path
 from .settings import Settings, SettingsError
 
-
-def is_local_path(name: str) -> bool:
-    """True when ``name`` means a folder on this machine, not a hub id: it exists, starts with ``.``, ``/`` or
-    ``~``, ends with ``/``, or has more than one ``/`` (a hub id is ``ORG/NAME``: ``runs/x/model`` is a folder)."""
-    return (name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
-            or Path(name).expanduser().exists())
+__all__ = ["check_model_paths", "is_local_path"]
 
 
 def check_model_paths(settings: Settings) -> None:

@@ -1,11 +1,20 @@
 """What the torch-based tools share when loading: the device choice and one error type."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
 class ModelLoadError(RuntimeError):
     """A model file/folder is missing, unreadable or not the expected architecture."""
+
+
+def is_local_path(name: str) -> bool:
+    """The one rule for "a folder on this machine, not a hub id": it exists, starts with ``.``, ``/`` or ``~``,
+    ends with ``/``, or has more than one ``/`` (a hub id is ``ORG/NAME``: ``runs/x/model`` is a folder)."""
+    return (name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
+            or Path(name).expanduser().exists())
 
 
 def resolve_device(device: str = "auto") -> torch.device:

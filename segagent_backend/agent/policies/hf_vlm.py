@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, task_text
-from ..loading import ModelLoadError, resolve_device
+from ..loading import ModelLoadError, is_local_path, resolve_device
 from .base import Observation
 from .text import TextAnswerPolicy
 
@@ -96,9 +96,9 @@ def _resolve_source(path_or_id: Union[str, Path]) -> str:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model folder {text!r} has no config.json: not a transformers checkpoint")
         return str(path)
-    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1:
+    if is_local_path(text):
         raise ModelLoadError(f"model folder {text!r} does not exist")
-    return text  # "org/name": a hub id (needs the network or the local HF cache)
+    return text  # a hub id (needs the network or the local HF cache)
 
 
 def _load_processor(source: str, model_type: str):
