@@ -83,9 +83,10 @@ def test_a_round_whose_worker_is_killed_resumes_on_another(workers, queue_env, t
     run = queued_starter(settings)(3, "corrections")["run"]
     checkpoints = shared / "training" / run / "rounds" / "0" / "checkpoints"
     end = time.monotonic() + 120
-    while time.monotonic() < end and not list(checkpoints.glob("checkpoint-*")):
+    # a complete checkpoint (trainer_state.json is written last): one cut short is not resumed from
+    while time.monotonic() < end and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
         time.sleep(0.2)
-    assert list(checkpoints.glob("checkpoint-*")), workers.logs()
+    assert list(checkpoints.glob("checkpoint-*/trainer_state.json")), workers.logs()
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     assert [r.status for r in list_reports(settings)] == ["killed"]  # its process is gone
