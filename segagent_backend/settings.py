@@ -237,6 +237,36 @@ class Settings:
     model_version: Optional[str] = setting(
         "SEGAGENT_MODEL_VERSION", None,
         "Overrides the reported model version (default: the promoted version of `MODEL_DIR/versions`, else derived from the policy, the segmenter and its weights).")
+    media_allow_hosts: str = setting(
+        "SEGAGENT_MEDIA_ALLOW_HOSTS", "",
+        "Comma-separated hosts (`host` or `host:port`) whose http(s) task URLs may be fetched, beside Label Studio's own host; `*` = any public host.")
+    media_allow_private: bool = setting(
+        "SEGAGENT_MEDIA_ALLOW_PRIVATE", "false",
+        "Fetch allowed task URLs even when they resolve to private, loopback, link-local or cloud-metadata addresses (Label Studio's own host always may).")
+    media_max_mb: int = setting(
+        "SEGAGENT_MEDIA_MAX_MB", "64",
+        "Largest task image download in MB; a larger one stops with an error.")
+    local_files_root: Optional[Path] = setting(
+        "LOCAL_FILES_DOCUMENT_ROOT", None,
+        "Label Studio's local-files document root, when this backend can read it directly; files outside it (symlinks resolved) are refused.")
+    trust_setup: bool = setting(
+        "SEGAGENT_TRUST_SETUP", "false",
+        "Let `/setup` name a project's Label Studio host and token (used only when `LABEL_STUDIO_URL` is unset); off, media and tokens go only where the settings say.")
+    max_body_mb: int = setting(
+        "SEGAGENT_MAX_BODY_MB", "32",
+        "Largest request body in MB (larger: HTTP 413).")
+    max_tasks: int = setting(
+        "SEGAGENT_MAX_TASKS", "100",
+        "Tasks per /predict call at most.")
+    max_clicks: int = setting(
+        "SEGAGENT_MAX_CLICKS", "40",
+        "Clicks per interactive request at most.")
+    max_label_config_kb: int = setting(
+        "SEGAGENT_MAX_LABEL_CONFIG_KB", "512",
+        "Largest label config accepted, in KB.")
+    click_failover: float = setting(
+        "SEGAGENT_CLICK_FAILOVER", "2",
+        "Seconds without a heartbeat after which the worker of a click counts as dead and the click is re-queued for another worker.")
     preload: bool = setting(
         "SEGAGENT_PRELOAD", "true",
         "Load the models in a background thread at start (true) or at the first request (false).")
@@ -304,7 +334,8 @@ class Settings:
                           ("interactive_deadline", 1), ("batch_chunk", 1), ("job_timeout", 1), ("job_retries", 0),
                           ("transient_retries", 0), ("retry_backoff", 0), ("worker_heartbeat", 1),
                           ("redis_timeout", 0.1), ("train_every", 0), ("train_epochs", 1), ("train_batch", 1), ("train_save_steps", 1),
-                          ("star_rounds", 0), ("train_timeout", 1)):
+                          ("star_rounds", 0), ("train_timeout", 1), ("media_max_mb", 1), ("max_body_mb", 1),
+                          ("max_tasks", 1), ("max_clicks", 1), ("max_label_config_kb", 1), ("click_failover", 0.2)):
             if getattr(self, attr) < low:
                 fail(attr, f"must be >= {low}")
         if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():
