@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from .media import MediaLoader, MediaSource
+from .media import MediaLoader, MediaPolicy, MediaSource
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ def finetune_config(settings: Settings, **overrides: Any) -> "FinetuneConfig":
 
 
 def media_loader(settings: Settings) -> MediaLoader:
-    """Task images, fetched from LABEL_STUDIO_URL (when set) and cached under MODEL_DIR/cache/media."""
+    """Task images under the media policy of the settings (Label Studio's host, SEGAGENT_MEDIA_ALLOW_HOSTS,
+    ...), fetched from LABEL_STUDIO_URL (when set) and cached under MODEL_DIR/cache/media."""
     return MediaLoader(settings.media_cache_dir, settings.max_image_pixels, settings.media_timeout,
-                       MediaSource(settings.label_studio_url, settings.label_studio_api_key))
+                       MediaSource(settings.label_studio_url, settings.label_studio_api_key),
+                       MediaPolicy.from_settings(settings))

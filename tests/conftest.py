@@ -1,6 +1,6 @@
 """Shared fixtures: settings, the app, a real local HTTP server for task images, synthetic images.
 
-Everything is real: images travel over HTTP through the SDK's get_local_path, masks are checked
+Everything is real: images travel over HTTP through the media loader, masks are checked
 with the SDK's own RLE decoder, Redis is the one `make test` provides (REDIS_URL).
 """
 from __future__ import annotations
@@ -17,6 +17,12 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tests' image servers listen on 127.0.0.1: the media policy refuses loopback hosts unless allowed.
+# Here (and in the subprocesses: workers, gunicorn, the CLI) they are; tests/service/test_media_policy.py
+# checks the strict defaults.
+MEDIA_ENV = {"SEGAGENT_MEDIA_ALLOW_HOSTS": "127.0.0.1", "SEGAGENT_MEDIA_ALLOW_PRIVATE": "true"}
+for _key, _value in MEDIA_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 REPO = Path(__file__).resolve().parents[1]
 # the tiny random models, one session-scoped fixture each (tests/fixtures/models.py)
@@ -75,7 +81,7 @@ def make_settings(tmp_path):
     from segagent_backend.settings import Settings
 
     def make(**env):
-        base = {"MODEL_DIR": str(tmp_path / "models"), "SEGAGENT_PRELOAD": "false"}
+        base = {"MODEL_DIR": str(tmp_path / "models"), "SEGAGENT_PRELOAD": "false", **MEDIA_ENV}
         base.update({k: str(v) for k, v in env.items()})
         return Settings.from_env(base)
 

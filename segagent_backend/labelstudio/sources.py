@@ -1,4 +1,5 @@
-"""Where each project's Label Studio serves task images: LABEL_STUDIO_URL when set, else what /setup said."""
+"""Where each project's Label Studio serves task images: LABEL_STUDIO_URL when set, else what /setup said
+(only with SEGAGENT_TRUST_SETUP on: /setup is unauthenticated, and what it names receives the token)."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -17,19 +18,26 @@ def project_id(project: Any) -> Optional[str]:
 class ProjectSources:
     """The media source of every project this process heard of in /setup."""
 
-    def __init__(self, default: MediaSource, pinned: bool = False):
-        """``pinned``: the settings name Label Studio (LABEL_STUDIO_URL), so ``default`` always wins."""
+    def __init__(self, default: MediaSource, pinned: bool = False, trust_setup: bool = False):
+        """``pinned``: the settings name Label Studio (LABEL_STUDIO_URL), so ``default`` always wins;
+        ``trust_setup``: what /setup says is remembered (off: ``remember`` ignores it)."""
         self.default = default
         self.pinned = pinned
+        self.trust_setup = trust_setup
         self._known: dict[str, MediaSource] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ProjectSources":
         return cls(MediaSource(settings.label_studio_url, settings.label_studio_api_key),
-                   pinned=bool(settings.label_studio_url))
+                   pinned=bool(settings.label_studio_url), trust_setup=settings.trust_setup)
 
     def remember(self, project: Any, hostname: Any, access_token: Any = None) -> None:
-        """What /setup sent: ``hostname`` (http(s) URL) and ``access_token`` of the project's Label Studio."""
+        """What /setup sent: ``hostname`` (http(s) URL) and ``access_token`` of the project's Label Studio.
+
+        Ignored unless SEGAGENT_TRUST_SETUP is on and LABEL_STUDIO_URL unset: an unauthenticated /setup
+        must not repoint where a project's media come from and where its token is sent."""
+        if self.pinned or not self.trust_setup:
+            return
         pid = project_id(project)
         if pid and isinstance(hostname, str) and hostname.startswith(("http://", "https://")):
             self._known[pid] = MediaSource(hostname, access_token if isinstance(access_token, str) else None)

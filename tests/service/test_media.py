@@ -1,4 +1,5 @@
-"""Task images: real HTTP downloads through the SDK, EXIF orientation, pixel limit, cache folder."""
+"""Task images: real HTTP downloads from a loopback server (allowed by the policy here), EXIF orientation,
+pixel limit, cache folder. The policy itself: test_media_policy.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,12 +7,15 @@ import pytest
 from PIL import Image
 
 from segagent_backend.errors import MediaError
-from segagent_backend.media import MediaLoader, MediaSource, load_image_file
+from segagent_backend.media import MediaLoader, MediaPolicy, MediaSource, load_image_file
+
+# the test image server is on 127.0.0.1; /setup's host (a per-request source) is trusted here
+LOOPBACK = MediaPolicy.build("127.0.0.1", allow_private=True, trust_setup=True)
 
 
 @pytest.fixture
 def loader(tmp_path):
-    return MediaLoader(tmp_path / "cache", max_pixels=1_000_000, timeout=5)
+    return MediaLoader(tmp_path / "cache", max_pixels=1_000_000, timeout=5, policy=LOOPBACK)
 
 
 def test_http_download_is_cached_in_the_cache_dir(loader, media_server, disk_image, tmp_path):
@@ -35,15 +39,14 @@ def test_exif_orientation_is_applied(media_dir, media_server, loader):
 
 def test_pixel_limit(media_dir, media_server, tmp_path):
     Image.new("RGB", (200, 100)).save(media_dir / "big.png")
-    small = MediaLoader(tmp_path / "c", max_pixels=10_000, timeout=5)
+    small = MediaLoader(tmp_path / "c", max_pixels=10_000, timeout=5, policy=LOOPBACK)
     with pytest.raises(MediaError, match="SEGAGENT_MAX_IMAGE_PIXELS") as err:
         small.load(f"{media_server}/big.png")
     assert err.value.status == 413
 
 
 def test_label_studio_upload_uses_hostname_and_token(loader, media_dir, media_server):
-    # an upload path is resolved against Label Studio's host; the storage-proxy URL 404s on our server
-    # and the SDK falls back to /data/upload/<project>/<file>, which we serve
+    # an upload path is resolved against Label Studio's host: /data/upload/<project>/<file>
     (media_dir / "data" / "upload" / "3").mkdir(parents=True)
     Image.new("RGB", (8, 6), (10, 20, 30)).save(media_dir / "data" / "upload" / "3" / "up.png")
     image = loader.load("/data/upload/3/up.png", 5, MediaSource(media_server, "token"))

@@ -82,7 +82,7 @@ def test_non_interactive_call_without_policy_says_so_per_task(client, media_serv
 def test_setup_answers_model_version_without_loading(make_settings):
     from segagent_backend.app import create_app
 
-    app = create_app(make_settings())
+    app = create_app(make_settings(SEGAGENT_TRUST_SETUP="true"))  # else /setup's hostname is ignored
     host, sources = app.config["SEGAGENT_HOST"], app.config["SEGAGENT_SOURCES"]
     reply = app.test_client().post("/setup", json={
         "project": "3.1746612998", "schema": CONFIG, "hostname": "http://localhost:8080",
