@@ -49,6 +49,7 @@ bench: install
 	$(PY) -m bench.forced_prefix
 	$(PY) -m bench.loop_overhead
 	$(PY) -m bench.qwen_native
+	$(PY) -m bench.load_soak
 	scripts/with-redis $(PY) -m bench.queue_overhead
 	scripts/with-redis $(PY) -m bench.queue_workers
 

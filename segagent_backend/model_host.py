@@ -4,17 +4,24 @@ One ``ModelHost`` per process (a web process in embedded mode, a queue worker): 
 policy load once (in a background thread at start, or on first use), never per request; a newly
 promoted registry version replaces the policy between requests; model calls are serialised with a
 lock because a segmenter holds the current image.
+
+The model lock is first come, first served (:class:`FairLock`) and an annotator's clicks take it one
+tool step at a time (``agent.episode.run_given_clicks_stepwise``): a 30-click replay lets a one-click
+request on another image in after its current step instead of after all 30, and a click list already
+in the step cache is answered without the lock. Nothing here is taken by ``status`` or the other
+properties /health reads.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
 from typing import Callable, Optional
 
 import numpy as np
 
-from .agent.episode import StepCache, run_given_clicks
+from .agent.episode import StepCache, run_given_clicks_stepwise
 from .agent.loop import EpisodeRequest, run_episodes
 from .agent.policies import Policy
 from .agent.segmenters import EmbeddingCache, Segmenter
@@ -30,6 +37,51 @@ log = logging.getLogger(__name__)
 
 BuildSegmenter = Callable[[Settings, EmbeddingCache], Segmenter]
 BuildPolicy = Callable[[Settings, str], Policy]
+
+
+class FairLock:
+    """A lock handed to its waiters in arrival order (``threading.Lock`` is not: the thread that just
+    released it usually takes it again before a woken waiter runs, so a caller releasing between the
+    steps of a long replay could still starve the others). Context manager, not re-entrant."""
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiters: deque[threading.Lock] = deque()
+
+    def acquire(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder's release(): the lock is now ours (handed over, never free)
+
+    def release(self) -> None:
+        with self._mutex:
+            if not self._held:
+                raise RuntimeError("release of an unheld FairLock")
+            if self._waiters:
+                self._waiters.popleft().release()  # hand over: stays held
+            else:
+                self._held = False
+
+    def locked(self) -> bool:
+        return self._held
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued for the lock now."""
+        return len(self._waiters)
+
+    def __enter__(self) -> "FairLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class ModelHost:
@@ -52,7 +104,7 @@ class ModelHost:
         self._load_error: Optional[str] = None
         self._loaded = threading.Event()
         self._load_lock = threading.Lock()  # one loader at a time
-        self._model_lock = threading.Lock()  # one model call at a time
+        self._model_lock = FairLock()  # one model call (or click step) at a time, first come first served
         self._steps = StepCache()
         self._loop = loop_config(settings)
         self._follow_announcement()  # model_version names the version this process will serve from the start
@@ -86,6 +138,8 @@ class ModelHost:
         and raised as ModelUnavailable by this and every later call. ``background``: in a thread."""
         if background:
             threading.Thread(target=self._load_quietly, name="model-loader", daemon=True).start()
+            return
+        if self._loaded.is_set():  # never waits behind a hot reload holding the load lock
             return
         with self._load_lock:
             if not self._loaded.is_set() and not self._load_error:
@@ -139,11 +193,17 @@ class ModelHost:
             return run_episodes(self._policy, self._segmenter, requests, self._loop)
 
     def run_clicks(self, image: np.ndarray, clicks: list, box=None) -> EpisodeResult:
-        """Given clicks (pixels) on ``image`` ((H, W, 3) uint8 RGB) through the tool -> the episode's result."""
+        """Given clicks (pixels) on ``image`` ((H, W, 3) uint8 RGB) through the tool -> the episode's result.
+
+        The model lock is taken per tool step, not for the whole replay (other callers interleave), and
+        not at all when the step cache has the whole click list."""
         self.load()
-        with self._model_lock:
-            self._segmenter.set_image(image)
-            return run_given_clicks(self._segmenter, clicks, box, self._steps)
+        return run_given_clicks_stepwise(self._segmenter, image, clicks, box, self._steps, self._model_lock)
+
+    @property
+    def model_queue(self) -> int:
+        """Callers waiting for the model lock now (a figure for /health or /metrics; takes no lock)."""
+        return self._model_lock.waiting
 
     # ----- internals -------------------------------------------------------------------------------
     def _load_quietly(self) -> None:

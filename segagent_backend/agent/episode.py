@@ -4,17 +4,25 @@ An interactive request carries ALL clicks so far. The tool is fed them one step 
 step with the previous step's logits, exactly as the annotator's mask evolved; a small LRU of
 finished steps (keyed by model, image, box and the click prefix) makes the usual request, the
 previous clicks plus one, cost a single tool call.
+
+A segmenter shared by concurrent callers (a web process's threads) is used by one of them at a time:
+:func:`run_given_clicks_stepwise` holds the caller's ``guard`` (e.g. a lock) for one tool step at a
+time, setting the image again at the start of each step (from the embedding cache: no encoder run), so
+a long replay never keeps a one-click caller waiting for more than one step; a click list already in
+the step cache is answered without the guard at all.
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable, Optional, Sequence
+from contextlib import nullcontext
+from typing import ContextManager, Hashable, Optional, Sequence
 
 import numpy as np
 
 from .engine import Episode, EpisodeRequest, State, replay_given
 from .segmenters.base import Segmenter
+from .segmenters.cache import image_digest
 from .types import Box, Click, EpisodeResult, TrajectoryStep
 
 
@@ -69,4 +77,50 @@ def run_given_clicks(
     if last is None:
         height, width = segmenter.image_size
         return EpisodeResult(np.zeros((height, width), bool), 0.0, [], None)
+    return EpisodeResult(last.mask, float(last.score), [TrajectoryStep(c) for c in last.clicks], last.box)
+
+
+def run_given_clicks_stepwise(
+    segmenter: Segmenter,
+    image: np.ndarray,
+    clicks: Sequence[Click],
+    box: Optional[Box] = None,
+    cache: Optional[StepCache] = None,
+    guard: Optional[ContextManager] = None,
+) -> EpisodeResult:
+    """:func:`run_given_clicks` on ``image`` ((H, W, 3) uint8 RGB) for a segmenter other callers share.
+
+    ``guard`` (a re-usable context manager, e.g. the lock that serialises use of ``segmenter``) is
+    entered once per tool step, never for the whole replay: each step sets ``image`` on the tool again
+    (by its digest, hashed once here: an embedding-cache hit costs no encoder run) and runs ONE click
+    from the previous step's state, so between steps another caller can use the tool. The longest
+    click prefix already in ``cache`` is found without the guard; when the whole click list is there,
+    the guard is never entered. Same masks, scores and trajectory as :func:`run_given_clicks`.
+    """
+    guard = guard if guard is not None else nullcontext()
+    height, width = image.shape[:2]
+    if not clicks and box is None:
+        return EpisodeResult(np.zeros((height, width), bool), 0.0, [], None)
+    digest = image_digest(image)
+    # the engine's step-cache key (``engine.replay_given``): (image key, box clamped, click prefix as given)
+    image_key = (segmenter.cache_namespace, digest)
+    key_box = box.clamped(width, height) if box is not None else None
+    cache = cache if cache is not None else StepCache(max_entries=2)  # this replay's own previous step
+
+    def key(n: int) -> Hashable:
+        return image_key, key_box, tuple(clicks[:n])
+
+    done, last = 0, None
+    for n in range(len(clicks), 0, -1):  # the longest finished prefix, without the guard
+        last = cache.get(key(n))
+        if last is not None:
+            done = n
+            break
+    for n in range(done + 1, len(clicks) + 1) if clicks else (0,):  # (0,): a box alone, one tool call
+        with guard:
+            if last is not None:  # so this step resumes from it even if other callers' steps evicted it
+                cache.put(key(n - 1), last)
+            segmenter.set_image(image, digest)
+            last = replay(segmenter, clicks[:n], box, cache)
+    assert last is not None
     return EpisodeResult(last.mask, float(last.score), [TrajectoryStep(c) for c in last.clicks], last.box)

@@ -25,11 +25,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, media_server):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(PORT=str(port), MODEL_DIR=str(tmp_path_factory.mktemp("models")), WORKERS="2", THREADS="2",
-               BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw")
+               BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw",
+               # the test images come from a loopback server: allowed by name, private address included
+               SEGAGENT_MEDIA_ALLOW_HOSTS=media_server.removeprefix("http://"), SEGAGENT_MEDIA_ALLOW_PRIVATE="true")
     gunicorn = Path(sys.executable).with_name("gunicorn")
     proc = subprocess.Popen(
         [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2",
