@@ -217,8 +217,8 @@ class Settings:
         "WORKERS", "1",
         "gunicorn worker processes (each holds its own model copy).")
     threads: int = setting(
-        "THREADS", "4",
-        "gunicorn threads per worker (model calls are serialised per process).")
+        "THREADS", "8",
+        "Requests per gunicorn worker that may use the model or download at once (they take turns at the model); one more is answered 503 busy with Retry-After. `segagent serve` adds 2 threads kept free for /health and /metrics.")
     max_image_pixels: int = setting(
         "SEGAGENT_MAX_IMAGE_PIXELS", "50000000",
         "Largest image (width x height) accepted; larger ones get a clear error.")
