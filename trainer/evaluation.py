@@ -3,7 +3,7 @@ each) and a policy's score on held-out samples (its own episodes, ``run_episodes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -120,3 +120,14 @@ def evaluate_policy(policy, segmenter: Segmenter, samples: Sequence[Sample], con
     pairs = [intersection_union(r.mask, s.gt, s.ignore) for r, s in zip(results, samples)]
     ious = [inter / union if union else 1.0 for inter, union in pairs]
     return PolicyScore(float(np.mean(ious)), ciou([p[0] for p in pairs], [p[1] for p in pairs]), len(samples), ious)
+
+
+def run_noc_set(segmenter: Segmenter, samples: Sequence[Sample], max_clicks: int = 20,
+                progress: Optional[Callable[[int, int], None]] = None) -> list[NocRun]:
+    """:func:`run_noc` on every sample in order (every click kept, no early stop: drops are all seen)."""
+    runs = []
+    for sample in samples:
+        runs.append(run_noc(segmenter, sample, max_clicks))
+        if progress is not None:
+            progress(len(runs), len(samples))
+    return runs

@@ -1,0 +1,156 @@
+"""What ``segagent eval`` writes into its output folder: CSV, JSON and a PNG plot (OpenCV, no plotting library).
+
+Policy runs (:func:`write_eval`): ``summary.json`` (every number of ``EvalRun.summary`` + how it was
+run), ``samples.csv`` (one row per sample), ``steps.csv`` (mean IoU per step), ``predictions.json``
+(SegAgent's prediction layout, ``trainer.refseg``), ``iou_per_step.png``.
+NoC runs (:func:`write_noc`): ``noc.json``, ``noc.csv`` (one row per image), ``noc_iou.png``.
+IoUs are written 0..1; the PRM statistics are on IoU x 100, as the paper reports them.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from segagent_backend.agent.metrics import noc
+
+from .eval_run import EvalRun
+from .evaluation import NocRun, count_drops, summarize
+from .loss_curve import _nice_ticks
+
+COLOURS = ((180, 90, 20), (30, 140, 230), (60, 160, 60), (40, 40, 200))  # BGR
+
+
+def _write_json(path: Path, payload) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(payload, indent=1, allow_nan=True))
+    os.replace(temp, path)
+
+
+def draw_lines(series: dict[str, Sequence[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
+               ylim: tuple[float, float] = (0.0, 1.0), size: tuple[int, int] = (800, 480)) -> bytes:
+    """A PNG (bytes) of one or more named curves (x, y) with axes, ticks, labels, a legend and a title."""
+    import cv2
+
+    width, height = size
+    left, right, top, bottom = 80, 30, 50, 60
+    img = np.full((height, width, 3), 255, np.uint8)
+    font, black, grey = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0), (225, 225, 225)
+    (tw, _), _ = cv2.getTextSize(title, font, 0.6, 1)
+    cv2.putText(img, title, ((width - tw) // 2, 30), font, 0.6, black, 1, cv2.LINE_AA)
+    x0, x1, y0, y1 = left, width - right, height - bottom, top
+    xs = [x for points in series.values() for x, _ in points] or [0.0, 1.0]
+    xmin, xmax = min(xs), max(max(xs), min(xs) + 1)
+    ymin, ymax = ylim
+
+    def px(x: float, y: float) -> tuple[int, int]:
+        return (int(round(x0 + (x - xmin) / (xmax - xmin) * (x1 - x0))),
+                int(round(y0 - (y - ymin) / (ymax - ymin) * (y0 - y1))))
+
+    for t in _nice_ticks(ymin, ymax):
+        y = px(xmin, t)[1]
+        cv2.line(img, (x0, y), (x1, y), grey, 1)
+        (lw, lh), _ = cv2.getTextSize(f"{t:g}", font, 0.45, 1)
+        cv2.putText(img, f"{t:g}", (x0 - lw - 8, y + lh // 2), font, 0.45, black, 1, cv2.LINE_AA)
+    for t in _nice_ticks(xmin, xmax, min(10, int(xmax - xmin) or 1)):
+        x = px(t, ymin)[0]
+        cv2.line(img, (x, y0), (x, y0 + 5), black, 1)
+        (lw, lh), _ = cv2.getTextSize(f"{t:g}", font, 0.45, 1)
+        cv2.putText(img, f"{t:g}", (x - lw // 2, y0 + lh + 10), font, 0.45, black, 1, cv2.LINE_AA)
+    cv2.line(img, (x0, y0), (x1, y0), black, 1)
+    cv2.line(img, (x0, y0), (x0, y1), black, 1)
+    (lw, _), _ = cv2.getTextSize(xlabel, font, 0.5, 1)
+    cv2.putText(img, xlabel, ((x0 + x1 - lw) // 2, height - 12), font, 0.5, black, 1, cv2.LINE_AA)
+    (lw, _), _ = cv2.getTextSize(ylabel, font, 0.5, 1)
+    label = np.full((24, lw + 16, 3), 255, np.uint8)  # the y label, written horizontally then turned
+    cv2.putText(label, ylabel, (8, 17), font, 0.5, black, 1, cv2.LINE_AA)
+    label = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)[: y0 - y1]
+    cy = max(y1, (y0 + y1) // 2 - label.shape[0] // 2)
+    img[cy: cy + label.shape[0], 8: 8 + label.shape[1]] = label
+    for n, (name, points) in enumerate(series.items()):
+        colour = COLOURS[n % len(COLOURS)]
+        curve = np.array([px(x, y) for x, y in points if math.isfinite(y)], np.int32)
+        if len(curve) > 1:
+            cv2.polylines(img, [curve.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
+        for x, y in curve if len(curve) <= 60 else ():
+            cv2.circle(img, (int(x), int(y)), 3, colour, -1, cv2.LINE_AA)
+        ly = y0 - 20 * (len(series) - n)  # the legend, bottom right above the x axis
+        cv2.line(img, (x1 - 230, ly - 6), (x1 - 205, ly - 6), colour, 2, cv2.LINE_AA)
+        cv2.putText(img, name, (x1 - 198, ly - 1), font, 0.45, black, 1, cv2.LINE_AA)
+    ok, png = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the plot")
+    return png.tobytes()
+
+
+def write_eval(run: EvalRun, out: Path, info: dict) -> dict:
+    """Write a policy run's files into ``out`` (created); returns the summary written to summary.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**run.summary(), **info}
+    _write_json(out / "summary.json", summary)
+    _write_json(out / "predictions.json", [r.record for r in run.results])
+    steps = summary["per_step"]["step"]
+    with open(out / "samples.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "image", "caption", "iou", "intersection", "union", "score", "clicks", "calls",
+                    "malformed", "stop_reason"] + [f"iou_step{t}" for t in steps] + [f"selected_step{t}" for t in steps])
+        for r in run.results:
+            w.writerow([r.name, r.image_file, r.caption, f"{r.iou:.6f}", r.intersection, r.union, f"{r.score:.4f}",
+                        r.clicks, r.calls, r.malformed, r.stop_reason] + [f"{v:.6f}" for v in r.step_ious]
+                       + [f"{v:.6f}" for v in r.selected_ious])
+    per_step = summary["per_step"]
+    with open(out / "steps.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "mean_iou_after_step", "mean_iou_selected"])
+        for t, a, s in zip(steps, per_step["iou_after_step"], per_step["iou_selected"]):
+            w.writerow([t, f"{a:.6f}", f"{s:.6f}"])
+    png = draw_lines({"mask after step t": list(zip(steps, per_step["iou_after_step"])),
+                      "PRM-selected up to step t": list(zip(steps, per_step["iou_selected"]))},
+                     f"{summary['samples']} samples, {summary['protocol']} protocol: gIoU {summary['giou']:.3f}, "
+                     f"cIoU {summary['ciou']:.3f}", "policy steps", "mean IoU")
+    (out / "iou_per_step.png").write_bytes(png)
+    return summary
+
+
+def noc_summary(runs: Sequence[NocRun], max_clicks: int, seconds: float) -> dict:
+    """``evaluation.summarize`` (NoC@85/90, mean IoU after 1/3/5 clicks, clicks that lowered IoU, seconds
+    per click) plus the mean IoU after every k = 1..max_clicks and the run's wall time."""
+    ious = np.asarray([r.ious for r in runs], dtype=np.float64).reshape(len(runs), max_clicks)
+    return {**summarize(runs, max_clicks), "max_clicks": max_clicks,
+            "miou_after_click": ious.mean(axis=0).tolist(), "seconds": seconds}
+
+
+def write_noc(runs: Sequence[NocRun], out: Path, summary: dict) -> None:
+    """Write a NoC run's files into ``out`` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "noc.json", {**summary, "per_image": {r.name: r.ious for r in runs}})
+    k = summary["max_clicks"]
+    with open(out / "noc.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "noc85", "noc90", "iou_drops"] + [f"iou{i}" for i in range(1, k + 1)])
+        for r in runs:
+            w.writerow([r.name, noc(r.ious, 0.85, k), noc(r.ious, 0.90, k), count_drops(r.ious)]
+                       + [f"{v:.6f}" for v in r.ious])
+    curve = list(zip(range(1, k + 1), summary["miou_after_click"]))
+    png = draw_lines({"mean IoU": curve}, f"{summary['samples']} images: NoC@85 {summary['noc85']:.2f}, "
+                     f"NoC@90 {summary['noc90']:.2f}", "clicks", "mean IoU")
+    (out / "noc_iou.png").write_bytes(png)
+
+
+def write_scores(records: Sequence[dict], scores: dict, out: Path, source: str) -> None:
+    """A scored prediction file: ``scores.json`` (cIoU, gIoU, samples) and ``scores.csv`` (one row per record)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "scores.json", {"predictions": source, "selection": "release", "samples": scores["samples"],
+                                      "ciou": scores["ciou"], "giou": scores["giou"]})
+    with open(out / "scores.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["img_path", "caption", "iou"])
+        for record, value in zip(records, scores["ious"]):
+            caption = record.get("caption")
+            w.writerow([record.get("img_path", ""), caption[0] if isinstance(caption, list) and caption else caption,
+                        f"{value:.6f}"])
