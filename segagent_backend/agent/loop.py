@@ -89,6 +89,8 @@ def run_episodes(
         reason = "max steps" if config.release and step == calls - 1 else (
             "" if config.release else _stop_reason(search.path, step, config))
         if reason:
+            if config.release and step == 0:  # one call: the release still returns the mask after its click
+                search.nodes = [_Node(child, None, []) for child in _expand(episode, best)]
             return episode.stop(reason)
         episode.frontier = _expand(episode, best)
         if not episode.frontier:
@@ -177,6 +179,7 @@ def _release_result(episode: Episode, search: _Search) -> EpisodeResult:
     estimates = [n.estimate for n in path]
     trajectory = [TrajectoryStep(click, None if i < search.given or i >= len(estimates) else estimates[i])
                   for i, click in enumerate(chosen.state.clicks)]
-    score = chosen.estimate if chosen.estimate is not None and None not in estimates else 0.0
+    # the policy's estimate of the returned mask; after a single call only the start's exists
+    score = 0.0 if None in estimates else chosen.estimate if chosen.estimate is not None else max(estimates)
     return EpisodeResult(chosen.state.mask, float(score), trajectory, chosen.state.box, search.malformed,
                          episode.stop_reason)

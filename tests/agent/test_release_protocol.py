@@ -64,6 +64,13 @@ def test_release_returns_the_mask_after_the_argmax_click():
     assert [s.click for s in result.trajectory] == clicks[:2] and result.score == pytest.approx(0.9)
 
 
+def test_one_call_returns_the_mask_after_its_click():
+    # the release's mask_list[0] (the mask after click 1) answers argmax 0, also when it made one call
+    policy, result = run([(0.3, Click(80, 60, True))], max_steps=1)
+    assert policy.calls == 1 and [s.click for s in result.trajectory] == [Click(80, 60, True)]
+    assert result.mask.any() and result.score == pytest.approx(0.3)
+
+
 def test_an_unreadable_answer_ends_the_release_episode():
     policy, result = run([(0.0, Click(80, 60, True)), (0.7, Click(90, 60, True)), (0.8, None)])
     assert policy.calls == 3 and result.stop_reason == "policy stopped"
