@@ -4,18 +4,19 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
 
+from . import http_guard, openapi
 from .corrections import CorrectionStore
-from .errors import ModelUnavailable, RequestError
+from .http_guard import json_body
 from .labelstudio.config import parse_label_config
+from .labelstudio.context import parse_context
 from .labelstudio.predictions import Predictions
 from .labelstudio.sources import ProjectSources
 from .learning import list_reports
-from .metrics import Metrics
+from .metrics import Metrics, method_label
 from .model_host import ModelHost
 from .queue.dispatch import InlineDispatcher, PredictRequest, QueueDispatcher
 from .queue.names import BATCH, TRAIN
@@ -67,7 +68,8 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
                       SEGAGENT_SOURCES=sources, SEGAGENT_METRICS=metrics, SEGAGENT_DISPATCHER=dispatcher)
     _install_auth(app, settings)
     _install_metrics(app, metrics)
-    _install_errors(app)
+    http_guard.install(app, settings)  # body limit, request ids, schema validation, JSON errors
+    config_chars = settings.max_label_config_kb * 1024
 
     @app.get("/")
     @app.get("/health")
@@ -96,22 +98,22 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
 
     @app.post("/setup")
     def setup():
-        body = _json_object()
+        body = json_body("/setup")
         # Label Studio gives /setup 3 s: a newly promoted version loads off-thread, never here
         refresh(background=True)
-        parse_label_config(body.get("schema"), settings.expression_field)  # checked; nothing loads
+        parse_label_config(body.get("schema"), settings.expression_field, config_chars)  # checked; nothing loads
         sources.remember(body.get("project"), body.get("hostname"), body.get("access_token"))
         return jsonify({"model_version": version.model_version})
 
     @app.post("/predict")
     def predict():
-        body = _json_object()
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list) or not tasks:
-            raise RequestError("'tasks' must be a non-empty list of Label Studio tasks")
+        body = json_body("/predict")  # tasks: 1..SEGAGENT_MAX_TASKS objects with data (the OpenAPI schema)
+        tasks = body["tasks"]
         params = body.get("params") or {}
-        if not isinstance(params, dict):
-            raise RequestError("'params' must be an object")
+        # checked here, in every mode, before anything is queued: the config (size, tags) and the clicks
+        # (count, fields, claimed image size)
+        config = parse_label_config(body.get("label_config"), settings.expression_field, config_chars)
+        parse_context(params.get("context"), config, settings.max_clicks, settings.max_image_pixels)
         refresh()  # cheap unless a version was promoted since the last request
         results = dispatcher.predict(PredictRequest(tasks, body.get("label_config"), params.get("context"),
                                                     body.get("project")))
@@ -125,7 +127,7 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
 
     @app.post("/webhook")
     def webhook():
-        body = _json_object()
+        body = json_body("/webhook")
         reply = handle_webhook(body, settings, queue_preannotation, start_training, store)
         metrics.webhooks.labels(reply["action"] if reply["known"] else "unknown").inc()
         return jsonify(reply)
@@ -141,18 +143,15 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
     def prometheus():
         return Response(metrics.render(), mimetype=metrics.content_type)
 
+    description = openapi.spec(settings)
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return jsonify(description)
+
     if settings.preload and host is not None:
         host.load(background=True)
     return app
-
-
-def _json_object() -> dict:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise RequestError("the request body must be JSON (Content-Type: application/json)")
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
-    return body
 
 
 def _install_auth(app: Flask, settings: Settings) -> None:
@@ -182,29 +181,8 @@ def _install_metrics(app: Flask, metrics: Metrics) -> None:
     @app.after_request
     def record(response):
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        # bounded labels: a route of the app or "unmatched", GET/POST/other, the status code
+        metrics.requests.labels(route, method_label(request.method), str(response.status_code)).inc()
         if "started" in g:
             metrics.latency.labels(route).observe(time.perf_counter() - g.started)
         return response
-
-
-def _install_errors(app: Flask) -> None:
-    def reply(message: str, status: int, **extra: Any):
-        return jsonify({"error": message, **extra}), status
-
-    @app.errorhandler(RequestError)
-    def request_error(exc: RequestError):
-        return reply(exc.message, exc.status)
-
-    @app.errorhandler(ModelUnavailable)
-    def model_unavailable(exc: ModelUnavailable):
-        return reply(str(exc), 503)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        return reply(exc.description or exc.name, exc.code or 500)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return reply(f"internal error: {type(exc).__name__}: {exc}", 500)

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Optional
 
 from .jsonfiles import read_json_object, write_json_atomic
 from .labelstudio.annotations import Correction, Rejected
+from .labelstudio.tasks import valid_id
 
 NO_PROJECT = "no-project"
 
@@ -56,7 +57,7 @@ class CorrectionStore:
 
     def delete_annotations(self, annotation_ids: Iterable[int]) -> int:
         """Remove these annotations from the next round; returns how many were recorded."""
-        return self._remove(f"a{i}.json" for i in annotation_ids)
+        return self._remove(f"a{i}.json" for i in annotation_ids if valid_id(i) is not None)
 
     def delete_tasks(self, task_ids: Iterable[int]) -> int:
         """Remove every correction of these tasks (the tasks were deleted in Label Studio)."""
@@ -94,7 +95,11 @@ class CorrectionStore:
 
     # ----- internals ---------------------------------------------------------------------------
     def _folder(self, project: Optional[int]) -> Path:
-        return self.root / (str(project) if project is not None else NO_PROJECT)
+        if project is None:
+            return self.root / NO_PROJECT
+        if valid_id(project) is None:  # only a positive integer ever names a folder
+            raise ValueError("a project id must be a positive integer")
+        return self.root / str(project)
 
     def _records(self, project: Optional[int] = None) -> Iterator[tuple[Path, Correction]]:
         folders = [self._folder(project)] if project is not None else [
@@ -136,7 +141,14 @@ class CorrectionStore:
 
 
 def _file_name(c: Correction) -> str:
-    # an annotation id is unique in Label Studio; exports without one fall back to the task
-    return f"a{c.annotation_id}.json" if c.annotation_id is not None else f"at{c.task_id}.json"
+    """``a<annotation id>.json`` (unique in Label Studio); exports without one fall back to the task.
+    Only positive integers ever reach a file name (never ``/``, NUL or a long string)."""
+    if c.annotation_id is not None:
+        if valid_id(c.annotation_id) is None:
+            raise ValueError("an annotation id must be a positive integer")
+        return f"a{c.annotation_id}.json"
+    if valid_id(c.task_id) is None:
+        raise ValueError("a task id must be a positive integer")
+    return f"at{c.task_id}.json"
 
 

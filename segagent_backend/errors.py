@@ -1,14 +1,21 @@
 """Errors the service turns into JSON replies."""
 from __future__ import annotations
 
+import logging
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
 
 class RequestError(ValueError):
-    """The caller sent something we cannot use; ``status`` is the HTTP status to answer with."""
+    """The caller sent something we cannot use; ``status`` is the HTTP status to answer with, ``field``
+    the path of the field at fault (``tasks[0].data``) when there is one."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, field: Optional[str] = None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.field = field
 
 
 class MediaError(RequestError):
@@ -26,7 +33,9 @@ class QueueUnavailable(RequestError):
     """Redis does not answer: the request cannot be queued (HTTP 503)."""
 
     def __init__(self, exc: Exception):
-        super().__init__(f"the job queue (Redis) is unreachable: {type(exc).__name__}: {exc}", 503)
+        # what Redis said goes to the log, not to the caller
+        log.warning("the job queue (Redis) is unreachable: %s: %s", type(exc).__name__, exc)
+        super().__init__("the job queue (Redis) is unreachable", 503)
 
 
 NO_POLICY = (

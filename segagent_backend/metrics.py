@@ -10,6 +10,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
+METHODS = frozenset({"GET", "POST"})  # the methods of our routes; any other counts as "other"
+
+
+def method_label(method: str) -> str:
+    """The request counter's ``method`` label: GET, POST or other (a caller cannot add series)."""
+    return method if method in METHODS else "other"
+
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 100.0)
 
 
@@ -19,7 +27,8 @@ class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "segagent_http_requests_total", "HTTP requests by route, method and status",
+            "segagent_http_requests_total",
+            "HTTP requests by route (a url rule or 'unmatched'), method (GET, POST, other) and status",
             ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram(
             "segagent_http_request_seconds", "HTTP request latency by route",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from .corrections import CorrectionStore
 from .errors import RequestError
 from .labelstudio.annotations import corrections_from_webhook
+from .labelstudio.tasks import valid_id
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 # (project id, new task ids) -> {"queue", "job"} of the planning job (queue/preannotate.planning_starter)
 QueuePreannotation = Callable[[int, list[int]], dict]
+
+MAX_ACTION_CHARS = 64  # an unknown action is echoed back: never a long one
 
 ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"})
 
@@ -49,8 +52,11 @@ def handle_webhook(body: dict, settings: Optional[Settings] = None,
     """
     action = body.get("action")
     if not isinstance(action, str) or not action:
-        raise RequestError("webhook body needs an 'action' string")
+        raise RequestError("action: the webhook body needs an 'action' string", field="action")
     if action not in KNOWN_ACTIONS:
+        if len(action) > MAX_ACTION_CHARS or not action.isprintable():
+            raise RequestError(f"action: not a Label Studio action (at most {MAX_ACTION_CHARS} printable characters)",
+                               field="action")
         return {"status": "ok", "action": action, "known": False,
                 "note": f"unknown action {action!r}: nothing done"}
     reply = {"status": "ok", "action": action, "known": True, "note": "acknowledged"}
@@ -73,7 +79,7 @@ def _record(body: dict, action: str, settings: Settings, store: CorrectionStore,
     counts = store.record(good)
     store.reject(bad, action)
     # an update that made an annotation unusable (its mask erased) must not leave the old version to train on
-    store.delete_annotations([r.annotation_id for r in bad if isinstance(r.annotation_id, int)])
+    store.delete_annotations([r.annotation_id for r in bad if _is_id(r.annotation_id)])
     reply: dict = {"recorded": [c.annotation_id for c in good],
                    "rejected": [{"task": r.task_id, "annotation": r.annotation_id, "reason": r.reason} for r in bad]}
     due = [p for p in counts if start_training is not None and store.claim_round(p, settings.train_every)]
@@ -87,10 +93,12 @@ def _forget(body: dict, action: str, store: CorrectionStore) -> dict:
     key = "annotations" if action == "ANNOTATIONS_DELETED" else "tasks"
     items = body.get(key)
     if not isinstance(items, list):
-        raise RequestError(f"{action} needs an '{key}' list")
+        raise RequestError(f"{key}: {action} needs an '{key}' list", field=key)
     ids = [i.get("id") if isinstance(i, dict) else None for i in items]
-    if not all(_is_id(i) for i in ids):
-        raise RequestError(f"every item of '{key}' needs an integer 'id'")
+    bad = next((n for n, i in enumerate(ids) if not _is_id(i)), None)
+    if bad is not None:
+        raise RequestError(f"{key}[{bad}].id: every item of '{key}' needs a positive integer 'id'",
+                           field=f"{key}[{bad}].id")
     removed = store.delete_annotations(ids) if key == "annotations" else store.delete_tasks(ids)
     return {"removed": removed, "note": f"{removed} correction(s) removed from the next training round"}
 
@@ -100,7 +108,7 @@ def _start_training(body: dict, settings: Settings, store: CorrectionStore,
     project = body.get("project")
     project = project.get("id") if isinstance(project, dict) else project
     if not _is_id(project):
-        raise RequestError("START_TRAINING needs 'project': {'id': <int>}")
+        raise RequestError("project.id: START_TRAINING needs 'project': {'id': <positive int>}", field="project.id")
     if start_training is None:
         return {"note": "acknowledged; training does not run in this process"}
     source = "labelstudio" if settings.label_studio_url and settings.label_studio_api_key else "corrections"
@@ -146,16 +154,18 @@ def parse_tasks_created(body: dict) -> tuple[int, list[int]]:
     if isinstance(project, dict):
         project = project.get("id")
     if not _is_id(project):
-        raise RequestError("TASKS_CREATED needs 'project': {'id': <int>}")
+        raise RequestError("project.id: TASKS_CREATED needs 'project': {'id': <positive int>}", field="project.id")
     tasks = body.get("tasks")
     if not isinstance(tasks, list) or not tasks:
-        raise RequestError("TASKS_CREATED needs a non-empty 'tasks' list")
+        raise RequestError("tasks: TASKS_CREATED needs a non-empty 'tasks' list", field="tasks")
     ids = [task.get("id") if isinstance(task, dict) else None for task in tasks]
-    if not all(_is_id(i) for i in ids):
-        raise RequestError("every task of TASKS_CREATED needs an integer 'id'")
+    bad = next((n for n, i in enumerate(ids) if not _is_id(i)), None)
+    if bad is not None:
+        raise RequestError(f"tasks[{bad}].id: every task of TASKS_CREATED needs a positive integer 'id'",
+                           field=f"tasks[{bad}].id")
     return project, list(dict.fromkeys(ids))  # a repeated id is queued once
 
 
 def _is_id(value: Any) -> bool:
-    # bool is an int subclass: True is no task id
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    # bool is an int subclass: True is no task id; ids are positive 64-bit integers
+    return valid_id(value) is not None

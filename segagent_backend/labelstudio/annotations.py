@@ -16,13 +16,22 @@ from typing import Any, Iterable, Optional
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
+from ..errors import RequestError
 from .config import ConfigError, LabelConfig, parse_label_config
-from .tasks import expression
+from .tasks import expression, valid_id
 
 BRUSH = "brushlabels"
 # Pixels of masks a webhook decodes (~13 ms per megapixel): a bulk event beyond it is answered within
 # Label Studio's 1 s and the rest is decoded, and rejected if need be, when a round loads it.
 WEBHOOK_DECODE_PIXELS = 20_000_000
+# The largest brush mask decoded at all (width x height); the RLE header's value count is checked against
+# the region's size and this cap before the SDK's decoder allocates anything.
+MAX_MASK_PIXELS = 50_000_000
+# Label Studio's brush RLE spends at most ~4.5 bytes per pixel (4 values of 8 bits, every run a literal;
+# a pixel checkerboard from the SDK's mask2rle takes 1.74); a longer list is not a mask of that size. The
+# SDK's decoder costs ~1 us per RLE bit, so this and MAX_RLE_BYTES also bound the time of one decode.
+MAX_RLE_BYTES_PER_PIXEL = 5
+MAX_RLE_BYTES = 4_000_000
 
 
 class AnnotationError(ValueError):
@@ -52,6 +61,8 @@ class Correction:
 
     def mask(self) -> np.ndarray:
         """The object: (height, width) bool, the union of the brush regions."""
+        for rle in self.rle:  # every header first: nothing is allocated for a mask that cannot fit
+            check_rle(rle, self.width, self.height)
         out = np.zeros((self.height, self.width), dtype=bool)
         for rle in self.rle:
             out |= decode_brush(rle, self.width, self.height)
@@ -74,12 +85,40 @@ class Rejected:
     reason: str
 
 
+def rle_header(rle: Any) -> int:
+    """The number of values a Label Studio brush RLE claims (its first 32 bits); AnnotationError when
+    ``rle`` is not a list of bytes (ints 0..255) long enough to hold a header."""
+    if not isinstance(rle, list) or len(rle) < 5:
+        raise AnnotationError("a brush RLE must be a list of at least 5 byte values")
+    if not all(type(b) is int and 0 <= b <= 255 for b in rle):
+        raise AnnotationError("a brush RLE must hold integers 0..255 only")
+    return int.from_bytes(bytes(rle[:4]), "big")
+
+
+def check_rle(rle: Any, width: int, height: int) -> None:
+    """Check a brush RLE against the size it claims to be drawn at, BEFORE decoding it: the header must
+    claim exactly ``width * height * 4`` values (RGBA), the size must be within MAX_MASK_PIXELS and the
+    list no longer than such a mask can need."""
+    claimed = rle_header(rle)
+    if width * height > MAX_MASK_PIXELS:
+        raise AnnotationError(f"the brush mask is {width}x{height}, above {MAX_MASK_PIXELS} pixels")
+    if claimed != width * height * 4:
+        raise AnnotationError(f"the brush RLE header claims {claimed} values ({claimed / 4:g} pixels); the "
+                              f"image is {width}x{height} ({width * height} pixels, {width * height * 4} values)")
+    if len(rle) > min(MAX_RLE_BYTES_PER_PIXEL * width * height + 64, MAX_RLE_BYTES):
+        raise AnnotationError(f"the brush RLE has {len(rle)} bytes, more than a {width}x{height} mask needs")
+
+
 def decode_brush(rle: list[int], width: int, height: int) -> np.ndarray:
-    """Label Studio brush RLE -> (height, width) bool; AnnotationError when it does not fit the size."""
+    """Label Studio brush RLE -> (height, width) bool; AnnotationError when it does not fit the size.
+
+    The header is checked first (``check_rle``); only then does the SDK's ``decode_rle`` run.
+    """
+    check_rle(rle, width, height)
     try:
         flat = decode_rle(rle)
-    except Exception as exc:  # the SDK's bit reader fails in several ways on garbage
-        raise AnnotationError(f"brush RLE cannot be decoded ({type(exc).__name__})") from None
+    except Exception:  # the SDK's bit reader fails in several ways on garbage
+        raise AnnotationError("the brush RLE cannot be decoded") from None
     if flat.size != width * height * 4:
         raise AnnotationError(f"brush mask has {flat.size // 4} pixels, the image is {width}x{height}")
     return flat.reshape(height, width, 4)[:, :, 3] > 0
@@ -96,28 +135,41 @@ def correction_from(annotation: Any, task: Any, config: LabelConfig, project: Op
         raise AnnotationError("annotation and task must be objects")
     if annotation.get("was_cancelled"):
         raise AnnotationError("the annotation was skipped (cancelled)")
-    task_id = task.get("id")
-    if not isinstance(task_id, int):
-        raise AnnotationError("the task has no integer id")
-    regions = [r for r in annotation.get("result") or [] if isinstance(r, dict) and r.get("type") == BRUSH]
+    task_id = valid_id(task.get("id"))
+    if task_id is None:
+        raise AnnotationError("the task needs a positive integer 'id'")
+    annotation_id = annotation.get("id")
+    if annotation_id is not None and valid_id(annotation_id) is None:
+        raise AnnotationError("the annotation 'id' must be a positive integer")
+    results = annotation.get("result")
+    if results is not None and not isinstance(results, list):
+        raise AnnotationError("the annotation 'result' must be a list of regions")
+    regions = [r for r in results or [] if isinstance(r, dict) and r.get("type") == BRUSH]
     if not regions:
         raise AnnotationError("no brush region in the annotation")
     width, height = _region_size(regions)
-    rles = []
+    rles, values = [], []
     for region in regions:
-        rle = (region.get("value") or {}).get("rle")
+        value = region.get("value")
+        if not isinstance(value, dict):
+            raise AnnotationError("a brush region's 'value' must be an object")
+        rle = value.get("rle")
         if not isinstance(rle, list) or not rle:
             raise AnnotationError("a brush region has no 'rle' list")
         rles.append(rle)
+        values.append(value)
     data = task.get("data") if isinstance(task.get("data"), dict) else {}
     url = data.get(config.image_field)
     if not isinstance(url, str) or not url.strip():
         raise AnnotationError(f"task data has no image under {config.image_field!r}")
-    labels = (regions[0].get("value") or {}).get(BRUSH) or [None]
-    text = expression(task, config, labels[0])
+    labels = values[0].get(BRUSH)
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(v, str) for v in labels)):
+        raise AnnotationError(f"a brush region's value.{BRUSH} must be a list of label strings")
+    label = labels[0] if labels else None
+    text = expression(task, config, label)
     if not text:
         raise AnnotationError("no referring expression for the task")
-    correction = Correction(project, task_id, annotation.get("id"), url, text, rles, width, height, labels[0],
+    correction = Correction(project, task_id, annotation_id, url, text, rles, width, height, label,
                             _corrected_prediction(annotation, task), data)
     if decode:
         check_mask(correction)
@@ -137,19 +189,22 @@ def _region_size(regions: list[dict]) -> tuple[int, int]:
     if len(sizes) != 1:
         raise AnnotationError(f"brush regions disagree on the image size: {sorted(sizes, key=str)}")
     width, height = sizes.pop()
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+    if not all(valid_id(v) is not None for v in (width, height)):
         raise AnnotationError("brush regions need positive integer original_width and original_height")
+    if width * height > MAX_MASK_PIXELS:
+        raise AnnotationError(f"the brush regions claim a {width}x{height} image, above {MAX_MASK_PIXELS} pixels")
     return width, height
 
 
 def _corrected_prediction(annotation: dict, task: dict) -> Optional[dict]:
     """The prediction the annotator started from (``parent_prediction``), with its model version."""
-    parent = annotation.get("parent_prediction")
+    parent = valid_id(annotation.get("parent_prediction"))
     if parent is None:
         return None
-    version = next((p.get("model_version") for p in task.get("predictions") or []
+    predictions = task.get("predictions") if isinstance(task.get("predictions"), list) else []
+    version = next((p.get("model_version") for p in predictions
                     if isinstance(p, dict) and p.get("id") == parent), None)
-    return {"id": parent, "model_version": version}
+    return {"id": parent, "model_version": version if isinstance(version, str) else None}
 
 
 def corrections_from_webhook(body: dict, expression_field: Optional[str] = None
@@ -161,8 +216,8 @@ def corrections_from_webhook(body: dict, expression_field: Optional[str] = None
         annotations, tasks = [annotations], [tasks]
     if not isinstance(annotations, list) or not isinstance(tasks, list):
         return [], [Rejected(None, None, "the body has no 'annotation' and 'task'")]
-    by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)}
-    pairs = [(a, by_id.get(a.get("task")) if isinstance(a, dict) and isinstance(a.get("task"), int)
+    by_id = {valid_id(t.get("id")): t for t in tasks if isinstance(t, dict)}
+    pairs = [(a, by_id.get(valid_id(a.get("task"))) if isinstance(a, dict) and valid_id(a.get("task"))
               else (tasks[i] if i < len(tasks) else None)) for i, a in enumerate(annotations)]
     return _check_all(pairs, project.get("label_config"), _project_id(project), expression_field,
                       WEBHOOK_DECODE_PIXELS)
@@ -173,9 +228,11 @@ def corrections_from_tasks(tasks: Iterable[dict], label_config: str, project: Op
     """Every annotation of exported (or SDK-listed) tasks; the latest annotation per task wins."""
     pairs = []
     for task in tasks:
-        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        found = task.get("annotations") if isinstance(task, dict) else None
+        annotations = [a for a in found if isinstance(a, dict) and not a.get("was_cancelled")] \
+            if isinstance(found, list) else []
         if annotations:
-            latest = max(annotations, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0))
+            latest = max(annotations, key=lambda a: (str(a.get("updated_at") or ""), valid_id(a.get("id")) or 0))
             pairs.append((latest, task))
     return _check_all(pairs, label_config, project, expression_field)
 
@@ -183,12 +240,15 @@ def corrections_from_tasks(tasks: Iterable[dict], label_config: str, project: Op
 def _check_all(pairs: list, label_config: Any, project: Optional[int], expression_field: Optional[str],
                decode_pixels: Optional[int] = None) -> tuple[list[Correction], list[Rejected]]:
     """Check every (annotation, task) pair; masks are decoded while ``decode_pixels`` lasts (None: all)."""
-    ids = [(t.get("id") if isinstance(t, dict) else None, a.get("id") if isinstance(a, dict) else None)
-           for a, t in pairs]
+    # only ids that are ids travel on (to replies, logs and file names): anything else is None
+    ids = [(valid_id(t.get("id")) if isinstance(t, dict) else None,
+            valid_id(a.get("id")) if isinstance(a, dict) else None) for a, t in pairs]
     try:
         config = parse_label_config(label_config, expression_field)
     except ConfigError as exc:
-        return [], [Rejected(t, a, f"label config: {exc}") for t, a in ids]
+        return [], [Rejected(t, a, f"label config: {exc.problem}") for t, a in ids]
+    except RequestError as exc:  # too large
+        return [], [Rejected(t, a, f"label config: {exc.message}") for t, a in ids]
     good, bad = [], []
     budget = decode_pixels
     for (annotation, task), (tid, aid) in zip(pairs, ids):
@@ -199,10 +259,10 @@ def _check_all(pairs: list, label_config: Any, project: Optional[int], expressio
             continue
         good.append(correction)
         if budget is not None:
-            budget -= correction.width * correction.height
+            # the SDK decoder's time grows with the pixels and the RLE's bits
+            budget -= correction.width * correction.height + 8 * sum(len(r) for r in correction.rle)
     return good, bad
 
 
 def _project_id(project: dict) -> Optional[int]:
-    value = project.get("id")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return valid_id(project.get("id"))

@@ -1,8 +1,10 @@
 """The label config, read with the SDK's ``LabelInterface``: which tags this backend reads and writes."""
 from __future__ import annotations
 
+import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Optional
 
 from label_studio_sdk.label_interface import LabelInterface
@@ -22,6 +24,13 @@ EXAMPLE_CONFIG = (
 )
 
 _TEXT_OBJECTS = ("text", "hypertext", "header")
+# A parsed config costs ~50x its text in memory: the cache keeps at most this many characters of config
+# text (~50 MB parsed), least recently used first out; a config larger than the budget is not kept.
+CACHE_BUDGET_CHARS = 1_000_000
+# Beyond any SEGAGENT_MAX_LABEL_CONFIG_KB: the HTTP layer applies the setting, this bounds every other caller.
+HARD_MAX_CHARS = 4_000_000
+# Label Studio configs never declare a DTD or entities; refusing them keeps XML entity tricks out of lxml.
+_DTD = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
 class ConfigError(RequestError):
@@ -55,19 +64,67 @@ class LabelConfig:
         return self.clicks is not None or self.box is not None
 
 
-def parse_label_config(xml: str, expression_field: Optional[str] = None) -> LabelConfig:
-    """Parse ``xml`` (Label Studio's label config). Raises ConfigError when it cannot work."""
+def parse_label_config(xml: str, expression_field: Optional[str] = None,
+                       max_chars: Optional[int] = None) -> LabelConfig:
+    """Parse ``xml`` (Label Studio's label config). Raises ConfigError when it cannot work.
+
+    ``max_chars``: the largest config accepted (SEGAGENT_MAX_LABEL_CONFIG_KB; at most HARD_MAX_CHARS).
+    """
     if not isinstance(xml, str) or not xml.strip():
         raise ConfigError("the label config is empty")
-    return _parse(xml, expression_field)
+    limit = min(max_chars or HARD_MAX_CHARS, HARD_MAX_CHARS)
+    if len(xml) > limit:
+        raise RequestError(f"the label config has {len(xml)} characters, above {limit} "
+                           f"(SEGAGENT_MAX_LABEL_CONFIG_KB)", 413)
+    if _DTD.search(xml):
+        raise ConfigError("the label config declares a DOCTYPE or ENTITY, which Label Studio configs never need")
+    key = (xml, expression_field)
+    with _cache_lock:
+        found = _cache.get(key)
+        if found is not None:
+            _cache.move_to_end(key)
+            return found
+    try:
+        config = _parse(xml, expression_field)
+    except ConfigError:
+        raise
+    except (Exception, RecursionError):  # the SDK reading an odd (deep, strange) tree: the caller's config
+        raise ConfigError("the label config cannot be read by Label Studio's SDK") from None
+    _remember(key, config)
+    return config
 
 
-@lru_cache(maxsize=64)
+_cache: "OrderedDict[tuple[str, Optional[str]], LabelConfig]" = OrderedDict()
+_cache_lock = threading.Lock()
+_cache_chars = 0
+
+
+def _remember(key: tuple[str, Optional[str]], config: LabelConfig) -> None:
+    """Keep ``config`` while the cache's config text stays within CACHE_BUDGET_CHARS (LRU out first)."""
+    global _cache_chars
+    size = len(key[0])
+    if size > CACHE_BUDGET_CHARS:
+        return
+    with _cache_lock:
+        if key in _cache:
+            return
+        _cache[key] = config
+        _cache_chars += size
+        while _cache_chars > CACHE_BUDGET_CHARS:
+            old, _ = _cache.popitem(last=False)
+            _cache_chars -= len(old[0])
+
+
+def cache_chars() -> int:
+    """Characters of config text the parse cache holds now (bounded by CACHE_BUDGET_CHARS)."""
+    return _cache_chars
+
+
 def _parse(xml: str, expression_field: Optional[str]) -> LabelConfig:
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises several exception types for bad XML
-        raise ConfigError(f"the label config is not valid XML ({exc})") from None
+        raise ConfigError(f"the label config is not valid XML ({_xml_problem(exc)})") from None
     controls = list(interface.controls or [])
     images = [o for o in (interface.objects or []) if o.tag.lower() == "image"]
     if not images:
@@ -103,3 +160,13 @@ def _expression_field(interface: LabelInterface) -> Optional[str]:
         if str(node.tag).lower() == "header" and value.startswith("$"):
             return value[1:]
     return None
+
+
+def _xml_problem(exc: Exception) -> str:
+    """What is wrong, for the caller: the XML parser's own line/column message, never other exception text."""
+    from lxml import etree
+
+    if isinstance(exc, etree.XMLSyntaxError) and exc.msg:
+        text = str(exc.msg)
+        return text if len(text) <= 200 else text[:197] + "..."
+    return "Label Studio's SDK cannot read it"

@@ -6,8 +6,16 @@ from typing import Any, Optional
 
 from ..errors import RequestError
 from .config import LabelConfig
+from .control_models.base import number, short
 from .control_models.keypoint_labels import PercentClick
 from .control_models.rectangle_labels import PercentBox
+
+CONTEXT = "params.context"
+# regions beyond the clicks (boxes, deleted-click leftovers) a request may carry
+EXTRA_REGIONS = 16
+# (original_width, original_height) claimed by a region beyond this many pixels is refused before anything
+# is allocated at that size (SEGAGENT_MAX_IMAGE_PIXELS is the service's own bound)
+MAX_CLAIMED_PIXELS = 50_000_000
 
 
 @dataclass
@@ -19,49 +27,88 @@ class Prompt:
     label: Optional[str] = None
     image_rotation: int = 0
     size: Optional[tuple[int, int]] = None  # (original_width, original_height) as Label Studio saw it
+    size_field: str = f"{CONTEXT}.result[0].original_width"  # where ``size`` came from (for errors)
 
 
-def parse_context(context: Any, config: LabelConfig) -> Optional[Prompt]:
+def parse_context(context: Any, config: LabelConfig, max_clicks: Optional[int] = None,
+                  max_pixels: Optional[int] = None) -> Optional[Prompt]:
     """``params.context`` -> Prompt, or None for a non-interactive call (context null or without ``result``).
 
-    Raises RequestError for region types this config has no smart control for, malformed regions
-    and percent values outside 0..100.
+    Raises RequestError, naming the field (``params.context.result[2].value.x``), for region types this
+    config has no smart control for, malformed regions, percent values outside 0..100, more than
+    ``max_clicks`` clicks (SEGAGENT_MAX_CLICKS) and an ``original_width`` x ``original_height`` beyond
+    ``max_pixels`` (SEGAGENT_MAX_IMAGE_PIXELS).
     """
     if context is None:
         return None
     if not isinstance(context, dict):
-        raise RequestError("params.context must be an object or null")
+        raise RequestError(f"{CONTEXT} must be an object or null", field=CONTEXT)
     regions = context.get("result")
     if regions is None:
         return None
     if not isinstance(regions, list):
-        raise RequestError("params.context.result must be a list of regions")
+        raise RequestError(f"{CONTEXT}.result must be a list of regions", field=f"{CONTEXT}.result")
+    if max_clicks is not None and len(regions) > max_clicks + EXTRA_REGIONS:
+        raise RequestError(f"{CONTEXT}.result has {len(regions)} regions; at most {max_clicks} clicks "
+                           f"(SEGAGENT_MAX_CLICKS) and {EXTRA_REGIONS} other regions are read", 413, f"{CONTEXT}.result")
     prompt = Prompt()
-    for region in regions:
+    for i, region in enumerate(regions):
+        where = f"{CONTEXT}.result[{i}]"
         if not isinstance(region, dict):
-            raise RequestError("every region in params.context.result must be an object")
-        kind = str(region.get("type", "")).lower()
+            raise RequestError(f"{where} must be an object (a region)", field=where)
+        kind = region.get("type")
+        kind = kind.lower() if isinstance(kind, str) else ""
         if kind == "keypointlabels" and config.clicks is not None:
-            click = config.clicks.click(region)
+            click = config.clicks.click(region, where)
             prompt.clicks.append(click)
             prompt.label = prompt.label or click.label
         elif kind == "rectanglelabels" and config.box is not None:
-            prompt.box = config.box.box(region)  # the last box drawn wins
+            prompt.box = config.box.box(region, where)  # the last box drawn wins
             prompt.label = prompt.label or prompt.box.label
         else:
             smart = [c.name for c in (config.clicks, config.box) if c is not None] or "no control"
             raise RequestError(
-                f"context region {region.get('id')!r} has type {region.get('type')!r}; this backend reads "
-                f"keypointlabels/rectanglelabels of smart controls only (this config: {smart})"
+                f"{where}.type is {short(region.get('type'))}; this backend reads keypointlabels/rectanglelabels "
+                f"of smart controls only (this config: {smart})", field=f"{where}.type"
             )
-        prompt.image_rotation = _int(region.get("image_rotation"), prompt.image_rotation)
-        if region.get("original_width") and region.get("original_height"):
-            prompt.size = (_int(region["original_width"], 0), _int(region["original_height"], 0))
+        if region.get("image_rotation") is not None:
+            prompt.image_rotation = int(number(region["image_rotation"], f"{where}.image_rotation") % 360)
+        size = _size(region, where, max_pixels)
+        if size is not None:
+            prompt.size, prompt.size_field = size, f"{where}.original_width"
+    if max_clicks is not None and len(prompt.clicks) > max_clicks:
+        raise RequestError(f"{CONTEXT}.result has {len(prompt.clicks)} clicks; at most {max_clicks} are read "
+                           f"per request (SEGAGENT_MAX_CLICKS)", 413, f"{CONTEXT}.result")
     return prompt
 
 
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
+def _size(region: dict, where: str, max_pixels: Optional[int]) -> Optional[tuple[int, int]]:
+    """(original_width, original_height) of a region: positive integers whose product is bounded, or None."""
+    width, height = region.get("original_width"), region.get("original_height")
+    if width is None or height is None:
+        return None
+    sides = []
+    for key, raw in (("original_width", width), ("original_height", height)):
+        value = number(raw, f"{where}.{key}")
+        if value != int(value) or value < 1:
+            raise RequestError(f"{where}.{key} must be a positive integer (pixels), got {short(raw)}",
+                               field=f"{where}.{key}")
+        sides.append(int(value))
+    cap = min(max_pixels or MAX_CLAIMED_PIXELS, MAX_CLAIMED_PIXELS)
+    if sides[0] * sides[1] > cap:
+        raise RequestError(f"{where}.original_width x original_height = {sides[0]}x{sides[1]} is above "
+                           f"{cap} pixels (SEGAGENT_MAX_IMAGE_PIXELS)", 413, f"{where}.original_width")
+    return sides[0], sides[1]
+
+
+def check_claimed_size(prompt: Prompt, width: int, height: int) -> None:
+    """The size Label Studio claims must be the loaded image's, up to scale (either orientation, 2 %):
+    a mask is only ever resized between two views of one picture, never allocated at an arbitrary size."""
+    if prompt.size is None or prompt.size == (width, height):
+        return
+    claimed_w, claimed_h = prompt.size
+    for w, h in ((width, height), (height, width)):
+        if abs(claimed_w * h - claimed_h * w) <= 0.02 * w * claimed_h + claimed_h + w:
+            return
+    raise RequestError(f"{prompt.size_field} and original_height ({claimed_w}x{claimed_h}) do not match the "
+                       f"task's image ({width}x{height})", 422, prompt.size_field)

@@ -15,7 +15,7 @@ from ..agent.types import EpisodeResult
 from ..errors import NO_POLICY, RequestError
 from ..media import MediaLoader, MediaSource
 from .config import LabelConfig, parse_label_config
-from .context import Prompt, parse_context
+from .context import Prompt, check_claimed_size, parse_context
 from .sources import ProjectSources
 from .tasks import expression, image_url, task_id
 
@@ -58,8 +58,9 @@ class Predictions:
         /setup said; a queue worker gets it from the web process with the job. Without context
         (automatic) every task of the request is an episode of one lockstep batch.
         """
-        config = parse_label_config(label_config, self.settings.expression_field)
-        prompt = parse_context(context, config)
+        config = parse_label_config(label_config, self.settings.expression_field,
+                                    self.settings.max_label_config_kb * 1024)
+        prompt = parse_context(context, config, self.settings.max_clicks, self.settings.max_image_pixels)
         source = source or self.sources.source_for(project)
         if prompt is None:
             return self._automatic(tasks, config, source)
@@ -90,6 +91,7 @@ class Predictions:
     def _interactive(self, task: Any, config: LabelConfig, prompt: Prompt, source: MediaSource) -> dict:
         image = self.media.load(image_url(task, config), task_id(task), source)
         height, width = image.shape[:2]
+        check_claimed_size(prompt, width, height)  # before any mask is made at that size
         clicks = [c.to_pixels(width, height) for c in prompt.clicks]
         box = prompt.box.to_pixels(width, height) if prompt.box is not None else None
         if not clicks and box is None:  # every click was deleted: no mask

@@ -168,3 +168,31 @@ def test_only_one_of_two_racing_processes_claims_the_round(tmp_path, mask):
     b.record(good)
     assert [a.claim_round(7, 2), b.claim_round(7, 2)] == [True, False]
     assert a.new_since_training(7) == 0
+
+
+def test_rle_header_is_checked_before_decoding():
+    from segagent_backend.labelstudio.annotations import AnnotationError, check_rle, decode_brush
+
+    with pytest.raises(AnnotationError, match="header claims 4294967295"):
+        decode_brush([255, 255, 255, 255] + [0] * 20, 640, 480)
+    with pytest.raises(AnnotationError, match="0..255"):
+        check_rle([0, 0, 4, 176, 300, 1], 10, 30)
+    with pytest.raises(AnnotationError, match="more than"):
+        check_rle([0, 0, 4, 176] + [0] * 10_000, 10, 30)  # 1200 values cannot take 10 KB
+    with pytest.raises(AnnotationError, match="above"):
+        check_rle([0, 0, 0, 0, 0], 100_000, 100_000)
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "a\x00", "x" * 300, {"a": 1}, -1, True, 2**64])
+def test_ids_that_are_not_ids_never_name_a_file(tmp_path, mask, bad_id):
+    from segagent_backend.labelstudio.annotations import Correction
+
+    good, bad = corrections_from_webhook(body(bad_id, 2, [brush(mask)]))
+    assert not good and "positive integer" in bad[0].reason and bad[0].annotation_id is None
+    store = CorrectionStore(tmp_path)
+    with pytest.raises(ValueError):
+        store.record([Correction(7, 2, bad_id, "u", "e", [], 1, 1)])
+    with pytest.raises(ValueError):
+        store.record([Correction(bad_id, 2, 5, "u", "e", [], 1, 1)])
+    assert store.delete_annotations([bad_id]) == 0
+    assert not any(p.name.startswith("a") for p in tmp_path.rglob("*.json"))

@@ -93,7 +93,7 @@ def auth_header(user: str, password: str) -> dict:
 
 
 @pytest.mark.parametrize("route,method", [("/", "get"), ("/health", "get"), ("/metrics", "get"), ("/versions", "get"),
-                                          ("/setup", "post"), ("/predict", "post"), ("/webhook", "post")])
+                                          ("/openapi.json", "get"), ("/setup", "post"), ("/predict", "post"), ("/webhook", "post")])
 def test_basic_auth_guards_every_route(make_client, route, method):
     client = make_client(BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="s3cret")
     for headers in ({}, auth_header("ls", "wrong"), auth_header("other", "s3cret")):
@@ -108,3 +108,51 @@ def test_redis_status_on_health(make_client, redis_url):
     # with REDIS_URL the jobs go through Redis: without it nothing can be predicted, so say so
     down = make_client(REDIS_URL="redis://127.0.0.1:9/0").get("/health")
     assert down.status_code == 503 and down.json["redis"].startswith("unreachable") and down.json["status"] == "ERROR"
+
+
+def test_metrics_labels_are_bounded(client):
+    for method in ("PURGE", "BREW", "PROPFIND", "X" * 200, "DELETE", "HEAD", "OPTIONS"):
+        client.open("/predict", method=method)
+        client.open(f"/nope/{method}", method=method)
+    samples = metric_samples(client)
+    labels = {dict(k[1]).get("method") for k in samples if k[0] == "segagent_http_requests_total"}
+    routes = {dict(k[1]).get("route") for k in samples if k[0] == "segagent_http_requests_total"}
+    assert labels <= {"GET", "POST", "other"}, labels
+    assert routes <= {"/predict", "/metrics", "unmatched"}, routes
+
+
+def test_openapi_describes_every_route(client):
+    from jsonschema import Draft202012Validator
+
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.1")
+    paths = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
+    assert paths == {("GET", "/"), ("GET", "/health"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
+                     ("GET", "/versions"), ("GET", "/metrics"), ("GET", "/openapi.json")}
+    for path in ("/setup", "/predict", "/webhook"):  # the examples follow the schemas the app validates with
+        media = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        Draft202012Validator.check_schema(media["schema"])
+        Draft202012Validator(media["schema"]).validate(media["example"])
+
+
+def test_openapi_limits_follow_the_settings(make_client):
+    spec = make_client(SEGAGENT_MAX_TASKS=7).get("/openapi.json").json
+    tasks = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["tasks"]
+    assert tasks["maxItems"] == 7 and tasks["x-setting"] == "SEGAGENT_MAX_TASKS"
+
+
+def test_an_unexpected_error_is_a_generic_500_with_a_request_id(make_settings, caplog):
+    from segagent_backend.app import create_app
+
+    app = create_app(make_settings())
+
+    @app.get("/boom")
+    def boom():
+        raise KeyError("/work/secret/path.py")
+
+    reply = app.test_client().get("/boom")
+    assert reply.status_code == 500 and reply.is_json
+    text = reply.get_data(as_text=True)
+    assert "KeyError" not in text and "/work" not in text and "internal error" in reply.json["error"]
+    assert reply.json["request_id"] == reply.headers["X-Request-Id"]
+    assert any(reply.json["request_id"] in r.getMessage() for r in caplog.records)  # the detail is in the log

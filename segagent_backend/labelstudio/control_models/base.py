@@ -1,8 +1,10 @@
-"""What every control model shares: the control it wraps and how it recognises one."""
+"""What every control model shares: the control it wraps, how it recognises one, and the checked reading
+of region fields (every caller mistake is a RequestError naming the field path, e.g.
+``params.context.result[0].value.x``)."""
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Optional
 
 from ...errors import RequestError
 
@@ -33,15 +35,56 @@ class ControlModel:
         return control.tag.lower() == cls.tag.lower() and image_name in (control.to_name or [])
 
 
-def percent(value: Mapping[str, Any], key: str, region_id: Any, required: bool = True) -> float:
-    """``value[key]`` as a percentage in [0, 100]; RequestError names the region otherwise."""
+def short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: caller values are echoed in errors, never whole."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def number(raw: Any, where: str) -> float:
+    """A finite JSON number (not a bool, not a string); RequestError naming ``where`` otherwise."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise RequestError(f"{where} must be a number, got {short(raw)}", field=where)
+    try:
+        value = float(raw)
+    except OverflowError:  # an integer beyond float range
+        raise RequestError(f"{where} is out of range", field=where) from None
+    if not math.isfinite(value):
+        raise RequestError(f"{where} must be a finite number, got {short(raw)}", field=where)
+    return value
+
+
+def value_object(region: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``region["value"]``: an object (missing: empty)."""
+    value = region.get("value")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(f"{where}.value must be an object, got {type(value).__name__}", field=f"{where}.value")
+    return value
+
+
+def first_label(value: Mapping[str, Any], keys: tuple[str, ...], where: str) -> Optional[str]:
+    """The first label of the first of ``keys`` present (a list of strings); None when none is."""
+    for key in keys:
+        labels = value.get(key)
+        if labels is None:
+            continue
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise RequestError(f"{where}.value.{key} must be a list of label strings", field=f"{where}.value.{key}")
+        if labels:
+            return labels[0]
+    return None
+
+
+def percent(value: Mapping[str, Any], key: str, where: str, required: bool = True) -> float:
+    """``value[key]`` as a percentage in [0, 100]; RequestError names the field (``where``: the region's
+    path, e.g. ``params.context.result[0]``) otherwise."""
     raw = value.get(key)
     if raw is None and not required:
         return 0.0
-    try:
-        number = float(raw)
-    except (TypeError, ValueError):
-        raise RequestError(f"region {region_id!r}: value.{key} must be a number, got {raw!r}") from None
-    if not math.isfinite(number) or not 0.0 <= number <= 100.0:
-        raise RequestError(f"region {region_id!r}: value.{key}={raw!r} is outside 0..100 (percent of the image)")
-    return number
+    result = number(raw, f"{where}.value.{key}")
+    if not 0.0 <= result <= 100.0:
+        raise RequestError(f"{where}.value.{key}={short(raw)} is outside 0..100 (percent of the image)",
+                           field=f"{where}.value.{key}")
+    return result

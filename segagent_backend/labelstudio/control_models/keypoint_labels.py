@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ...agent.types import Click
-from .base import ControlModel, is_smart, percent
+from .base import ControlModel, first_label, is_smart, percent, value_object
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,17 @@ class ClickInput(ControlModel):
     def is_control_matched(cls, control, image_name: str) -> bool:
         return super().is_control_matched(control, image_name) and is_smart(control)
 
-    def click(self, region: Mapping[str, Any]) -> PercentClick:
-        """One context region -> a click. Alt+click sends ``is_positive: false``; a missing flag is positive."""
-        value = region.get("value") or {}
-        rid = region.get("id")
-        labels = value.get("keypointlabels") or value.get("labels") or [None]
+    def click(self, region: Mapping[str, Any], where: str = "region") -> PercentClick:
+        """One context region -> a click. Alt+click sends ``is_positive: false``; a missing flag is positive.
+
+        ``where``: the region's field path in the request, named by every RequestError.
+        """
+        value = value_object(region, where)
         return PercentClick(
-            percent(value, "x", rid),
-            percent(value, "y", rid),
+            percent(value, "x", where),
+            percent(value, "y", where),
             region.get("is_positive", True) is not False,
-            labels[0],
+            first_label(value, ("keypointlabels", "labels"), where),
         )
 
 

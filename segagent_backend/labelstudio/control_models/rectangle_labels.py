@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ...agent.types import Box
-from .base import ControlModel, is_smart, percent
+from .base import ControlModel, first_label, is_smart, number, percent, value_object
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,16 @@ class BoxInput(ControlModel):
     def is_control_matched(cls, control, image_name: str) -> bool:
         return super().is_control_matched(control, image_name) and is_smart(control)
 
-    def box(self, region: Mapping[str, Any]) -> PercentBox:
-        value = region.get("value") or {}
-        rid = region.get("id")
-        labels = value.get("rectanglelabels") or value.get("labels") or [None]
-        try:
-            rotation = float(value.get("rotation") or 0.0)
-        except (TypeError, ValueError):
-            rotation = 0.0
+    def box(self, region: Mapping[str, Any], where: str = "region") -> PercentBox:
+        """One context region -> the box; ``where``: the region's field path, named by every RequestError."""
+        value = value_object(region, where)
+        rotation = value.get("rotation")
+        rotation = 0.0 if rotation is None else number(rotation, f"{where}.value.rotation") % 360.0
         return PercentBox(
-            percent(value, "x", rid),
-            percent(value, "y", rid),
-            percent(value, "width", rid),
-            percent(value, "height", rid),
+            percent(value, "x", where),
+            percent(value, "y", where),
+            percent(value, "width", where),
+            percent(value, "height", where),
             rotation,
-            labels[0],
+            first_label(value, ("rectanglelabels", "labels"), where),
         )
