@@ -9,6 +9,7 @@ from typing import Optional
 from flask import Flask, Response, g, jsonify, request
 
 from . import http_guard, openapi
+from .admission import Admission
 from .corrections import CorrectionStore
 from .http_guard import json_body
 from .labelstudio.config import parse_label_config
@@ -149,9 +150,20 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
     def openapi_json():
         return jsonify(description)
 
+    _install_admission(app, settings, metrics)
     if settings.preload and host is not None:
         host.load(background=True)
     return app
+
+
+def _install_admission(app: Flask, settings: Settings, metrics: Metrics) -> None:
+    """THREADS model requests at once; one more is 503 busy (counted), so /health always finds a thread."""
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
+
+    def count_busy(path: str, method: str) -> None:
+        metrics.requests.labels(path if path in routes else "unmatched", method_label(method), "503").inc()
+
+    app.wsgi_app = Admission(app.wsgi_app, settings.threads, on_busy=count_busy)
 
 
 def _install_auth(app: Flask, settings: Settings) -> None:

@@ -30,7 +30,9 @@ from werkzeug.test import Client
 from payloads import keypoint, predict_body
 from segagent_backend.agent.segmenters.base import Segmenter
 from segagent_backend.agent.types import Click, Segmentation
-from segagent_backend.cli.serve import APP, LIGHT_THREADS, Admission, application, gunicorn_argv
+from segagent_backend.admission import Admission
+from segagent_backend.app import create_app
+from segagent_backend.cli.serve import APP, LIGHT_THREADS, gunicorn_argv
 from segagent_backend.model_host import FairLock, ModelHost
 from segagent_backend.settings import Settings
 from tests.conftest import make_disk_image
@@ -201,7 +203,7 @@ def test_serve_runs_the_admitted_app_with_spare_threads(make_settings):
     settings = make_settings(THREADS="3")
     argv = gunicorn_argv(settings, "127.0.0.1", 9999)
     assert argv[argv.index("--threads") + 1] == str(3 + LIGHT_THREADS) and argv[-1] == APP
-    app = application(settings)
+    app = create_app(settings)
     assert isinstance(app.wsgi_app, Admission) and app.wsgi_app.limit == 3
     client = app.test_client()
     assert client.get("/health").status_code == 200
@@ -219,7 +221,7 @@ SLOW_APP = textwrap.dedent(f"""
     import time
 
     from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
-    from segagent_backend.cli.serve import application
+    from segagent_backend.app import create_app
     from segagent_backend.model_host import ModelHost
     from segagent_backend.settings import Settings
 
@@ -232,7 +234,7 @@ SLOW_APP = textwrap.dedent(f"""
 
     def app():
         settings = Settings.from_env()
-        return application(settings, ModelHost(settings, build_segmenter=lambda s, cache: SlowGrabCut(cache)))
+        return create_app(settings, ModelHost(settings, build_segmenter=lambda s, cache: SlowGrabCut(cache)))
     """)
 
 
