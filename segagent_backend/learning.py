@@ -18,6 +18,7 @@ promotes nothing; the serving version is untouched.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -89,12 +90,31 @@ def run_training(settings: Settings, project: Optional[int], source: str = "corr
         _round(settings, report, workdir)
     except Exception as exc:
         report.status, report.reason = "failed", f"{type(exc).__name__}: {exc}"
+        if _out_of_space(exc):
+            # nothing to resume from a round that cannot write: free what it wrote, so the report fits
+            shutil.rmtree(workdir, ignore_errors=True)
+            report.reason = (f"out of disk space (or over a file size limit) writing under MODEL_DIR/training/"
+                             f"{report.run}: {report.reason}")
         log.error("training run %s failed: %s\n%s", report.run, report.reason, traceback.format_exc())
     report.finished_at = time.time()
     _save(settings, report)
     if report.status in ("promoted", "kept"):
         shutil.rmtree(workdir, ignore_errors=True)  # the model now lives in its version folder
     return report
+
+
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+SPACE_TEXTS = ("No space left", "File too large", "Disk quota exceeded", "os error 28", "os error 27")
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """A full disk, a quota or a file size limit, also when a library wrapped the OSError (safetensors)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS or any(t in str(exc) for t in SPACE_TEXTS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:

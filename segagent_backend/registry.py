@@ -106,7 +106,7 @@ class Registry:
             raise RegistryError(f"version {version!r}: use letters, digits, '.', '-' and '_'")
         if (self.root / version).exists():
             raise RegistryError(f"version {version!r} exists")
-        meta.update(version=version, parent=meta.get("parent", self.current().version),
+        meta.update(version=version, parent=meta["parent"] if "parent" in meta else self._current_or_none(),
                     created_at=meta.get("created_at") or time.time())
         info = VersionMeta.from_json(meta)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -139,17 +139,32 @@ class Registry:
 
     # ----- the current pointer -----------------------------------------------------------------
     def current(self) -> Current:
-        """What ``current.json`` says (no version promoted yet: ``Current()``)."""
+        """What ``current.json`` says (no version promoted yet: ``Current()``).
+
+        A pointer that cannot be read (a torn or corrupted file: it is written atomically, so only a
+        damaged disk or a hand edit does that) raises RegistryError naming it; processes that already
+        serve a version keep serving it, and a ``promote`` writes a fresh pointer.
+        """
+        path = self.root / CURRENT
         try:
-            return Current.from_json(json.loads((self.root / CURRENT).read_text()))
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return Current.from_json(data)
         except FileNotFoundError:
             return Current()
+        except (OSError, ValueError, TypeError) as exc:
+            raise RegistryError(f"{path} is unreadable ({type(exc).__name__}: {exc}); what serves keeps serving: "
+                                f"`segagent versions promote <version>` writes a fresh pointer") from None
 
     def promote(self, version: str) -> Current:
-        """Make ``version`` current and announce it."""
+        """Make ``version`` current and announce it (also the way out of an unreadable pointer)."""
         if not self.model_folder(version).is_dir():
             raise RegistryError(f"no version {version!r} (no folder {self.model_folder(version)})")
-        now = self.current()
+        try:
+            now = self.current()
+        except RegistryError:  # start a fresh history; a counter nobody has seen, so every process notices
+            now = Current(counter=int(time.time()))
         return self._set(Current(version, now.counter + 1, now.history + (version,), time.time()))
 
     def rollback(self) -> Current:
@@ -159,6 +174,12 @@ class Registry:
             raise RegistryError("nothing to roll back: no version is current")
         history = now.history[:-1]
         return self._set(Current(history[-1] if history else None, now.counter + 1, history, time.time()))
+
+    def _current_or_none(self) -> Optional[str]:
+        try:
+            return self.current().version
+        except RegistryError:  # an unreadable pointer: the new version just has no parent
+            return None
 
     def announced(self) -> tuple[Optional[str], int]:
         """(version, counter) as announced: one Redis GET with REDIS_URL (the file when the key is

@@ -6,6 +6,7 @@ in order; a task that could not be predicted gets a per-task error (no ``result`
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -24,6 +25,7 @@ from ..labelstudio.sources import ProjectSources
 from ..settings import Settings
 from ..versions import VersionName
 from . import status
+from .failover import ClickFailover
 from .jobs import PredictJob
 from .names import BATCH, INTERACTIVE, QueueNames, connect
 from .submit import open_queue, submit
@@ -31,6 +33,8 @@ from .submit import open_queue, submit
 log = logging.getLogger(__name__)
 
 RESULT_GRACE = 60  # a result outlives the request's deadline by this much, then Redis drops it
+HEALTH_TIMEOUT = 0.3  # seconds per Redis call of /health (two calls at most)
+HEALTH_CACHE = 0.5  # seconds a /health answer is shared between requests
 
 
 @dataclass
@@ -63,7 +67,8 @@ class InlineDispatcher:
 class QueueDispatcher:
     """Queue mode: jobs go to RQ; this process loads no model and waits with a deadline.
 
-    ``sources``: where each project's images are (what /setup said); ``version``: the version name the
+    ``sources``: unused here since jobs carry no credentials (workers read theirs from their own
+    settings), kept for the app's wiring; ``version``: the version name the
     per-task errors carry; ``on_job_done(queue, seconds)`` is told the enqueue-to-result time of every
     finished job.
     """
@@ -77,6 +82,10 @@ class QueueDispatcher:
         self.version = version
         self.names = QueueNames(settings.queue_prefix)
         self.connection = connect(settings.redis_url, settings.redis_timeout)
+        # /health's own client: short timeouts, no retry, so it answers within Label Studio's 1 s
+        self._health_connection = connect(settings.redis_url, min(settings.redis_timeout, HEALTH_TIMEOUT), retries=0)
+        self._health: Optional[tuple[float, tuple[bool, dict]]] = None  # (valid until, answer)
+        self._health_lock = threading.Lock()
         self.on_job_done = on_job_done or (lambda queue, seconds: None)
 
     def queue(self, kind: str) -> Queue:
@@ -94,15 +103,19 @@ class QueueDispatcher:
         size = len(request.tasks) if request.interactive else s.batch_chunk
         seconds = s.interactive_deadline if request.interactive else s.predict_deadline
         deadline = time.monotonic() + seconds
-        source = self.sources.source_for(request.project)
         chunks = [list(range(i, min(i + size, len(request.tasks)))) for i in range(0, len(request.tasks), size)]
         queue = self.queue(kind)
+        # a click whose worker dies runs again on another one within SEGAGENT_CLICK_FAILOVER seconds;
+        # batch jobs keep RQ's lease (SEGAGENT_WORKER_HEARTBEAT)
+        failover = ClickFailover(self.connection, self.names, queue) if request.interactive else None
         try:
             enqueued = time.monotonic()
+            # references only (tasks, config, context, project): the worker reads the project's media
+            # host and token from its own settings, so no credential is ever stored in Redis
             jobs = [self._enqueue(queue, PredictJob(
                 [request.tasks[i] for i in chunk], request.label_config, request.context, request.project,
-                source.hostname, source.access_token, time.time() + seconds), seconds) for chunk in chunks]
-            finished = self._wait([job.id for job in jobs], deadline, queue.name, enqueued)
+                time.time() + seconds), seconds) for chunk in chunks]
+            finished = self._wait([job.id for job in jobs], deadline, queue.name, enqueued, failover)
         except redis.RedisError as exc:
             raise QueueUnavailable(exc) from None
         results: list[dict] = []
@@ -118,19 +131,35 @@ class QueueDispatcher:
             description=f"predict {len(payload.tasks)} task(s) of project {payload.project}",
         )
 
-    def _wait(self, job_ids: list[str], deadline: float, queue: str, enqueued: float) -> dict[str, Result]:
+    def _wait(self, job_ids: list[str], deadline: float, queue: str, enqueued: float,
+              failover: Optional[ClickFailover] = None) -> dict[str, Result]:
         """Final results (successful or failed) by job id, read from RQ's result streams.
 
         One blocking XREAD covers every pending job, so a click's answer arrives the moment the
         worker writes it. A RETRIED entry (worker died, job re-queued) is not final: keep waiting.
+        With ``failover`` (clicks), every quarter of SEGAGENT_CLICK_FAILOVER the pending jobs' workers
+        are checked and a job whose worker died is re-queued at the front (``failover.py``); the first
+        final result on the job's stream is the answer, whichever run wrote it.
         """
         last = {job_id: "0-0" for job_id in job_ids}
         finished: dict[str, Result] = {}
         block = max(0.05, min(1.0, self.settings.redis_timeout / 2))  # below the socket timeout
+        poll = max(0.05, self.settings.click_failover / 4)
+        if failover is not None:
+            block = min(block, poll)
+        next_check = time.monotonic() + poll
         while len(finished) < len(job_ids):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            if failover is not None and time.monotonic() >= next_check:
+                try:
+                    failover.check([j for j in job_ids if j not in finished])
+                except redis.RedisError:
+                    raise
+                except Exception:  # failover is a help, never the reason a click fails
+                    log.exception("click failover check failed")
+                next_check = time.monotonic() + poll
             streams = {Result.get_key(j): last[j] for j in job_ids if j not in finished}
             reply = self.connection.xread(streams, block=max(1, int(min(left, block) * 1000)))
             for key, entries in reply or []:
@@ -139,7 +168,8 @@ class QueueDispatcher:
                     last[job_id] = entry_id.decode()
                     result = Result.restore(job_id, last[job_id], payload, connection=self.connection,
                                             serializer=JSONSerializer)
-                    if result.type in (Result.Type.SUCCESSFUL, Result.Type.FAILED, Result.Type.STOPPED):
+                    if job_id not in finished and result.type in (Result.Type.SUCCESSFUL, Result.Type.FAILED,
+                                                                  Result.Type.STOPPED):
                         finished[job_id] = result
                         self.on_job_done(queue, time.monotonic() - enqueued)
         return finished
@@ -173,10 +203,34 @@ class QueueDispatcher:
 
     # ----- /health -----------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict]:
-        """(usable, fields for /health): Redis reachable, the live workers and their models."""
+        """(usable, fields for /health): Redis reachable, the live workers and their models.
+
+        Bounded for Label Studio's 1 s: its own client (HEALTH_TIMEOUT per call, no retries), two round
+        trips, and the answer is shared for HEALTH_CACHE seconds (a failure for half of that);
+        while one request refreshes it, concurrent ones get the last answer instead of waiting.
+        """
+        cached = self._health
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
+        got = (self._health_lock.acquire(blocking=False) if cached is not None
+               else self._health_lock.acquire(timeout=2 * HEALTH_TIMEOUT + 0.1))
+        if not got:
+            if cached is not None:
+                return cached[1]
+            return False, {"redis": "unreachable: no answer in time", "workers": []}
         try:
-            self.connection.ping()
-            workers = status.workers(self.connection, self.names)
+            cached = self._health
+            if cached is not None and time.monotonic() < cached[0]:
+                return cached[1]
+            answer = self._read_health()
+            self._health = (time.monotonic() + (HEALTH_CACHE if answer[0] else HEALTH_CACHE / 2), answer)
+            return answer
+        finally:
+            self._health_lock.release()
+
+    def _read_health(self) -> tuple[bool, dict]:
+        try:
+            workers = status.workers(self._health_connection, self.names)
         except redis.RedisError as exc:
             return False, {"redis": f"unreachable: {type(exc).__name__}: {exc}", "workers": []}
         return True, {"redis": "ok", "workers": [

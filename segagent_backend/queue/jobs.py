@@ -50,14 +50,17 @@ def resident() -> Predictions:
 
 @dataclass
 class PredictJob:
-    """One chunk of a /predict request: what the web process sends a worker (JSON-serialisable)."""
+    """One chunk of a /predict request: what the web process sends a worker (JSON-serialisable).
+
+    References only, never credentials: a job lives in Redis (failed ones for a week), so the worker
+    reads where the project's images are and the token to fetch them from its OWN settings
+    (``ProjectSources.from_settings(settings).source_for(project)``).
+    """
 
     tasks: list
     label_config: Any
     context: Any = None
     project: Any = None
-    hostname: Optional[str] = None  # where the project's Label Studio serves images
-    access_token: Optional[str] = None
     deadline: Optional[float] = None  # epoch seconds after which nobody waits for the answer
 
     def to_json(self) -> dict:
@@ -65,7 +68,9 @@ class PredictJob:
 
     @classmethod
     def from_json(cls, data: dict) -> "PredictJob":
-        return cls(**data)
+        # fields this version does not know (e.g. the hostname/access_token older web processes sent)
+        # are ignored: a worker never uses credentials that came through Redis
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def predict(data: dict) -> list[dict]:
@@ -75,11 +80,37 @@ def predict(data: dict) -> list[dict]:
     if job.deadline is not None and time.time() > job.deadline:
         # the web process already answered with a deadline error: spend no GPU time on it
         return [predictions.error("the job started after its deadline; nobody waits for it", 504)] * len(job.tasks)
-    source = MediaSource(job.hostname, job.access_token) if job.hostname else None
+    earlier = _answered_before()
+    if earlier is not None:  # a click re-queued by failover whose first run finished after all
+        return earlier
+    source = worker_source(predictions.settings, job.project)
     try:
         return predict_with_retries(predictions, job, source)
     except RequestError as exc:  # the request's own fault (e.g. its label config): no retry helps
         return [predictions.error(exc.message, exc.status)] * len(job.tasks)
+
+
+def worker_source(settings: Settings, project: Any) -> MediaSource:
+    """Where ``project``'s images are and the token for them: this worker's own settings decide."""
+    return ProjectSources.from_settings(settings).source_for(project)
+
+
+def _answered_before() -> Optional[list]:
+    """The answer of an earlier run of the current RQ job, if one finished successfully (a click
+    re-queued by ``dispatch`` failover runs twice when its first worker was slow, not dead)."""
+    from rq import get_current_job
+    from rq.results import Result
+
+    job = get_current_job()
+    if job is None:
+        return None
+    try:
+        result = job.latest_result()
+    except Exception:  # no result stream (or Redis trouble): run the job
+        return None
+    if result is not None and result.type == Result.Type.SUCCESSFUL and isinstance(result.return_value, list):
+        return result.return_value
+    return None
 
 
 def predict_with_retries(predictions: Predictions, job: PredictJob, source: Optional[MediaSource]) -> list[dict]:

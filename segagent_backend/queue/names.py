@@ -37,13 +37,27 @@ class QueueNames:
         """A hash with the worker's health; it expires when the worker stops beating."""
         return f"{self.prefix}:health:{worker}"
 
+    def alive_key(self, worker: str) -> str:
+        """Set with a TTL of SEGAGENT_CLICK_FAILOVER seconds, refreshed about three times per TTL by the
+        worker's heartbeat thread: missing while the worker is known (``failover_key``) = it died."""
+        return f"{self.prefix}:alive:{worker}"
 
-def connect(url: str, timeout: float) -> redis.Redis:
+    def known_key(self, worker: str) -> str:
+        """A worker that refreshes ``alive_key`` says so here (a longer TTL), so a worker without
+        liveness keys (another version, a plain ``rq worker``) is never taken for dead."""
+        return f"{self.prefix}:known:{worker}"
+
+    def failover_key(self, job_id: str, worker: str) -> str:
+        """SET NX lock: one re-queue of ``job_id`` per dead ``worker``, whichever web process sees it first."""
+        return f"{self.prefix}:failover:{job_id}:{worker}"
+
+
+def connect(url: str, timeout: float, retries: int = 1) -> redis.Redis:
     """A client that fails within ``timeout`` seconds when Redis is down, instead of hanging.
 
-    One quick retry only: the web process must answer Label Studio, not wait for Redis to return.
+    One quick retry only (``retries``): the web process must answer Label Studio, not wait for Redis.
     """
     return redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=RedisRetry(ExponentialBackoff(cap=0.2, base=0.05), 1), health_check_interval=30,
+        retry=RedisRetry(ExponentialBackoff(cap=0.2, base=0.05), retries), health_check_interval=30,
     )

@@ -180,13 +180,33 @@ def run(data: dict) -> dict:
     job = jobs.PredictJob(tasks, project.label_config, None, data["project"])
     answers = jobs.predict_with_retries(predictions, job, None) if tasks else []
     posted, errors = [], {}
-    for task, answer in zip(tasks, answers):
+    for n, (task, answer) in enumerate(zip(tasks, answers)):
         if "result" not in answer:
             errors[str(task["id"])] = answer["error"]
             continue
-        ls.predictions.create(task=task["id"], result=answer["result"], score=answer["score"],
-                              model_version=answer["model_version"])
+        try:
+            ls.predictions.create(task=task["id"], result=answer["result"], score=answer["score"],
+                                  model_version=answer["model_version"])
+        except Exception as exc:  # Label Studio down or refusing (the SDK already retried): stop here
+            left = [t["id"] for t, a in zip(tasks[n:], answers[n:]) if "result" in a]
+            # the job fails (RQ retries it; `segagent jobs` shows why); what was posted stays posted and
+            # is skipped by the next run, which posts the rest
+            raise PostingFailed(f"Label Studio did not take the predictions of task(s) {left[:10]} of project "
+                                f"{data['project']} ({describe_failure(exc)}); {len(posted)} posted before: a retry "
+                                f"of this job or the next `segagent preannotate` posts the rest") from None
         posted.append(task["id"])
     if errors:
         log.warning("project %s: %d task(s) not predicted: %s", data["project"], len(errors), errors)
     return {"posted": posted, "skipped": skipped, "errors": errors}
+
+
+class PostingFailed(RuntimeError):
+    """Label Studio did not accept some predictions of a chunk (down, 5xx, refused)."""
+
+
+def describe_failure(exc: Exception) -> str:
+    """A short reason without headers, bodies or URLs (no credential ever reaches a job's failure)."""
+    status = getattr(exc, "status_code", None)
+    if status is not None:
+        return f"HTTP {status}"
+    return type(exc).__name__

@@ -5,6 +5,9 @@ embedding cache stays warm. A background thread publishes the worker's health ev
 while a job runs, keeps the job's execution alive in RQ's started registry. That heartbeat is what
 makes a killed worker's job count as *abandoned* after two missed beats (RQ's own SimpleWorker only
 expires it after ``job_timeout + 60`` s), so the next worker's maintenance pass re-queues it.
+Clicks cannot wait that long: the same thread also refreshes a liveness key with a TTL of
+SEGAGENT_CLICK_FAILOVER seconds, and the web process waiting for a click re-queues it at the front
+when its worker's key expires (``failover.py``).
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ class ResidentWorker(SimpleWorker):
     death_penalty_class = JobDeathPenalty
 
     def __init__(self, queues: list[str], *, connection: redis.Redis, predictions: Predictions, names: QueueNames,
-                 heartbeat: int, name: Optional[str] = None):
+                 heartbeat: int, name: Optional[str] = None, failover: float = 0.0):
         super().__init__(
             [Queue(q, connection=connection, serializer=JSONSerializer) for q in queues],
             connection=connection, serializer=JSONSerializer, name=name,
@@ -65,6 +68,7 @@ class ResidentWorker(SimpleWorker):
         self.host = predictions.host
         self.names = names
         self.heartbeat_seconds = heartbeat
+        self.failover_seconds = failover  # TTL of the liveness key clicks fail over on (0: none)
         self.jobs_done = 0
         self._current: Optional[tuple[Job, object]] = None
         self._stop_beating = threading.Event()
@@ -107,7 +111,21 @@ class ResidentWorker(SimpleWorker):
             pipe.sadd(self.names.workers_key, self.name)
             pipe.execute()
 
+    def publish_liveness(self) -> None:
+        """The short-TTL key a web process waiting for a click checks (``failover.py``); the ``known``
+        key says this worker keeps one, so its absence means death, not an older worker."""
+        if not self.failover_seconds:
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.set(self.names.alive_key(self.name), "1", px=max(1, int(self.failover_seconds * 1000)))
+            pipe.set(self.names.known_key(self.name), "1", ex=max(60, 3 * self.heartbeat_seconds))
+            pipe.execute()
+
     def start_beating(self) -> None:
+        try:  # alive before the first job can be dequeued
+            self.publish_liveness()
+        except redis.RedisError as exc:
+            log.warning("liveness beat failed: %s", exc)
         self._beater = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._beater.start()
 
@@ -116,15 +134,24 @@ class ResidentWorker(SimpleWorker):
         if self._beater is not None:
             self._beater.join(timeout=5)
         try:
-            self.connection.delete(self.names.health_key(self.name))
+            self.connection.delete(self.names.health_key(self.name), self.names.alive_key(self.name),
+                                   self.names.known_key(self.name))
             self.connection.srem(self.names.workers_key, self.name)
         except redis.RedisError:
             pass
 
     def _beat(self) -> None:
+        """Every half heartbeat: RQ's leases and the health hash; every third of SEGAGENT_CLICK_FAILOVER:
+        the liveness key (a cheap SET, so a click's dead worker is noticed within that TTL)."""
         interval = self.heartbeat_seconds / 2
-        while not self._stop_beating.wait(interval):
+        tick = min(interval, self.failover_seconds / 3) if self.failover_seconds else interval
+        next_health = time.monotonic() + interval
+        while not self._stop_beating.wait(tick):
             try:
+                self.publish_liveness()
+                if time.monotonic() < next_health - 0.01:
+                    continue
+                next_health = time.monotonic() + interval
                 current = self._current
                 if current is not None:
                     self.maintain_heartbeats(*current)  # RQ's own: execution, job and worker TTLs
@@ -162,7 +189,8 @@ def run_worker(settings: Settings, kinds: tuple[str, ...] = KINDS, name: Optiona
     while True:
         connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout)
         worker = ResidentWorker(names.queues(kinds), connection=connection, predictions=predictions, names=names,
-                                heartbeat=settings.worker_heartbeat, name=f"{base}-{uuid.uuid4().hex[:6]}")
+                                heartbeat=settings.worker_heartbeat, name=f"{base}-{uuid.uuid4().hex[:6]}",
+                                failover=settings.click_failover)
         worker.start_beating()
         try:
             worker.work(burst=burst, logging_level=settings.log_level.upper())
