@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 from urllib.parse import quote, unquote, urlsplit
@@ -49,7 +49,7 @@ class MediaSource:
     (http(s)) and access token; None when unknown."""
 
     hostname: Optional[str] = None
-    access_token: Optional[str] = None
+    access_token: Optional[str] = field(default=None, repr=False)  # never in logs or reprs
 
 
 @dataclass(frozen=True)
