@@ -77,7 +77,7 @@ def _declared(cls):
 class Settings:
     segmenter: str = setting(
         "SEGAGENT_SEGMENTER", "grabcut",
-        "Interactive tool: `grabcut` (no weights), `sam` (segment-anything .pth), `hf-sam` (transformers SamModel).")
+        "Interactive tool: `grabcut` (no weights), `sam` (segment-anything .pth), `hf-sam` (the transformers SAM family: SAM, SAM-HQ, SAM 2, SAM 3 tracker, EdgeTAM).")
     sam_checkpoint: Optional[str] = setting(
         "SEGAGENT_SAM_CHECKPOINT", None,
         "Path of a segment-anything `.pth` checkpoint (required with `sam`).")
@@ -86,7 +86,7 @@ class Settings:
         "`vit_b`, `vit_l` or `vit_h`: checked against the checkpoint (optional; inferred when unset).")
     sam_model: Optional[str] = setting(
         "SEGAGENT_SAM_MODEL", None,
-        "Hub id or local folder of a transformers SAM model (required with `hf-sam`).")
+        "Hub id or local folder of a transformers SAM-family model (required with `hf-sam`); its `config.model_type` picks the class: `sam`, `sam_hq`, `sam2`, `sam3_tracker` or `edgetam` (EdgeTAM needs timm and torchvision).")
     policy: Optional[str] = setting(
         "SEGAGENT_POLICY", None,
         "Hub id or folder of the SegAgent policy (a multimodal LLM); unset = interactive tools only.")

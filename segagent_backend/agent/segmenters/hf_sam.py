@@ -1,51 +1,42 @@
-"""SAM through transformers (``SamModel`` + ``SamProcessor``, hub id or local folder) as a Segmenter.
+"""The transformers SAM family (``SamModel``, ``SamHQModel``, ``Sam2Model``, ``Sam3TrackerModel``,
+``EdgeTamModel``; hub id or local folder) as one Segmenter, the ``hf-sam`` tool.
 
-The vision encoder runs once per image (``_encode`` -> ``model.get_image_embeddings``); a click runs
-only the prompt encoder and mask decoder (``model(image_embeddings=...)``) and only the chosen mask
-is post-processed to the original size.
-
-SAM 2 (``Sam2Model``) is not supported here: its image processor imports ``torchvision.ops`` at
-import time (no PIL fallback), so it cannot even be built on the CPU machines this project is
-tested on, and its embeddings are a multi-level list rather than one tensor.
+``config.model_type`` of ``SEGAGENT_SAM_MODEL`` picks the class (``hf_sam_models.FAMILIES``). The vision
+encoder runs once per image (``_encode``; its output is kept in the shared byte-bounded cache); a click
+runs only the prompt encoder and mask decoder on all clicks + the box + the previous low-res logits
+(``_decode``), keeps the candidate with the best predicted IoU, and only that one is upscaled to the
+original size. Preprocessing is the stock processor where it runs without torchvision (SAM, SAM-HQ),
+else our own from ``preprocessor_config.json`` (``hf_sam_preprocess``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
-from ..loading import ModelLoadError, resolve_device
+from ..loading import ModelLoadError, is_local_path, resolve_device
 from .cache import EmbeddingCache
+from .hf_sam_models import SamFamily, decode, encode, family_of, load_family, mask_input_size, source_key
+from .hf_sam_preprocess import ImagePreprocessor
 from .prompted import PromptedSegmenter, SamEmbedding
-
-if TYPE_CHECKING:
-    from transformers import SamModel, SamProcessor
 
 __all__ = ["HFSamEmbedding", "HFSamSegmenter", "load_hf_sam"]
 
 
-def _looks_like_path(source: str) -> bool:
-    """True for what must be a local folder: an existing path, or absolute / ./ ../ ~ forms.
-
-    Anything else (e.g. ``facebook/sam-vit-base``) is treated as a hub id.
-    """
-    return Path(source).expanduser().exists() or source.startswith(("/", "./", "../", "~", ".\\")) or source in (".", "..")
-
-
-def load_hf_sam(source: Union[str, Path], device: str = "auto") -> tuple["SamModel", "SamProcessor"]:
-    """Load a transformers ``SamModel`` (eval mode, on ``device``) and its ``SamProcessor``.
+def load_hf_sam(source: Union[str, Path], device: str = "auto") -> tuple[Any, ImagePreprocessor]:
+    """Load a transformers SAM-family model (eval mode, on ``device``) and its preprocessor.
 
     ``source`` is a local folder written by ``save_pretrained`` or a hub id (downloaded / taken from
-    the HF cache; honours HF_HUB_OFFLINE). Raises ModelLoadError naming ``source`` and the reason
-    when the folder is missing, incomplete or unreadable.
+    the HF cache; honours HF_HUB_OFFLINE); its ``config.model_type`` picks the class. Raises
+    ModelLoadError naming ``source`` and the reason when the folder is missing, incomplete,
+    unreadable or of an unsupported model type.
     """
-    from transformers import SamModel, SamProcessor
-
     dev = resolve_device(device)
     src = str(source)
-    if _looks_like_path(src):
+    if is_local_path(src):  # the project's one rule: ORG/NAME is a hub id
         folder = Path(src).expanduser()
         if not folder.is_dir():
             reason = "it is a file, not a folder" if folder.exists() else "no such folder"
@@ -53,46 +44,55 @@ def load_hf_sam(source: Union[str, Path], device: str = "auto") -> tuple["SamMod
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"SAM model folder {folder} has no config.json (not a save_pretrained folder)")
         src = str(folder)
-    try:
-        model = SamModel.from_pretrained(src)
-    except Exception as exc:  # OSError (missing files, offline), ValueError (wrong model type), ...
-        raise ModelLoadError(f"cannot load a SamModel from {src}: {type(exc).__name__}: {exc}") from exc
-    try:
-        processor = SamProcessor.from_pretrained(src)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load a SamProcessor from {src}: {type(exc).__name__}: {exc}") from exc
-    return model.to(dev).eval(), processor
+    model, _, preprocessor = load_family(src, dev)
+    return model, preprocessor
 
 
-#: the embedding HFSamSegmenter caches (``features`` = the image embeddings, ``input_size`` = the processor's
-#: reshaped size)
-HFSamEmbedding = SamEmbedding
+@dataclass(frozen=True)
+class HFSamEmbedding(SamEmbedding):
+    """What HFSamSegmenter caches for one image: ``features`` is the (1, C, h, w) image embedding,
+    ``levels`` everything the decoder reads (``hf_sam_models.encode``'s tuple, ``features`` included);
+    ``input_size`` the (h', w') of the resized image before padding."""
+
+    levels: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in self.levels)
 
 
 class HFSamSegmenter(PromptedSegmenter):
-    """transformers SAM (see :class:`PromptedSegmenter` for what ``segment`` returns)."""
+    """A transformers SAM-family model (see :class:`PromptedSegmenter` for what ``segment`` returns)."""
 
     def __init__(
         self,
-        model: "SamModel",
-        processor: "SamProcessor",
+        model: Any,
+        preprocessor: ImagePreprocessor,
         cache: Optional[EmbeddingCache] = None,
         namespace: Optional[str] = None,
     ):
         """``namespace`` keys this model's cache entries (default: unique to this model object)."""
         super().__init__(cache)
         self.model = model
-        self.processor = processor
+        self.family: SamFamily = family_of(getattr(model.config, "model_type", None))
+        self.preprocessor = preprocessor
         self.cache_namespace = namespace or f"hf-sam:{id(model)}"
+        self._mask_input_size = mask_input_size(model, self.family)
 
     @classmethod
     def from_pretrained(
         cls, source: Union[str, Path], device: str = "auto", cache: Optional[EmbeddingCache] = None
     ) -> "HFSamSegmenter":
         """Load with :func:`load_hf_sam`; cache entries are keyed by the folder / hub id."""
-        model, processor = load_hf_sam(source, device)
-        key = str(Path(source).resolve()) if _looks_like_path(str(source)) else str(source)
-        return cls(model, processor, cache, namespace=f"hf-sam:{key}")
+        if source is None or str(source) == "":
+            raise ModelLoadError("SEGAGENT_SAM_MODEL is not set: the hf-sam tool needs a hub id or folder")
+        model, preprocessor = load_hf_sam(source, device)
+        return cls(model, preprocessor, cache, namespace=f"hf-sam:{source_key(str(source))}")
+
+    @property
+    def processor(self) -> Optional[Any]:
+        """The stock transformers processor when it is used (SAM, SAM-HQ), else None."""
+        return self.preprocessor.processor
 
     @property
     def device(self) -> torch.device:
@@ -100,39 +100,31 @@ class HFSamSegmenter(PromptedSegmenter):
 
     @property
     def mask_input_size(self) -> tuple[int, int]:
-        """4x the image embedding grid."""
-        side = 4 * int(self.model.config.prompt_encoder_config.image_embedding_size)
-        return side, side
+        """4x the image embedding grid (256 x 256 at 1024 input)."""
+        return self._mask_input_size
 
-    def _encode(self, image: np.ndarray) -> tuple[SamEmbedding, int]:
-        # channels_last stated explicitly: inference from the shape is ambiguous for an image 3 pixels high
-        inputs = self.processor(images=image, input_data_format="channels_last", return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
-        with torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(pixel_values)
-        emb = SamEmbedding(
-            features=embeddings,
-            original_size=tuple(int(v) for v in inputs["original_sizes"][0]),
-            input_size=tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
-        )
+    def _encode(self, image: np.ndarray) -> tuple[HFSamEmbedding, int]:
+        prepared = self.preprocessor(image)
+        levels = encode(self.model, self.family, prepared.pixel_values.to(self.device, self.model.dtype))
+        main = levels[0] if self.family.model_type == "sam_hq" else levels[-1]
+        emb = HFSamEmbedding(features=main, original_size=prepared.original_size, input_size=prepared.input_size,
+                             levels=levels)
         return emb, emb.nbytes
 
     def _decode(self, emb, xy, labels, xyxy, prev):
         dev, dtype = self.device, self.model.dtype
-        (oh, ow), (rh, rw) = emb.original_size, emb.input_size
-        scale = np.array([rw / ow, rh / oh])  # original pixels -> the processor's resized frame (sx, sy)
-        kwargs: dict = {}
+        to_frame = self.preprocessor.to_input_frame
+        points = point_labels = box = mask_input = None
         if len(xy):
-            kwargs["input_points"] = torch.as_tensor(xy * scale, dtype=dtype, device=dev)[None, None]  # (1, 1, N, 2)
-            kwargs["input_labels"] = torch.as_tensor(labels, dtype=torch.long, device=dev)[None, None]  # (1, 1, N)
+            points = torch.as_tensor(to_frame(xy, emb.original_size, emb.input_size), dtype=dtype,
+                                     device=dev)[None, None]  # (1, 1, N, 2)
+            point_labels = torch.as_tensor(labels, dtype=torch.long, device=dev)[None, None]  # (1, 1, N)
         if xyxy is not None:
-            kwargs["input_boxes"] = torch.as_tensor(xyxy * np.tile(scale, 2), dtype=dtype, device=dev)[None, None]
+            corners = to_frame(xyxy.reshape(2, 2), emb.original_size, emb.input_size).reshape(4)
+            box = torch.as_tensor(corners, dtype=dtype, device=dev)[None, None]  # (1, 1, 4)
         if prev is not None:
-            kwargs["input_masks"] = torch.as_tensor(prev, dtype=dtype, device=dev)[None]  # (1, 1, 256, 256)
-        out = self.model(image_embeddings=emb.features, multimask_output=True, **kwargs)
-        return out.pred_masks[0], out.iou_scores[0, 0]  # (1, 3, 256, 256) logits, (3,)
+            mask_input = torch.as_tensor(prev, dtype=dtype, device=dev)[None]  # (1, 1, h, w)
+        return decode(self.model, self.family, emb.levels, points, point_labels, box, mask_input)
 
     def _upscale(self, emb, chosen):
-        full = self.processor.post_process_masks([chosen.float()], [emb.original_size], [emb.input_size],
-                                                 binarize=True)[0]
-        return full[0, 0].cpu().numpy().astype(bool, copy=False)
+        return self.preprocessor.upscale(chosen, emb.original_size, emb.input_size)
