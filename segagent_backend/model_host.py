@@ -192,13 +192,15 @@ class ModelHost:
         with self._model_lock:
             return run_episodes(self._policy, self._segmenter, requests, self._loop)
 
-    def run_clicks(self, image: np.ndarray, clicks: list, box=None) -> EpisodeResult:
-        """Given clicks (pixels) on ``image`` ((H, W, 3) uint8 RGB) through the tool -> the episode's result.
+    def run_clicks(self, image: np.ndarray, clicks: list, box=None, mask: Optional[np.ndarray] = None) -> EpisodeResult:
+        """Given clicks (pixels) on ``image`` ((H, W, 3) uint8 RGB) through the tool -> the episode's result;
+        ``mask`` ((H, W) bool): the start mask the clicks refine (a brush region).
 
         The model lock is taken per tool step, not for the whole replay (other callers interleave), and
         not at all when the step cache has the whole click list."""
         self.load()
-        return run_given_clicks_stepwise(self._segmenter, image, clicks, box, self._steps, self._model_lock)
+        return run_given_clicks_stepwise(self._segmenter, image, clicks, box, self._steps, self._model_lock,
+                                         mask=mask)
 
     @property
     def model_queue(self) -> int:

@@ -10,9 +10,14 @@ Many episodes advance in lockstep: at every step ONE batched ``policy.propose`` 
 frontier state of every active episode. Images are (H, W, 3) uint8 RGB, masks (H, W) bool, clicks and
 boxes pixels of the original image (x = column, y = row). Clicks are clamped to the image here, once:
 when they enter an episode (:meth:`Episode.act`); the request's box when the episode is built.
+
+An episode starts from nothing, or from a given mask (refinement): the root state then holds that mask
+(the policy's first observation shows it painted on the image) and the tool's state made from it
+(``Segmenter.mask_prior``), so the first click continues from it.
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -27,6 +32,8 @@ from .protocol import Answer
 from .segmenters import base
 from .segmenters.base import Segmenter
 from .types import Box, Click, Segmentation
+
+log = logging.getLogger(__name__)
 
 #: ``Episode.act``'s default: keep the box / answer head of the state acted on
 KEEP = object()
@@ -59,7 +66,8 @@ def timed(timing: Optional[Timing], name: str) -> ContextManager:
 class EpisodeRequest:
     """One episode to run. image: (H, W, 3) uint8 RGB (None: the image already set on the tool). clicks:
     the annotator's clicks (pixels) the policy continues from (refinement). gt/ignore: (H, W) bool, for
-    the simulator policy and the acceptance rules that measure IoU."""
+    the simulator policy and the acceptance rules that measure IoU. mask: (H, W) bool, the mask the
+    episode starts from (refinement of a given mask; the given clicks, if any, continue from it)."""
 
     image: Optional[np.ndarray]
     expression: str = ""
@@ -67,6 +75,7 @@ class EpisodeRequest:
     clicks: Sequence[Click] = ()
     gt: Optional[np.ndarray] = None
     ignore: Optional[np.ndarray] = None
+    mask: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -94,6 +103,8 @@ class Episode:
 
     Building it sets the image on the tool, hashed once here: when lockstep moved the tool to another
     episode's image, the next tool call switches back by that digest. ``stop_reason`` non-empty = finished.
+    The first frontier is :meth:`root`: the request's start mask, or nothing. ValueError when the start
+    mask is not (H, W) of the image.
     """
 
     def __init__(self, segmenter: Segmenter, request: EpisodeRequest, index: int = 0,
@@ -110,7 +121,15 @@ class Episode:
                 self.digest = base.image_digest(request.image)
                 segmenter.set_image(request.image, self.digest)
         self.box = request.box.clamped(self.width, self.height) if request.box is not None else None
-        self.frontier: list[State] = [self.empty()]
+        self.start: Optional[np.ndarray] = None  # the start mask, (H, W) bool
+        self.start_key: Optional[str] = None  # its digest (step caches key states by it)
+        if request.mask is not None:
+            start = np.asarray(request.mask)
+            if start.shape != (self.height, self.width):
+                raise ValueError(f"the start mask is {start.shape}, the image is {(self.height, self.width)} (H, W)")
+            self.start = start.astype(bool)
+            self.start_key = base.image_digest(self.start)
+        self.frontier: list[State] = [self.root()]
         self.stop_reason = ""
 
     @classmethod
@@ -128,6 +147,20 @@ class Episode:
     def empty(self) -> State:
         """No clicks, an all-False mask, the request's box."""
         return State((), np.zeros((self.height, self.width), dtype=bool), box=self.box)
+
+    def root(self) -> State:
+        """Where the episode starts: no clicks and the start mask with the tool's state made from it
+        (``Segmenter.mask_prior``; none for an empty mask), or :meth:`empty` without a start mask. A tool
+        that cannot start from a mask still shows the mask; its first click then starts afresh."""
+        if self.start is None:
+            return self.empty()
+        logits = None
+        if self.start.any():
+            try:
+                logits = self.segmenter.mask_prior(self.start)
+            except NotImplementedError as exc:
+                log.warning("%s; its first click starts without the start mask", exc)
+        return State((), self.start.copy(), logits, box=self.box)
 
     def tool(self, clicks: Sequence[Click], box: Optional[Box], logits: Optional[np.ndarray]) -> Segmentation:
         """One segmenter call on this episode's image (switched back to by its digest when lockstep moved on)."""
@@ -186,6 +219,12 @@ def drive(policy: Policy, episodes: Sequence[Episode], rule: Rule, steps: int, k
             at += n
 
 
+def step_key(image_key: Hashable, box: Optional[Box], start_key: Optional[str], clicks: Sequence[Click]) -> Hashable:
+    """A step cache's key of the state after ``clicks`` (as given) on an image (the tool's ``image_key``),
+    with ``box`` (clamped) and from the start mask of digest ``start_key`` (None: from nothing)."""
+    return image_key, box, start_key, tuple(clicks)
+
+
 def first_click(answers: list[list[Answer]]) -> Optional[Click]:
     """The click of the first answer on the first frontier state (None = stop)."""
     return answers[0][0].click
@@ -195,16 +234,17 @@ def replay_given(episodes: Sequence[Episode], clicks: Sequence[Sequence[Click]],
     """Each episode's given ``clicks[i]`` (in order) fed to the tool one step at a time, each with the
     previous step's logits (the annotator's clicks as the policy): the frontier ends as the last state.
 
-    Given no clicks but a box, the state is the tool run on the box alone. ``cache`` (a
-    :class:`~.episode.StepCache`): finished states keyed by (image key, box, click prefix as given);
+    The clicks continue from the episode's root (its start mask, if any). Given no clicks but a box and
+    no start mask, the state is the tool run on the box alone. ``cache`` (a :class:`~.episode.StepCache`):
+    finished states keyed by :func:`step_key` (image key, box, start mask digest, click prefix as given);
     each episode resumes from its longest cached prefix and stores every new step.
     """
     def key(e: Episode, n: int) -> Hashable:
-        return e.segmenter.image_key, e.box, tuple(clicks[e.index][:n])
+        return step_key(e.segmenter.image_key, e.box, e.start_key, clicks[e.index][:n])
 
     for e in episodes:
         given = clicks[e.index]
-        if not given and e.box is not None:
+        if not given and e.box is not None and e.start is None:
             out = e.tool([], e.box, None)
             e.advance(State((), out.mask, out.logits, float(out.score), e.box))
         for n in range(len(given), 0, -1) if cache is not None else ():

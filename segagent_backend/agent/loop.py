@@ -13,6 +13,10 @@ Two protocols. ``release`` is the paper's evaluation code exactly: ``max_steps``
 early stop (an answer without a readable click ends the episode), greedy, and the mask chosen as the
 release chooses it (:func:`release_choice`). ``extended`` adds the PRM stop threshold, patience,
 tree search and the later of equal estimates.
+
+A request with a start mask (``EpisodeRequest.mask``) is a refinement: the policy's first observation
+is that mask painted on the image, the tool continues from it, and (extended) the start mask itself is
+returned when no click earns a higher estimate.
 """
 from __future__ import annotations
 
@@ -74,7 +78,8 @@ def run_episodes(
 ) -> list[EpisodeResult]:
     """Run ``requests`` in lockstep; one EpisodeResult each, in order."""
     episodes = Episode.lockstep(segmenter, requests)
-    replay_given(episodes, [r.clicks for r in requests])  # the root: the annotator's clicks and/or box
+    # the root: the start mask (refinement), then the annotator's clicks and/or box
+    replay_given(episodes, [r.clicks for r in requests])
     searches = [_Search(len(e.state.clicks)) for e in episodes]
     # the release makes max_steps calls and never judges the mask after the last click
     calls = config.max_steps if config.release else config.max_steps + 1

@@ -1,7 +1,7 @@
 """``segagent predict``: one episode on a local image -> a short summary, JSON (``--json``) and a picture (``--png``).
 
 Everything the user gave is checked before any work: the output files' folders and the picture's
-format, then the clicks and the box against the image size, then the model names.
+format, then the clicks, the box and the start mask (``--mask``) against the image size, then the model names.
 """
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def register(sub) -> None:
                    help="a click in pixels inside the image (x = column, 0 <= x < width), + positive (default) "
                         "or - negative; repeat in order")
     p.add_argument("--box", type=parse_box, metavar="X1,Y1,X2,Y2", help="a box prompt in pixels, inside the image")
+    p.add_argument("--mask", metavar="PNG",
+                   help="refine this mask: a PNG of the image's size, object = non-zero pixels (or non-zero alpha "
+                        "where it has transparency); the tool starts from it and --click / the policy "
+                        "(--expression) continue from there")
     p.add_argument("--json", metavar="FILE",
                    help="write the full result as JSON to FILE (COCO RLE mask, trajectory, Label Studio result); "
                         "'-' prints it on standard output instead of the summary")
@@ -89,7 +93,33 @@ def check_prompts(clicks: list[Click], box: Optional[Box], width: int, height: i
             raise UsageError(f"box ({box.x1:g},{box.y1:g},{box.x2:g},{box.y2:g}) is empty")
 
 
+def load_mask_file(path: str, width: int, height: int) -> np.ndarray:
+    """A binary mask picture -> (height, width) bool: non-zero pixels (of its alpha channel when it has
+    transparency, else of its grey levels). UsageError, in one line, when it cannot be read or its size
+    is not the image's (checked from the header, before the pixels are decoded)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.size != (width, height):
+                raise UsageError(f"--mask {path}: the mask is {img.size[0]}x{img.size[1]}, the image is "
+                                 f"{width}x{height}")
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                alpha = np.asarray(img.convert("RGBA"))[:, :, 3]
+                if alpha.min() < 255:
+                    return alpha > 0
+            return np.asarray(img.convert("L")) > 0
+    except UsageError:
+        raise
+    except FileNotFoundError:
+        raise UsageError(f"--mask {path}: no such file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise UsageError(f"--mask {path}: not a readable picture ({type(exc).__name__})") from None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ..agent.episode import run_given_clicks_stepwise
     from ..agent.loop import EpisodeRequest
     from ..drawing import draw_png
     from ..media import load_image_file
@@ -101,10 +131,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     use_policy = bool(args.expression and settings.policy and (not args.click or settings.refine))
     if not use_policy and not args.click and args.box is None:
-        raise RequestError("give --click and/or --box, or --expression with a SegAgent policy (SEGAGENT_POLICY)")
+        raise RequestError(("give --click to refine --mask" if args.mask else "give --click and/or --box")
+                           + ", or --expression with a SegAgent policy (SEGAGENT_POLICY)")
     image = load_image_file(args.image, settings.max_image_pixels)
     height, width = image.shape[:2]
     check_prompts(args.click, args.box, width, height)
+    mask = load_mask_file(args.mask, width, height) if args.mask else None
     tools = []  # the tool loads first, then the policy: an empty list says the tool failed
 
     def build_tool(settings: Settings, cache):
@@ -122,7 +154,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 else f"model version {host.policy_source!r}")
             raise load_failure(what, str(exc)) from None
     if use_policy:  # the same path as automatic predictions: the policy clicks, the tool segments
-        episode = host.run_policy([EpisodeRequest(image, args.expression, args.box, args.click)])[0]
+        episode = host.run_policy([EpisodeRequest(image, args.expression, args.box, args.click, mask=mask)])[0]
+    elif mask is not None:  # the clicks refine the mask: the tool this command loaded, from that mask
+        episode = run_given_clicks_stepwise(tools[-1], image, args.click, args.box, mask=mask)
     else:
         episode = host.run_clicks(image, args.click, args.box)
     payload = episode_json(image, episode, args.expression, host.model_version)
@@ -177,6 +211,8 @@ def summary(args: argparse.Namespace, payload: dict, episode: EpisodeResult) -> 
         prompts.append("box " + ",".join(f"{v:g}" for v in payload["box"]))
     if args.expression:
         prompts.append(f"expression {args.expression!r}")
+    if getattr(args, "mask", None):
+        prompts.append(f"from the mask {args.mask}")
     area = int(np.count_nonzero(episode.mask))
     lines = [f"{args.image}: {width}x{height}, " + ", ".join(prompts),
              f"mask: {area} px ({100.0 * area / (width * height):.1f}% of the image), score {payload['score']:.3f}"

@@ -10,7 +10,8 @@ from typing import Optional
 from label_studio_sdk.label_interface import LabelInterface
 
 from ..errors import RequestError
-from .control_models import BoxInput, BrushLabelsModel, ClickInput, TrajectoryOutput
+from .control_models import BoxInput, BrushLabelsModel, ClickInput, PolygonLabelsModel, TrajectoryOutput
+from .control_models.base import MaskOutput, is_smart
 
 EXAMPLE_CONFIG = (
     '<View>\n'
@@ -46,22 +47,36 @@ class LabelConfig:
     """The parts of a label config that matter here.
 
     image_name / image_field: the Image object and the task data key holding its URL.
-    brush: where masks are written. clicks / box: smart controls bringing the annotator's prompts.
+    brush / polygons: where masks are written (BrushLabels as brush RLE, PolygonLabels as polygons; at
+    least one, both when the config has both). clicks / box: smart controls bringing the annotator's prompts.
     trajectory: a plain KeyPointLabels control to show our clicks on. expression_field: the task
     data key holding the referring expression (None: use the brush label's text).
     """
 
     image_name: str
     image_field: str
-    brush: BrushLabelsModel
+    brush: Optional[BrushLabelsModel]
     clicks: Optional[ClickInput]
     box: Optional[BoxInput]
     trajectory: Optional[TrajectoryOutput]
     expression_field: Optional[str]
+    polygons: Optional[PolygonLabelsModel] = None
+    # a smart BrushLabels: the annotator's brush regions arrive in the context, a mask to refine
+    brush_input: Optional[BrushLabelsModel] = None
 
     @property
     def interactive(self) -> bool:
-        return self.clicks is not None or self.box is not None
+        return self.clicks is not None or self.box is not None or self.brush_input is not None
+
+    @property
+    def outputs(self) -> list[MaskOutput]:
+        """The controls a mask is written to, brush first."""
+        return [c for c in (self.brush, self.polygons) if c is not None]
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels of the first mask control (the object's name when no expression field is set)."""
+        return self.outputs[0].labels
 
 
 def parse_label_config(xml: str, expression_field: Optional[str] = None,
@@ -129,10 +144,13 @@ def _parse(xml: str, expression_field: Optional[str]) -> LabelConfig:
     images = [o for o in (interface.objects or []) if o.tag.lower() == "image"]
     if not images:
         raise ConfigError("the label config has no <Image> object")
-    brushes = [(c, i) for i in images for c in controls if BrushLabelsModel.is_control_matched(c, i.name)]
-    if not brushes:
-        raise ConfigError("the label config has no <BrushLabels> control pointing at an <Image> (toName)")
-    brush, image = brushes[0]
+    # the first image with a BrushLabels control, else the first with a PolygonLabels control
+    outputs = [i for model in (BrushLabelsModel, PolygonLabelsModel) for i in images
+               if any(model.is_control_matched(c, i.name) for c in controls)]
+    if not outputs:
+        raise ConfigError("the label config has no <BrushLabels> or <PolygonLabels> control pointing at an "
+                          "<Image> (toName)")
+    image = outputs[0]
 
     def first(model):
         found = [c for c in controls if model.is_control_matched(c, image.name)]
@@ -141,12 +159,20 @@ def _parse(xml: str, expression_field: Optional[str]) -> LabelConfig:
     return LabelConfig(
         image_name=image.name,
         image_field=image.value_name or image.name,
-        brush=BrushLabelsModel(brush),
+        brush=first(BrushLabelsModel),
+        polygons=first(PolygonLabelsModel),
         clicks=first(ClickInput),
         box=first(BoxInput),
+        brush_input=_smart_brush(controls, image.name),
         trajectory=first(TrajectoryOutput),
         expression_field=expression_field or _expression_field(interface),
     )
+
+
+def _smart_brush(controls: list, image_name: str) -> Optional[BrushLabelsModel]:
+    """The first smart BrushLabels on the image (``smart``/``smartOnly`` or a smart label), or None."""
+    found = [c for c in controls if BrushLabelsModel.is_control_matched(c, image_name) and is_smart(c)]
+    return BrushLabelsModel(found[0]) if found else None
 
 
 def _expression_field(interface: LabelInterface) -> Optional[str]:

@@ -1,12 +1,20 @@
-"""Interactive context (what smart tools send on every click) -> the annotator's prompt."""
+"""Interactive context (what smart tools send on every click) -> the annotator's prompt.
+
+A smart BrushLabels sends the annotator's brush regions: their union is the mask the episode starts
+from (refinement). Their RLE headers are checked here, against the size each region claims, before
+anything is decoded; ``Prompt.mask`` decodes them when the episode needs the mask.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
+
 from ..errors import RequestError
+from .annotations import AnnotationError, check_rle, decode_brush
 from .config import LabelConfig
-from .control_models.base import number, short
+from .control_models.base import first_label, number, short, value_object
 from .control_models.keypoint_labels import PercentClick
 from .control_models.rectangle_labels import PercentBox
 
@@ -28,6 +36,28 @@ class Prompt:
     image_rotation: int = 0
     size: Optional[tuple[int, int]] = None  # (original_width, original_height) as Label Studio saw it
     size_field: str = f"{CONTEXT}.result[0].original_width"  # where ``size`` came from (for errors)
+    # brush regions of a smart BrushLabels: (field path, Label Studio RLE, (width, height)), headers checked
+    brushes: list[tuple[str, list, tuple[int, int]]] = field(default_factory=list)
+
+    def mask(self, size: Optional[tuple[int, int]] = None) -> Optional[np.ndarray]:
+        """The union of the brush regions, (H, W) bool, or None without brush regions: at the size they
+        claim (Label Studio's view of the image), resized (nearest) to ``size`` = (width, height) of the
+        loaded image when that differs (``check_claimed_size`` first). RequestError (422) naming the
+        region when one does not decode to its size."""
+        if not self.brushes:
+            return None
+        width, height = self.brushes[0][2]
+        out = np.zeros((height, width), dtype=bool)
+        for where, rle, _ in self.brushes:
+            try:
+                out |= decode_brush(rle, width, height)
+            except AnnotationError as exc:
+                raise RequestError(f"{where}.value.rle: {exc}", 422, f"{where}.value.rle") from None
+        if size is not None and tuple(size) != (width, height):
+            import cv2
+
+            out = cv2.resize(out.astype(np.uint8), tuple(size), interpolation=cv2.INTER_NEAREST).astype(bool)
+        return out
 
 
 def parse_context(context: Any, config: LabelConfig, max_clicks: Optional[int] = None,
@@ -65,11 +95,14 @@ def parse_context(context: Any, config: LabelConfig, max_clicks: Optional[int] =
         elif kind == "rectanglelabels" and config.box is not None:
             prompt.box = config.box.box(region, where)  # the last box drawn wins
             prompt.label = prompt.label or prompt.box.label
+        elif kind == "brushlabels" and config.brush_input is not None:
+            prompt.brushes.append(_brush(region, where, max_pixels, prompt.brushes))
+            prompt.label = prompt.label or first_label(value_object(region, where), ("brushlabels", "labels"), where)
         else:
-            smart = [c.name for c in (config.clicks, config.box) if c is not None] or "no control"
+            smart = [c.name for c in (config.clicks, config.box, config.brush_input) if c is not None] or "no control"
             raise RequestError(
-                f"{where}.type is {short(region.get('type'))}; this backend reads keypointlabels/rectanglelabels "
-                f"of smart controls only (this config: {smart})", field=f"{where}.type"
+                f"{where}.type is {short(region.get('type'))}; this backend reads keypointlabels/rectanglelabels/"
+                f"brushlabels of smart controls only (this config: {smart})", field=f"{where}.type"
             )
         if region.get("image_rotation") is not None:
             prompt.image_rotation = int(number(region["image_rotation"], f"{where}.image_rotation") % 360)
@@ -80,6 +113,29 @@ def parse_context(context: Any, config: LabelConfig, max_clicks: Optional[int] =
         raise RequestError(f"{CONTEXT}.result has {len(prompt.clicks)} clicks; at most {max_clicks} are read "
                            f"per request (SEGAGENT_MAX_CLICKS)", 413, f"{CONTEXT}.result")
     return prompt
+
+
+def _brush(region: dict, where: str, max_pixels: Optional[int], earlier: list) -> tuple[str, list, tuple[int, int]]:
+    """One brush region -> (where, rle, (width, height)): ``value.format`` "rle" (or absent), ``value.rle``
+    a Label Studio brush RLE whose header fits ``original_width`` x ``original_height`` (required, the same
+    for every brush region). Nothing is decoded here."""
+    value = value_object(region, where)
+    if value.get("format", "rle") != "rle":
+        raise RequestError(f"{where}.value.format is {short(value.get('format'))}; only Label Studio's brush "
+                           f"\"rle\" is read", field=f"{where}.value.format")
+    size = _size(region, where, max_pixels)
+    if size is None:
+        raise RequestError(f"{where} is a brush region without original_width and original_height",
+                           field=f"{where}.original_width")
+    if earlier and earlier[0][2] != size:
+        raise RequestError(f"{where} is drawn at {size[0]}x{size[1]}, {earlier[0][0]} at "
+                           f"{earlier[0][2][0]}x{earlier[0][2][1]}", field=f"{where}.original_width")
+    rle = value.get("rle")
+    try:
+        check_rle(rle, *size)  # the header, before anything is decoded
+    except AnnotationError as exc:
+        raise RequestError(f"{where}.value.rle: {exc}", 422, f"{where}.value.rle") from None
+    return where, rle, size
 
 
 def _size(region: dict, where: str, max_pixels: Optional[int]) -> Optional[tuple[int, int]]:

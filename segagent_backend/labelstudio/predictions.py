@@ -1,4 +1,5 @@
-"""Label Studio /predict: tasks -> episode requests -> brush and trajectory regions, one answer per task.
+"""Label Studio /predict: tasks -> episode requests -> mask (brush, polygon) and trajectory regions, one answer
+per task.
 
 A task that cannot be predicted gets a per-task error (``task_error``: ``{"error", "status",
 "model_version"}`` and NO ``result`` key), so Label Studio skips it instead of storing an empty prediction.
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from ..model_host import ModelHost
 
 log = logging.getLogger(__name__)
+
+# the per-task answer (status 422) of an episode that ended with an empty mask: no empty region is stored
+EMPTY_MASK = "the mask is empty (nothing was segmented): no prediction for this task"
 
 
 def task_error(message: str, status: int, model_version: str) -> dict:
@@ -72,7 +76,17 @@ class Predictions:
                 results.append(self.error(exc.message, exc.status))
         return results
 
-    def _automatic(self, tasks: list, config: LabelConfig, source: MediaSource) -> list[dict]:
+    def refine(self, tasks: list, label_config: str, masks: list, project: Any = None,
+               source: Optional[MediaSource] = None) -> list[dict]:
+        """``predict`` without context, but each task's episode starts from ``masks[i]`` ((H, W) bool, at
+        Label Studio's size of the image: resized to the loaded image): the policy refines existing masks.
+        One lockstep batch, one prediction (or per-task error) per task, in order."""
+        config = parse_label_config(label_config, self.settings.expression_field,
+                                    self.settings.max_label_config_kb * 1024)
+        return self._automatic(tasks, config, source or self.sources.source_for(project), masks)
+
+    def _automatic(self, tasks: list, config: LabelConfig, source: MediaSource,
+                   masks: Optional[list] = None) -> list[dict]:
         results: list[Optional[dict]] = [None] * len(tasks)
         pending: list[tuple[int, EpisodeRequest]] = []
         for i, task in enumerate(tasks):
@@ -80,7 +94,8 @@ class Predictions:
                 if self.host.policy_source is None:
                     raise RequestError(f"task {task_id(task)!r}: {NO_POLICY}", 501)
                 image = self.media.load(image_url(task, config), task_id(task), source)
-                pending.append((i, EpisodeRequest(image, expression(task, config) or "")))
+                start = None if masks is None else _start_mask(masks[i], image.shape)
+                pending.append((i, EpisodeRequest(image, expression(task, config) or "", mask=start)))
             except RequestError as exc:
                 results[i] = self.error(exc.message, exc.status)
         episodes = self.host.run_policy([request for _, request in pending]) if pending else []
@@ -94,26 +109,49 @@ class Predictions:
         check_claimed_size(prompt, width, height)  # before any mask is made at that size
         clicks = [c.to_pixels(width, height) for c in prompt.clicks]
         box = prompt.box.to_pixels(width, height) if prompt.box is not None else None
-        if not clicks and box is None:  # every click was deleted: no mask
+        start = prompt.mask((width, height))  # a smart brush's regions: the mask the episode refines
+        policy = self.host.policy_source is not None and (self.settings.refine or (start is not None and not clicks))
+        if not clicks and box is None and not (start is not None and policy):  # nothing asked: no mask
             return {"result": [], "score": 0.0, "model_version": self.host.model_version}
-        if self.settings.refine and self.host.policy_source is not None:
-            request = EpisodeRequest(image, expression(task, config, prompt.label) or "", box, clicks)
+        if policy:  # the policy continues from the brush mask and/or the annotator's clicks
+            request = EpisodeRequest(image, expression(task, config, prompt.label) or "", box, clicks, mask=start)
             episode = self.host.run_policy([request])[0]
+        elif start is not None:  # the annotator's clicks refine the brush mask
+            episode = self.host.run_clicks(image, clicks, box, mask=start)
         else:
             episode = self.host.run_clicks(image, clicks, box)
         return self._prediction(episode, config, image.shape, prompt, given=len(clicks))
 
     def _prediction(self, episode: EpisodeResult, config: LabelConfig, shape: tuple, prompt: Optional[Prompt],
                     given: int = 0) -> dict:
-        """Label Studio JSON: the brush region, and the policy's clicks on the trajectory control."""
-        label = config.brush.label_for(prompt.label if prompt else None)
-        rotation = prompt.image_rotation if prompt else 0
+        """Label Studio JSON: the mask on every mask control (a brush region; polygon regions, one per part),
+        and the policy's clicks on the trajectory control. Every region and the prediction carry the
+        episode's score (the policy's estimate, else the tool's IoU prediction). An empty mask is no
+        prediction: a per-task error (EMPTY_MASK), so Label Studio stores nothing."""
         mask = fit_to_size(episode.mask, prompt.size if prompt else None)
-        result = [config.brush.region(mask, label, config.image_name, episode.score, rotation)]
+        if not mask.any():
+            return self.error(EMPTY_MASK, 422)
+        rotation = prompt.image_rotation if prompt else 0
+        result = []
+        for output in config.outputs:
+            label = output.label_for(prompt.label if prompt else None)
+            result += output.regions(mask, label, config.image_name, episode.score, rotation)
         if config.trajectory is not None:
             clicks = [step.click for step in episode.trajectory[given:]]
-            result += config.trajectory.regions(clicks, config.image_name, shape[1], shape[0], rotation)
-        return {"result": result, "score": episode.score, "model_version": self.host.model_version}
+            for region in config.trajectory.regions(clicks, config.image_name, shape[1], shape[0], rotation):
+                result.append(dict(region, score=float(episode.score)))
+        return {"result": result, "score": float(episode.score), "model_version": self.host.model_version}
+
+
+def _start_mask(mask: Optional[np.ndarray], shape: tuple) -> Optional[np.ndarray]:
+    """A mask to refine, drawn at Label Studio's size of the image, at the loaded image's size ``shape``
+    (RequestError 422 when it is not the same picture up to scale)."""
+    if mask is None:
+        return None
+    height, width = shape[:2]
+    check_claimed_size(Prompt(size=(mask.shape[1], mask.shape[0]), size_field="the mask's original_width"),
+                       width, height)
+    return fit_to_size(mask, (width, height))
 
 
 def fit_to_size(mask: np.ndarray, size: Optional[tuple[int, int]]) -> np.ndarray:

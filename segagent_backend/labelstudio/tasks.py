@@ -43,4 +43,4 @@ def expression(task: Any, config: LabelConfig, label: Optional[str] = None) -> O
             return text.strip()
     if label is not None and not isinstance(label, str):
         label = None
-    return label or (config.brush.labels[0] if config.brush.labels else None)
+    return label or (config.labels[0] if config.labels else None)

@@ -5,6 +5,11 @@ a prediction of the current model version (all of them with ``force``), and enqu
 the batch queue. A worker fetches each task fresh, checks again that it still lacks that version
 (so running the command twice, or a job retried after its worker died, posts nothing twice), predicts
 the chunk in lockstep and posts the predictions through Label Studio's API.
+
+``segagent refine`` is the same with a start mask: each task's latest brush mask (of its predictions,
+optionally of one model version, or of its submitted annotations) is where the policy's episode starts,
+and the refined mask is posted as a prediction of model version ``refine-<version>``
+(``refined_version``), which is also what makes a second run skip the task.
 """
 from __future__ import annotations
 
@@ -12,11 +17,13 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+import numpy as np
 import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from ..errors import QueueUnavailable, RequestError
+from ..labelstudio.annotations import BRUSH, AnnotationError, check_rle, decode_brush
 from ..labelstudio.client import label_studio
 from ..settings import Settings
 from ..versions import VersionName
@@ -48,13 +55,28 @@ class Plan:
         return asdict(self)
 
 
+#: the model version of a refined prediction: ``refine-<version of the model that refined it>``
+REFINED_PREFIX = "refine-"
+SOURCES = ("predictions", "annotations")
+
+
+def refined_version(version: str) -> str:
+    return REFINED_PREFIX + version
+
+
 def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] = None, force: bool = False,
-            model_version: Optional[str] = None) -> Plan:
-    """Queue every task of ``project`` (or of ``task_ids``) that lacks a prediction of ``model_version``."""
+            model_version: Optional[str] = None, refine: Optional[dict] = None) -> Plan:
+    """Queue every task of ``project`` (or of ``task_ids``) that lacks a prediction of ``model_version``.
+
+    ``refine`` (``{"from": "predictions"|"annotations", "source_version": V or None}``): queue refinement
+    jobs instead, for tasks lacking a prediction of ``refined_version(model_version)``."""
     version = model_version or VersionName(settings).model_version
+    if refine is not None and refine.get("from") not in SOURCES:
+        raise RequestError(f"refine from {refine.get('from')!r}: use one of {', '.join(SOURCES)}")
+    posted_version = version if refine is None else refined_version(version)
     ls = label_studio(settings)
     wanted = set(task_ids) if task_ids is not None else None
-    plan = Plan(project, version)
+    plan = Plan(project, posted_version)
     seen = set()
     # only ids and the versions already predicted: a project's predictions (masks) are never downloaded here
     for task in ls.tasks.list(project=project, include="id,predictions_model_versions", page_size=1000):
@@ -63,7 +85,7 @@ def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] 
         plan.tasks += 1
         seen.add(task.id)
         versions = set(filter(None, (task.predictions_model_versions or "").split(",")))
-        if version in versions and not force:
+        if posted_version in versions and not force:
             plan.already_predicted += 1
         else:
             plan.queued.append(task.id)
@@ -71,11 +93,14 @@ def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] 
         raise RequestError(f"task(s) {sorted(wanted - seen)[:10]} are not in project {project}")
     queue = open_queue(settings, BATCH)
     size = settings.batch_chunk
+    function, what = ("run", "preannotate") if refine is None else ("run_refine", "refine")
     for start in range(0, len(plan.queued), size):
         chunk = plan.queued[start:start + size]
-        job = submit(queue, "segagent_backend.queue.preannotate.run",
-                     {"project": project, "task_ids": chunk, "model_version": version, "force": force},
-                     settings, result_ttl=RESULT_TTL, description=f"preannotate {len(chunk)} task(s) of project {project}")
+        data = {"project": project, "task_ids": chunk, "model_version": version, "force": force}
+        if refine is not None:
+            data |= {"from": refine["from"], "source_version": refine.get("source_version")}
+        job = submit(queue, f"segagent_backend.queue.preannotate.{function}", data, settings, result_ttl=RESULT_TTL,
+                     description=f"{what} {len(chunk)} task(s) of project {project}")
         plan.jobs.append(job.id)
         plan.job_tasks.append(len(chunk))
     return plan
@@ -179,6 +204,74 @@ def run(data: dict) -> dict:
             tasks.append({"id": task.id, "data": task.data})
     job = jobs.PredictJob(tasks, project.label_config, None, data["project"])
     answers = jobs.predict_with_retries(predictions, job, None) if tasks else []
+    posted, errors = _post(ls, data, tasks, answers)
+    return {"posted": posted, "skipped": skipped, "errors": errors}
+
+
+def run_refine(data: dict) -> dict:
+    """The worker's side of ``segagent refine``: each task's source brush mask refined by the policy, posted
+    as a prediction of ``refined_version``; tasks without a source mask are reported under ``errors``."""
+    predictions = jobs.resident()
+    if predictions.model_version != data["model_version"]:
+        raise RuntimeError(f"this worker serves {predictions.model_version}, the job wants {data['model_version']}")
+    version = refined_version(data["model_version"])
+    ls = label_studio(predictions.settings)
+    project = ls.projects.get(id=data["project"])
+    tasks, masks, skipped, errors = [], [], [], {}
+    for task_id in data["task_ids"]:
+        task = ls.tasks.get(id=str(task_id))
+        if version in {p.model_version for p in task.predictions or []} and not data["force"]:
+            skipped.append(task_id)
+            continue
+        try:
+            mask = source_mask(task, data["from"], data.get("source_version"))
+        except AnnotationError as exc:
+            errors[str(task_id)] = str(exc)
+            continue
+        tasks.append({"id": task.id, "data": task.data})
+        masks.append(mask)
+    answers = predictions.refine(tasks, project.label_config, masks, data["project"]) if tasks else []
+    answers = [dict(a, model_version=version) if "result" in a else a for a in answers]
+    posted, failed = _post(ls, data, tasks, answers)
+    return {"posted": posted, "skipped": skipped, "errors": errors | failed}
+
+
+def source_mask(task: Any, source: str, model_version: Optional[str] = None) -> np.ndarray:
+    """The brush mask of ``task`` to refine: the union of the brush regions of its latest prediction
+    (of ``model_version`` when given; never a refined one) or of its latest submitted annotation, at the
+    size Label Studio drew it. AnnotationError when there is none or it does not decode."""
+    if source == "predictions":
+        records = [{"result": p.result, "model_version": p.model_version} for p in task.predictions or []]
+        records = [r for r in records if (r["model_version"] == model_version if model_version
+                                          else not str(r["model_version"] or "").startswith(REFINED_PREFIX))]
+    else:
+        records = [a for a in task.annotations or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    for record in reversed(records):  # the latest first
+        regions = [r for r in record.get("result") or [] if isinstance(r, dict) and r.get("type") == BRUSH]
+        if regions:
+            return _union(regions)
+    which = f"{source} of model version {model_version!r}" if model_version and source == "predictions" else source
+    raise AnnotationError(f"no brush mask in the task's {which}")
+
+
+def _union(regions: list[dict]) -> np.ndarray:
+    """Brush regions of one record -> (H, W) bool, every RLE header checked before anything is decoded."""
+    sizes = {(r.get("original_width"), r.get("original_height")) for r in regions}
+    if len(sizes) != 1 or not all(isinstance(v, int) and v > 0 for v in next(iter(sizes))):
+        raise AnnotationError("the brush regions do not share one positive original_width x original_height")
+    width, height = sizes.pop()
+    rles = [(r.get("value") or {}).get("rle") for r in regions]
+    for rle in rles:
+        check_rle(rle, width, height)
+    out = np.zeros((height, width), dtype=bool)
+    for rle in rles:
+        out |= decode_brush(rle, width, height)
+    return out
+
+
+def _post(ls: Any, data: dict, tasks: list[dict], answers: list[dict]) -> tuple[list, dict]:
+    """Post each answer with a ``result`` as a prediction of its task; (posted task ids, errors by task id).
+    PostingFailed when Label Studio does not take one (what was posted stays posted)."""
     posted, errors = [], {}
     for n, (task, answer) in enumerate(zip(tasks, answers)):
         if "result" not in answer:
@@ -197,7 +290,7 @@ def run(data: dict) -> dict:
         posted.append(task["id"])
     if errors:
         log.warning("project %s: %d task(s) not predicted: %s", data["project"], len(errors), errors)
-    return {"posted": posted, "skipped": skipped, "errors": errors}
+    return posted, errors
 
 
 class PostingFailed(RuntimeError):

@@ -23,3 +23,10 @@ def test_label_choice():
     brush = parse_label_config(EXAMPLE_CONFIG).brush
     assert brush.label_for("Object") == "Object" and brush.label_for("Unknown") == "Object"
     assert brush.label_for(None) == "Object"
+
+
+def test_regions_is_the_one_brush_region():
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 5:20] = True
+    (region,) = parse_label_config(EXAMPLE_CONFIG).brush.regions(mask, "Object", "image", 0.5)
+    assert region["type"] == "brushlabels" and region["score"] == 0.5

@@ -71,13 +71,30 @@ class Segmenter(ABC):
     def _use(self, embedding: object, image: np.ndarray) -> None:
         """Make ``embedding`` (of ``image``) the current one."""
 
+    def mask_prior(self, mask: np.ndarray) -> np.ndarray:
+        """A start mask as this tool's state: the ``prev_logits`` that make the next ``segment`` call
+        continue from ``mask`` ((H, W) bool, on the image set last) instead of from nothing.
+
+        SAM-family tools: the mask as low-res ``mask_input`` logits; GrabCut: its working mask, which
+        also seeds GrabCut as probable object / background. ValueError when ``mask`` is not (H, W);
+        NotImplementedError for a tool that cannot start from a mask.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot start from a mask")
+
+    def _check_prior(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` as (H, W) bool of the image set last; ValueError otherwise."""
+        mask = np.asarray(mask)
+        if mask.shape != tuple(self.image_size):
+            raise ValueError(f"the start mask is {mask.shape}, the image is {tuple(self.image_size)} (H, W)")
+        return mask.astype(bool, copy=False)
+
     @abstractmethod
     def segment(self, clicks: Sequence[Click], box: Optional[Box] = None,
                 prev_logits: Optional[np.ndarray] = None) -> Segmentation:
         """All clicks so far (pixels inside the original image: the episode engine clamps them) and an
         optional box (XYXY pixels, inside the image) -> the best mask at the original size.
 
-        ``prev_logits`` is the ``logits`` of this segmenter's previous call on the same image
-        (SAM feeds it back as ``mask_input``). With several candidate masks the best-scoring one
+        ``prev_logits`` is the ``logits`` of this segmenter's previous call on the same image, or
+        ``mask_prior(start_mask)`` (SAM feeds it back as ``mask_input``). With several candidate masks the best-scoring one
         is kept.
         """

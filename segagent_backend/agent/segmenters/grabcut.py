@@ -29,8 +29,14 @@ How clicks become a mask (all at a capped working resolution, ``max_side``):
   added: whole if at most the previous mask's area, else its piece within the click's reach, else
   nothing more (a larger part is more likely a leak). Figures: bench/README.md (``bench/click_used.py``).
 
+A start mask (``mask_prior``: refinement of a given mask) is the state of a call before any click: the
+first click refines it as a later click refines a previous mask, and in every call of the episode the
+start mask initialises GrabCut's labels as probable object (``GC_PR_FGD``; probable background
+``GC_PR_BGD`` elsewhere) instead of the clicks' disks alone, so the colour model knows the object
+even when every click is negative.
+
 The mask handed back is upsampled to the original size; ``logits`` carries the working-resolution
-mask (uint8 0/1, (h, w)) as the state for the next call.
+mask as the state for the next call ((h, w) uint8: bit 0 the mask, bit 1 the start mask, if any).
 """
 from __future__ import annotations
 
@@ -53,6 +59,10 @@ class _Embedding:
     image: np.ndarray
     scale: float  # working pixels per original pixel (<= 1)
     edge_dist: np.ndarray  # (h, w) float32: distance to the nearest image edge, in working pixels
+
+
+#: bits of the ``logits`` state: the mask, and the start mask it was refined from (``mask_prior``)
+MASK, PRIOR = 1, 2
 
 
 def _disk(mask: np.ndarray, x: int, y: int, radius: int, value: int) -> None:
@@ -120,6 +130,23 @@ class GrabCutSegmenter(Segmenter):
         up = cv2.resize(work_mask.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
         return up >= 0.5
 
+    def _to_work_mask(self, mask: np.ndarray) -> np.ndarray:
+        """(H, W) bool mask -> (h, w) bool working mask (area-weighted, threshold 0.5)."""
+        emb = self._emb
+        assert emb is not None
+        h, w = emb.image.shape[:2]
+        if mask.shape == (h, w):
+            return mask.copy()
+        return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+
+    def mask_prior(self, mask: np.ndarray) -> np.ndarray:
+        """A start mask ((H, W) bool) -> the state ``segment`` continues from: the working mask with both
+        bits set (it is the mask so far and the start mask that seeds every later GrabCut)."""
+        if self._emb is None:
+            raise RuntimeError("set_image() must be called before mask_prior()")
+        work = self._to_work_mask(self._check_prior(mask))
+        return work.astype(np.uint8) * np.uint8(MASK | PRIOR)
+
     def _grabcut(self, image: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
         """Run GrabCut from ``labels`` ((h, w) uint8 GC_* values); return the object mask (bool)."""
         has_fg = np.any((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
@@ -160,8 +187,8 @@ class GrabCutSegmenter(Segmenter):
         """All clicks so far (+ optional box, + the previous call's ``logits``) -> mask.
 
         Returns ``mask`` (H, W) bool at the original size, ``logits`` = the working-resolution mask
-        (h, w) uint8 0/1 to pass back as ``prev_logits``, and ``score`` = the agreement (IoU) between
-        the returned mask and GrabCut's own unconstrained answer on the same window: 1 when the
+        (h, w) uint8 (bit 0; bit 1 the start mask, if any) to pass back as ``prev_logits``, and
+        ``score`` = the agreement (IoU) between the returned mask and GrabCut's own unconstrained answer on the same window: 1 when the
         locality rule did not have to overrule GrabCut, lower when it did (a rough confidence).
         """
         H, W = self.image_size
@@ -172,20 +199,27 @@ class GrabCutSegmenter(Segmenter):
         if not points and box is None:
             return Segmentation(np.zeros((H, W), bool), np.zeros((h, w), np.uint8), 0.0)
 
-        prev = None
+        prev = prior = None
         if prev_logits is not None and np.shape(prev_logits) == (h, w):
-            prev = np.asarray(prev_logits) > 0
+            state = np.asarray(prev_logits).astype(np.uint8)
+            prev = (state & MASK) > 0
+            prior = (state & PRIOR) > 0
+            prior = prior if prior.any() else None
         if prev is None or not prev.any() or not self.p.local or not points:
-            work, raw = self._first(points, box)
+            # a start mask seeds a from-scratch GrabCut only while something of the mask is left
+            work, raw = self._first(points, box, prior if prev is not None and prev.any() else None)
         else:
-            work, raw = self._refine(prev, points)
+            work, raw = self._refine(prev, points, prior)
         inter = np.count_nonzero(work & raw)
         union = np.count_nonzero(work | raw)
         score = 1.0 if union == 0 else inter / union
-        return Segmentation(self._to_original(work), work.astype(np.uint8), float(score))
+        state = work.astype(np.uint8) | (prior.astype(np.uint8) * np.uint8(PRIOR) if prior is not None else 0)
+        return Segmentation(self._to_original(work), state.astype(np.uint8), float(score))
 
-    def _first(self, points: list[tuple[int, int, bool]], box: Optional[Box]) -> tuple[np.ndarray, np.ndarray]:
-        """Segment from scratch; returns (kept mask, raw GrabCut mask), both (h, w) bool."""
+    def _first(self, points: list[tuple[int, int, bool]], box: Optional[Box],
+               prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Segment from scratch (``prior``: a start mask, (h, w) bool, as probable object); returns
+        (kept mask, raw GrabCut mask), both (h, w) bool."""
         emb = self._emb
         assert emb is not None
         h, w = emb.image.shape[:2]
@@ -201,16 +235,21 @@ class GrabCutSegmenter(Segmenter):
             for i, (x, y, positive) in enumerate(points):
                 if positive:
                     _disk(labels, x, y, self._seed_radius(x, y, first=i == first), cv2.GC_PR_FGD)
+        if prior is not None:
+            labels[prior & (labels != cv2.GC_BGD)] = cv2.GC_PR_FGD
         self._paint_clicks(labels, points)
         raw = self._grabcut(emb.image, labels, self.p.iterations)
         if not self.p.local or box is not None:
             return raw, raw
-        # keep what the positive clicks point at
+        # keep what the positive clicks point at (and what overlaps the start mask)
         keep = np.zeros_like(raw)
         _, comp = cv2.connectedComponents(raw.astype(np.uint8), connectivity=8)
         for x, y, positive in points:
             if positive and raw[y, x]:
                 keep |= comp == comp[y, x]
+        if prior is not None:
+            for label in np.unique(comp[raw & prior]):
+                keep |= comp == label
         return keep, raw
 
     def _closer_to(self, x: int, y: int, points, window: tuple[int, int, int, int]) -> np.ndarray:
@@ -280,8 +319,10 @@ class GrabCutSegmenter(Segmenter):
                 break
         return added
 
-    def _refine(self, prev: np.ndarray, points: list[tuple[int, int, bool]]) -> tuple[np.ndarray, np.ndarray]:
-        """Change ``prev`` ((h, w) bool) only around the newest click; returns (mask, raw GrabCut)."""
+    def _refine(self, prev: np.ndarray, points: list[tuple[int, int, bool]],
+                prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Change ``prev`` ((h, w) bool) only around the newest click (``prior``: the start mask, (h, w)
+        bool, seeds GrabCut as probable object); returns (mask, raw GrabCut)."""
         emb = self._emb
         assert emb is not None
         h, w = emb.image.shape[:2]
@@ -296,6 +337,8 @@ class GrabCutSegmenter(Segmenter):
         # seed like a first call: colour models from the clicks, not from a possibly wrong previous
         # mask (seeding from the mask lets its colour model swallow the new click)
         labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
+        if prior is not None:  # a given start mask: a better colour model of the object than clicks alone
+            labels[prior[y0:y1, x0:x1]] = cv2.GC_PR_FGD
         first = next((i for i, p in enumerate(points) if p[2]), -1)
         for i, (px, py, ppos) in enumerate(points[:-1]):
             if ppos:

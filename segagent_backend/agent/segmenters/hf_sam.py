@@ -19,7 +19,7 @@ import torch
 
 from ..loading import ModelLoadError, is_local_path, resolve_device
 from .cache import EmbeddingCache
-from .hf_sam_models import SamFamily, decode, encode, family_of, load_family, mask_input_size, source_key
+from .hf_sam_models import SamFamily, decode, encode, family_of, load_family, mask_input_size, model_side, source_key
 from .hf_sam_preprocess import ImagePreprocessor
 from .prompted import PromptedSegmenter, SamEmbedding
 
@@ -78,6 +78,7 @@ class HFSamSegmenter(PromptedSegmenter):
         self.preprocessor = preprocessor
         self.cache_namespace = namespace or f"hf-sam:{id(model)}"
         self._mask_input_size = mask_input_size(model, self.family)
+        self._input_side = model_side(model, self.family)
 
     @classmethod
     def from_pretrained(
@@ -102,6 +103,11 @@ class HFSamSegmenter(PromptedSegmenter):
     def mask_input_size(self) -> tuple[int, int]:
         """4x the image embedding grid (256 x 256 at 1024 input)."""
         return self._mask_input_size
+
+    @property
+    def input_side(self) -> int:
+        """The side of the square input frame (1024; 1008 for SAM 3): a start mask's low-res logits cover it."""
+        return self._input_side
 
     def _encode(self, image: np.ndarray) -> tuple[HFSamEmbedding, int]:
         prepared = self.preprocessor(image)

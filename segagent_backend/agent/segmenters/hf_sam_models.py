@@ -121,7 +121,7 @@ def load_family(source: str, device: torch.device) -> tuple[Any, SamFamily, Imag
         raise ModelLoadError(f"cannot load a {family.model_class} from {source}: {type(exc).__name__}: {exc}") from exc
     try:
         spec = PreprocessSpec.from_config(_processor_config(source), square=family.square,
-                                          side=_model_side(model, family), defaults=family.mean_std)
+                                          side=model_side(model, family), defaults=family.mean_std)
     except ValueError as exc:
         raise ModelLoadError(f"the image processor config of {source} cannot be used: {exc}") from exc
     if family.stock_processor is not None:
@@ -136,7 +136,7 @@ def load_family(source: str, device: torch.device) -> tuple[Any, SamFamily, Imag
     return model.to(device).eval(), family, preprocessor
 
 
-def _model_side(model: Any, family: SamFamily) -> int:
+def model_side(model: Any, family: SamFamily) -> int:
     side = getattr(model.config.prompt_encoder_config, "image_size", family.side)
     return int(side[0] if isinstance(side, (list, tuple)) else side)
 

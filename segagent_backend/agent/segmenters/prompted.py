@@ -12,9 +12,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..types import Box, Click, Segmentation
 from .base import Segmenter
+
+
+#: the magnitude of a start mask's low-res logits (SAM's own logits of a confident mask are of this order;
+#: its threshold is 0)
+PRIOR_LOGIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,30 @@ class PromptedSegmenter(Segmenter):
     @abstractmethod
     def mask_input_size(self) -> tuple[int, int]:
         """(h, w) of the low-res mask input (256x256 for the real models)."""
+
+    @property
+    def input_side(self) -> int:
+        """The side of the square input frame the low-res logits cover (1024 for the real models): the
+        image resized to ``input_size`` sits in its top-left corner, padded to it."""
+        raise NotImplementedError(f"{type(self).__name__} does not say its input frame: it cannot start from a mask")
+
+    def mask_prior(self, mask: np.ndarray) -> np.ndarray:
+        """A start mask ((H, W) bool) -> (1, h, w) float32 low-res logits for ``mask_input``: the mask
+        resized to ``input_size``, padded to ``input_side`` (background), resized to ``mask_input_size``,
+        then +PRIOR_LOGIT on the object, -PRIOR_LOGIT elsewhere (linear across the resized edges).
+        ``_upscale`` of it gives the mask back (its own inverse up to the low-res grid)."""
+        emb = self._embedding
+        if emb is None:
+            raise RuntimeError("set_image() must be called before mask_prior()")
+        mask = self._check_prior(mask)
+        side, (ih, iw), (h, w) = self.input_side, emb.input_size, self.mask_input_size
+        frame = torch.from_numpy(mask.astype(np.float32))[None, None]
+        with torch.inference_mode():
+            frame = F.interpolate(frame, (ih, iw), mode="bilinear", align_corners=False, antialias=True)
+            frame = F.pad(frame, (0, side - iw, 0, side - ih))
+            frame = F.interpolate(frame, (h, w), mode="bilinear", align_corners=False, antialias=True)
+            logits = (frame[0] * 2.0 - 1.0).clamp(-1.0, 1.0) * PRIOR_LOGIT
+        return logits.numpy().astype(np.float32)
 
     def _use(self, embedding: object, image: np.ndarray) -> None:
         assert isinstance(embedding, SamEmbedding)

@@ -256,6 +256,11 @@ class SamSegmenter(PromptedSegmenter):
     def mask_input_size(self) -> tuple[int, int]:
         return tuple(self.model.prompt_encoder.mask_input_size)
 
+    @property
+    def input_side(self) -> int:
+        """The encoder's square input (``ResizeLongestSide`` to it, then padded bottom/right)."""
+        return int(self.model.image_encoder.img_size)
+
     def _encode(self, image: np.ndarray) -> tuple[SamEmbedding, int]:
         with torch.inference_mode():
             self.predictor.set_image(image, image_format="RGB")

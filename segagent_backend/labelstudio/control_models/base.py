@@ -35,6 +35,20 @@ class ControlModel:
         return control.tag.lower() == cls.tag.lower() and image_name in (control.to_name or [])
 
 
+class MaskOutput(ControlModel):
+    """A control the mask is written to (BrushLabels, PolygonLabels): ``regions`` turns one (H, W) bool
+    mask into this control's regions, each carrying ``score``."""
+
+    def label_for(self, used: Optional[str]) -> str:
+        """The label the annotator used when it is one of ours, else our first label."""
+        if used in self.labels:
+            return used
+        return self.labels[0] if self.labels else "Object"
+
+    def regions(self, mask, label: str, to_name: str, score: float, image_rotation: int = 0) -> list[dict]:
+        raise NotImplementedError
+
+
 def short(value: Any, limit: int = 40) -> str:
     """``repr(value)`` cut to ``limit`` characters: caller values are echoed in errors, never whole."""
     text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__

@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Optional
 
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
-from .base import ControlModel
+from .base import MaskOutput
 
 
-class BrushLabelsModel(ControlModel):
+class BrushLabelsModel(MaskOutput):
     tag = "BrushLabels"
 
-    def label_for(self, used: Optional[str]) -> str:
-        """The label the annotator used when it is one of ours, else our first label."""
-        if used in self.labels:
-            return used
-        return self.labels[0] if self.labels else "Object"
+    def regions(self, mask: np.ndarray, label: str, to_name: str, score: float, image_rotation: int = 0) -> list[dict]:
+        """The one brush region of ``mask``."""
+        return [self.region(mask, label, to_name, score, image_rotation)]
 
     def region(self, mask: np.ndarray, label: str, to_name: str, score: float, image_rotation: int = 0) -> dict:
         """One brush region for a (H, W) bool mask at the original image size.

@@ -1,0 +1,47 @@
+"""``segagent refine``: the existing brush masks of a Label Studio project refined by the policy, through the
+batch queue; workers post each refined mask as a prediction of model version ``refine-<version>``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..settings import Settings, SettingsError
+from .arguments import parse_ids
+
+
+def register(sub) -> None:
+    """``segagent refine``."""
+    p = sub.add_parser("refine", help="queue a Label Studio project's brush masks to be refined by the policy",
+                       description="Queue every task of a project for refinement: a worker starts the policy's "
+                                   "episode from the task's latest brush mask (of its predictions, or of its "
+                                   "submitted annotations) and posts the refined mask, with its click trajectory "
+                                   "and score, as a prediction of model version refine-<version>. Tasks that "
+                                   "already hold one are skipped (run it again at will).")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p.add_argument("--from", dest="source", choices=("predictions", "annotations"), default="predictions",
+                   help="whose brush masks to refine (default: predictions)")
+    p.add_argument("--model-version", metavar="V",
+                   help="with --from predictions: only predictions of this model version (default: the latest "
+                        "prediction that is not itself refined)")
+    p.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
+    p.add_argument("--force", action="store_true", help="also tasks that already hold a refined prediction")
+    p.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="queue and return (default: follow the jobs with a progress bar; Ctrl-C stops only the bar)")
+    p.set_defaults(run=cmd_refine)
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    """Queue the project's tasks lacking a refined prediction of the current model version; workers post them."""
+    from ..queue.preannotate import enqueue, follow
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise SettingsError("set REDIS_URL: workers on that Redis do the refining")
+    plan = enqueue(settings, args.project, args.tasks, args.force,
+                   refine={"from": args.source, "source_version": args.model_version})
+    summary = {k: v for k, v in plan.to_json().items() if k not in ("jobs", "job_tasks")} | {"jobs": len(plan.jobs)}
+    if args.wait and plan.jobs:
+        state = follow(settings, plan)
+        summary |= {"tasks_done": state.tasks_done, "tasks_failed": state.tasks_failed}
+    print(json.dumps(summary))
+    return 1 if summary.get("tasks_failed") else 0
