@@ -10,7 +10,9 @@ from flask import Flask, Response, g, jsonify, request
 
 from . import http_guard, openapi
 from .admission import Admission
+from .audit import audit_annotation
 from .corrections import CorrectionStore
+from .errors import RequestError
 from .http_guard import json_body
 from .labelstudio.config import parse_label_config
 from .labelstudio.context import parse_context
@@ -52,10 +54,12 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
         metrics.watch_queues(dispatcher.snapshot)
         start_training = queued_starter(settings, lambda: dispatcher.queue(TRAIN))  # a job on the train queue
         queue_preannotation = planning_starter(settings, lambda: dispatcher.queue(BATCH))
+        media = None  # POST /audit runs embedded only
         version, refresh = named, named.refresh
     else:
         host = host or ModelHost(settings, registry)
-        dispatcher = InlineDispatcher(Predictions(host, media_loader(settings), sources))
+        media = media_loader(settings)
+        dispatcher = InlineDispatcher(Predictions(host, media, sources))
         metrics.cache_bytes.set_function(lambda: host.cache.nbytes)
         metrics.cache_entries.set_function(lambda: len(host.cache))
         metrics.model_ready.set_function(lambda: 1.0 if host.status == "ready" else 0.0)
@@ -125,6 +129,15 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
             # nothing to show: answer with the error so Label Studio reports it instead of storing nothing
             return jsonify({"error": failed[0]["error"], "results": results}), failed[0]["status"]
         return jsonify({"results": results})
+
+    @app.post("/audit")
+    def audit():
+        body = json_body("/audit")  # task with data, annotation with a result list, label_config
+        if host is None:
+            raise RequestError("POST /audit runs in embedded mode (no REDIS_URL); with the queues, audit a project "
+                               "with `segagent audit --project ID`", 501)
+        refresh()
+        return jsonify(audit_annotation(host, media, sources, body, config_chars))
 
     @app.post("/webhook")
     def webhook():

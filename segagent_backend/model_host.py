@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .agent.audit import estimate_masks
 from .agent.episode import StepCache, run_given_clicks_stepwise
 from .agent.loop import EpisodeRequest, run_episodes
 from .agent.policies import Policy
@@ -201,6 +202,15 @@ class ModelHost:
         self.load()
         return run_given_clicks_stepwise(self._segmenter, image, clicks, box, self._steps, self._model_lock,
                                          mask=mask)
+
+    def estimate_masks(self, masks: list, batch_size: int = 8) -> list[Optional[float]]:
+        """The serving policy's IoU estimate (0..1, None where its answer has none) of each
+        ``agent.audit.MaskToJudge``, batched, under the model lock. RequestError (501) without a policy."""
+        self.load()
+        if self._policy is None:
+            raise RequestError(NO_POLICY, 501)
+        with self._model_lock:
+            return estimate_masks(self._policy, masks, batch_size, self.settings.release_protocol)
 
     @property
     def model_queue(self) -> int:

@@ -81,6 +81,8 @@ EXAMPLES = {
     "/webhook": {"action": "ANNOTATION_CREATED", "project": {"id": 1, "label_config": EXAMPLE_CONFIG},
                  "annotation": {"id": 5, "task": 1, "result": [BRUSH]},
                  "task": {"id": 1, "data": {"image": "/data/upload/1/cat.png"}}},
+    "/audit": {"task": {"id": 1, "data": {"image": "/data/upload/1/cat.png", "expression": "the cat"}},
+               "annotation": {"id": 5, "result": [BRUSH]}, "label_config": EXAMPLE_CONFIG},
 }
 
 
@@ -128,6 +130,23 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
                         },
                     },
                 },
+            },
+        },
+        "/audit": {
+            "type": "object",
+            "required": ["task", "annotation", "label_config"],
+            "properties": {
+                "task": TASK,
+                "annotation": {
+                    "type": "object",
+                    "description": "The annotation to audit: its brush regions (Label Studio brush RLE) are the mask.",
+                    "required": ["result"],
+                    "properties": {"id": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_ID},
+                                   "result": {"type": "array", "items": {"type": "object"}, "minItems": 1,
+                                              "maxItems": 1000}},
+                },
+                "label_config": config_text,
+                "project": PROJECT_REF,
             },
         },
         "/webhook": {
@@ -185,6 +204,13 @@ def spec(settings: Settings) -> dict:
                                  "the config is usable")),
             "/predict": post("Predictions for tasks (automatic, or interactive with params.context)", "/predict",
                              predictions, 422, 501, 502, 503, 504),
+            "/audit": post("The policy's IoU estimate of one annotation's brush mask (embedded mode)", "/audit",
+                           _json({"type": "object", "required": ["score", "model_version"],
+                                  "properties": {"score": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                                                 "model_version": {"type": "string"},
+                                                 "reason": {"type": "string"}}},
+                                 "score: the estimate 0..1 (null, with a reason, when the policy's answer gives "
+                                 "none); model_version: audit-<serving version>"), 422, 501, 502, 503),
             "/webhook": post("A Label Studio webhook event", "/webhook",
                              _json({"type": "object", "required": ["status", "action"]}, "acknowledged"), 503),
             "/versions": get("Model versions Label Studio may pick", "versions",

@@ -1,7 +1,7 @@
 """The ``segagent`` command: ``predict`` one episode locally, ``serve`` the backend, run a queue
-``worker``, show the ``jobs``, ``preannotate`` a project, manage model ``versions``, make
+``worker``, show the ``jobs``, ``preannotate`` a project, ``refine`` its masks, manage model ``versions``, make
 ``trajectories``, ``train`` a policy, run or list ``training`` rounds, ``eval`` the policy (cIoU, gIoU,
-PRM quality) or the tool (NoC), print the ``settings``.
+PRM quality) or the tool (NoC), ``audit`` a project's annotations, print the ``settings``.
 
 One module per command group; each has ``register(subparsers)``. Every error ends in ``main``.
 """
@@ -12,12 +12,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import eval, jobs, predict, serve, settings, training, trajectories, versions
+from . import audit, eval, jobs, predict, refine, serve, settings, training, trajectories, versions
 from .arguments import join_signed_values
 from .errors import USER_ERRORS, exit_status, one_line
 
 # in the order ``segagent --help`` lists them
-COMMAND_GROUPS = (predict, serve, jobs, versions, trajectories, training, eval, settings)
+COMMAND_GROUPS = (predict, serve, jobs, refine, audit, versions, trajectories, training, eval, settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

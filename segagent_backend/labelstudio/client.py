@@ -1,6 +1,8 @@
 """The Label Studio SDK client this service talks to (LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)."""
 from __future__ import annotations
 
+from typing import Any, Iterable, Iterator, Optional
+
 from ..errors import RequestError
 from ..settings import Settings
 
@@ -10,5 +12,51 @@ def label_studio(settings: Settings):
     from label_studio_sdk import LabelStudio
 
     if not settings.label_studio_url or not settings.label_studio_api_key:
-        raise RequestError("pre-annotation talks to Label Studio: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        raise RequestError("this talks to Label Studio: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+
+
+# ----- what an annotation audit reads and writes (``segagent audit``) ---------------------------------
+def as_dict(item: Any) -> dict:
+    """An SDK object (pydantic) or a plain dict -> a plain dict."""
+    return item.model_dump() if hasattr(item, "model_dump") else dict(item)
+
+
+def annotated_tasks(ls, project: int, task_ids: Optional[Iterable[int]] = None) -> Iterator[dict]:
+    """The tasks of ``project`` (only ``task_ids`` when given, in that order) as dicts with their
+    ``data``, ``annotations`` and ``predictions``; tasks without an annotation are left out.
+    RequestError when a given task is not in the project."""
+    if task_ids is None:
+        tasks = (as_dict(t) for t in ls.tasks.list(project=project, fields="all"))
+    else:
+        tasks = (_project_task(ls, project, task_id) for task_id in dict.fromkeys(task_ids))
+    for task in tasks:
+        if task.get("annotations"):
+            yield task
+
+
+def _project_task(ls, project: int, task_id: int) -> dict:
+    try:
+        task = as_dict(ls.tasks.get(id=str(task_id)))
+    except Exception as exc:
+        if getattr(exc, "status_code", None) == 404:
+            raise RequestError(f"task {task_id} is not in project {project}") from None
+        raise
+    if task.get("project") not in (None, project):
+        raise RequestError(f"task {task_id} is not in project {project}")
+    return task
+
+
+def post_prediction(ls, task_id: int, result: list, score: float, model_version: str) -> int:
+    """One prediction on ``task_id``; its id."""
+    return ls.predictions.create(task=task_id, result=result, score=score, model_version=model_version).id
+
+
+def delete_prediction(ls, prediction_id: int) -> None:
+    ls.predictions.delete(id=prediction_id)
+
+
+def failure_reason(exc: Exception) -> str:
+    """A short reason for a failed Label Studio call, without headers, bodies or URLs."""
+    status = getattr(exc, "status_code", None)
+    return f"HTTP {status}" if status is not None else type(exc).__name__

@@ -299,3 +299,58 @@ def test_annotations_in_label_studio_train_a_version_that_serves(label_studio, f
         assert versions == {report["version"]} and report["version"] != before
     finally:
         stop(proc)
+
+
+def test_audit_scores_are_stored_in_label_studio_and_sortable(label_studio, files_root, disk_image, tmp_path,
+                                                              tiny_qwen2_vl):
+    """`segagent audit` posts one audit-<version> prediction per brush annotation, with the policy's estimate
+    as its score; with --select the Data Manager's Prediction score sorts the tasks by it; a second run
+    posts nothing (idempotent)."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    url, token = label_studio
+    ls = LabelStudio(base_url=url, api_key=token)
+    project = ls.projects.create(title="segagent audit", label_config=CONFIG)
+    ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
+    tasks = []
+    for shift in (0, 40):  # a good mask and a poor one
+        region = {"id": "m1", "type": "brushlabels", "from_name": "mask", "to_name": "image",
+                  "original_width": 160, "original_height": 120, "image_rotation": 0,
+                  "value": {"format": "rle", "brushlabels": ["Disk"],
+                            "rle": mask2rle(np.roll(disk_image[1], shift, axis=1).astype(np.uint8) * 255)}}
+        task = ls.tasks.create(project=project.id, data={"image": "/data/local-files/?d=images/disk.png",
+                                                         "expression": "the red disk"})
+        ls.annotations.create(id=task.id, result=[region])
+        tasks.append(task.id)
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(LABEL_STUDIO_URL=url, LABEL_STUDIO_API_KEY=token, SEGAGENT_POLICY=str(tiny_qwen2_vl),
+               MODEL_DIR=str(tmp_path / "models"), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+
+    def audit(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "segagent_backend.cli", "audit", "--project", str(project.id),
+                               "--csv", str(tmp_path / "audit.csv"), "--json", *args],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
+
+    first = audit("--select")
+    version = first["model_version"]
+    assert version.startswith("audit-segagent-") and first["audited"] == 2 and first["selected"]
+    estimates = {row["task_id"]: row["estimate"] for row in first["rows"]}
+    assert set(estimates) == set(tasks) and all(0.0 <= e <= 1.0 for e in estimates.values())
+    # stored: each task's prediction carries the estimate as its score, the audited mask as its result
+    for task_id in tasks:
+        (prediction,) = ls.predictions.list(task=task_id)
+        assert prediction.model_version == version and prediction.score == pytest.approx(estimates[task_id])
+        assert [r["type"] for r in prediction.result] == ["brushlabels"]
+    # sortable: the Data Manager's Prediction score is the audit's (the project's selected version)
+    ordered = list(ls.tasks.list(project=project.id, fields="all",
+                                 query=json.dumps({"ordering": ["tasks:predictions_score"]})))
+    assert {t.id: t.predictions_score for t in ordered} == pytest.approx(estimates)
+    assert [t.predictions_score for t in ordered] == pytest.approx(sorted(estimates.values()))  # ties in any order
+    assert all(p.score is not None for t in ordered for p in t.predictions)
+    # idempotent: nothing new is posted, the earlier estimates are reported
+    again = audit()
+    assert again["audited"] == 0 and again["kept"] == 2
+    assert {row["task_id"]: row["estimate"] for row in again["rows"]} == estimates
+    assert sum(len(list(ls.predictions.list(task=t))) for t in tasks) == 2

@@ -68,7 +68,7 @@ def operations(schema) -> dict:
 
 
 # /openapi.json itself is described too; schemathesis leaves the route it loaded the spec from out
-ROUTES = [("GET", "/"), ("GET", "/health"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
+ROUTES = [("GET", "/"), ("GET", "/health"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"), ("POST", "/audit"),
           ("GET", "/versions"), ("GET", "/metrics")]
 
 

@@ -128,7 +128,7 @@ def test_openapi_describes_every_route(client):
     assert spec["openapi"].startswith("3.1")
     paths = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     assert paths == {("GET", "/"), ("GET", "/health"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
-                     ("GET", "/versions"), ("GET", "/metrics"), ("GET", "/openapi.json")}
+                     ("POST", "/audit"), ("GET", "/versions"), ("GET", "/metrics"), ("GET", "/openapi.json")}
     for path in ("/setup", "/predict", "/webhook"):  # the examples follow the schemas the app validates with
         media = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         Draft202012Validator.check_schema(media["schema"])
