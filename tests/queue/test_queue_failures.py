@@ -92,10 +92,12 @@ def test_a_job_survives_its_worker_being_killed(queue_app, workers, queue_env, s
     assert replies[0].json["results"][0]["result"][0]["type"] == "brushlabels"
     for _ in range(40):  # health is published every half heartbeat
         alive = status.workers(conn, names)
-        if len(alive) == 1 and alive[0].jobs_done == 1:
+        if len(alive) == 1 and alive[0].jobs_done >= 1:
             break
         time.sleep(0.1)
-    assert [(w.pid, w.jobs_done) for w in alive] == [(survivor.pid, 1)]
+    # the click failover and RQ's lease may both re-queue the click: the second copy finds the stored
+    # answer and returns it without running, but counts as a job done
+    assert [w.pid for w in alive] == [survivor.pid] and alive[0].jobs_done in (1, 2)
 
 
 def test_bad_input_is_refused_before_queueing(queue_app, queue_env):
