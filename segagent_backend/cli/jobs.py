@@ -101,14 +101,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_preannotate(args: argparse.Namespace) -> int:
     """Queue a project's tasks lacking a prediction of the current model version; workers post them."""
-    from ..queue.preannotate import enqueue, follow
+    from ..queue.preannotate import enqueue
 
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("set REDIS_URL: workers on that Redis do the predicting")
-    plan = enqueue(settings, args.project, args.tasks, args.force)
+    return report_plan(settings, enqueue(settings, args.project, args.tasks, args.force), args.wait)
+
+
+def report_plan(settings: Settings, plan, wait: bool) -> int:
+    """Print a queued plan's summary (after following its jobs when ``wait``); 1 when tasks failed."""
+    from ..queue.preannotate import follow
+
     summary = {k: v for k, v in plan.to_json().items() if k not in ("jobs", "job_tasks")} | {"jobs": len(plan.jobs)}
-    if args.wait and plan.jobs:
+    if wait and plan.jobs:
         state = follow(settings, plan)
         summary |= {"tasks_done": state.tasks_done, "tasks_failed": state.tasks_failed}
     print(json.dumps(summary))

@@ -3,10 +3,10 @@ batch queue; workers post each refined mask as a prediction of model version ``r
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..settings import Settings, SettingsError
 from .arguments import parse_ids
+from .jobs import report_plan
 
 
 def register(sub) -> None:
@@ -32,16 +32,11 @@ def register(sub) -> None:
 
 def cmd_refine(args: argparse.Namespace) -> int:
     """Queue the project's tasks lacking a refined prediction of the current model version; workers post them."""
-    from ..queue.preannotate import enqueue, follow
+    from ..queue.preannotate import enqueue
 
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("set REDIS_URL: workers on that Redis do the refining")
     plan = enqueue(settings, args.project, args.tasks, args.force,
                    refine={"from": args.source, "source_version": args.model_version})
-    summary = {k: v for k, v in plan.to_json().items() if k not in ("jobs", "job_tasks")} | {"jobs": len(plan.jobs)}
-    if args.wait and plan.jobs:
-        state = follow(settings, plan)
-        summary |= {"tasks_done": state.tasks_done, "tasks_failed": state.tasks_failed}
-    print(json.dumps(summary))
-    return 1 if summary.get("tasks_failed") else 0
+    return report_plan(settings, plan, args.wait)
