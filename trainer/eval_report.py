@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -21,71 +20,12 @@ from segagent_backend.agent.metrics import noc
 
 from .eval_run import EvalRun
 from .evaluation import NocRun, count_drops, summarize
-from .loss_curve import _nice_ticks
-
-COLOURS = ((180, 90, 20), (30, 140, 230), (60, 160, 60), (40, 40, 200))  # BGR
-
+from .plot import draw_lines
 
 def _write_json(path: Path, payload) -> None:
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(json.dumps(payload, indent=1, allow_nan=True))
     os.replace(temp, path)
-
-
-def draw_lines(series: dict[str, Sequence[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
-               ylim: tuple[float, float] = (0.0, 1.0), size: tuple[int, int] = (800, 480)) -> bytes:
-    """A PNG (bytes) of one or more named curves (x, y) with axes, ticks, labels, a legend and a title."""
-    import cv2
-
-    width, height = size
-    left, right, top, bottom = 80, 30, 50, 60
-    img = np.full((height, width, 3), 255, np.uint8)
-    font, black, grey = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0), (225, 225, 225)
-    (tw, _), _ = cv2.getTextSize(title, font, 0.6, 1)
-    cv2.putText(img, title, ((width - tw) // 2, 30), font, 0.6, black, 1, cv2.LINE_AA)
-    x0, x1, y0, y1 = left, width - right, height - bottom, top
-    xs = [x for points in series.values() for x, _ in points] or [0.0, 1.0]
-    xmin, xmax = min(xs), max(max(xs), min(xs) + 1)
-    ymin, ymax = ylim
-
-    def px(x: float, y: float) -> tuple[int, int]:
-        return (int(round(x0 + (x - xmin) / (xmax - xmin) * (x1 - x0))),
-                int(round(y0 - (y - ymin) / (ymax - ymin) * (y0 - y1))))
-
-    for t in _nice_ticks(ymin, ymax):
-        y = px(xmin, t)[1]
-        cv2.line(img, (x0, y), (x1, y), grey, 1)
-        (lw, lh), _ = cv2.getTextSize(f"{t:g}", font, 0.45, 1)
-        cv2.putText(img, f"{t:g}", (x0 - lw - 8, y + lh // 2), font, 0.45, black, 1, cv2.LINE_AA)
-    for t in _nice_ticks(xmin, xmax, min(10, int(xmax - xmin) or 1)):
-        x = px(t, ymin)[0]
-        cv2.line(img, (x, y0), (x, y0 + 5), black, 1)
-        (lw, lh), _ = cv2.getTextSize(f"{t:g}", font, 0.45, 1)
-        cv2.putText(img, f"{t:g}", (x - lw // 2, y0 + lh + 10), font, 0.45, black, 1, cv2.LINE_AA)
-    cv2.line(img, (x0, y0), (x1, y0), black, 1)
-    cv2.line(img, (x0, y0), (x0, y1), black, 1)
-    (lw, _), _ = cv2.getTextSize(xlabel, font, 0.5, 1)
-    cv2.putText(img, xlabel, ((x0 + x1 - lw) // 2, height - 12), font, 0.5, black, 1, cv2.LINE_AA)
-    (lw, _), _ = cv2.getTextSize(ylabel, font, 0.5, 1)
-    label = np.full((24, lw + 16, 3), 255, np.uint8)  # the y label, written horizontally then turned
-    cv2.putText(label, ylabel, (8, 17), font, 0.5, black, 1, cv2.LINE_AA)
-    label = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)[: y0 - y1]
-    cy = max(y1, (y0 + y1) // 2 - label.shape[0] // 2)
-    img[cy: cy + label.shape[0], 8: 8 + label.shape[1]] = label
-    for n, (name, points) in enumerate(series.items()):
-        colour = COLOURS[n % len(COLOURS)]
-        curve = np.array([px(x, y) for x, y in points if math.isfinite(y)], np.int32)
-        if len(curve) > 1:
-            cv2.polylines(img, [curve.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
-        for x, y in curve if len(curve) <= 60 else ():
-            cv2.circle(img, (int(x), int(y)), 3, colour, -1, cv2.LINE_AA)
-        ly = y0 - 20 * (len(series) - n)  # the legend, bottom right above the x axis
-        cv2.line(img, (x1 - 230, ly - 6), (x1 - 205, ly - 6), colour, 2, cv2.LINE_AA)
-        cv2.putText(img, name, (x1 - 198, ly - 1), font, 0.45, black, 1, cv2.LINE_AA)
-    ok, png = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the plot")
-    return png.tobytes()
 
 
 def write_eval(run: EvalRun, out: Path, info: dict) -> dict:
