@@ -40,18 +40,22 @@ test: install $(LS_STAMP)
 	@scripts/oracle-env               # the original Qwen-VL-Chat code (transformers 4.32) the native port is tested against
 	LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
 
-bench: install
-	$(PY) -m bench.click_cost
-	$(PY) -m bench.grabcut_noc
-	$(PY) -m bench.trajectory_throughput
-	$(PY) -m bench.training_throughput
-	$(PY) -m bench.star_round
-	$(PY) -m bench.forced_prefix
-	$(PY) -m bench.loop_overhead
-	$(PY) -m bench.qwen_native
-	$(PY) -m bench.load_soak
-	scripts/with-redis $(PY) -m bench.queue_overhead
-	scripts/with-redis $(PY) -m bench.queue_workers
+bench: install    # every bench, even after one fails (the report names those without results)
+	-$(PY) -m bench.click_cost
+	-$(PY) -m bench.click_used
+	-$(PY) -m bench.grabcut_noc
+	-$(PY) -m bench.hf_sam_family
+	-$(PY) -m bench.trajectory_throughput
+	-$(PY) -m bench.training_throughput
+	-$(PY) -m bench.star_round
+	-$(PY) -m bench.forced_prefix
+	-$(PY) -m bench.loop_overhead
+	-$(PY) -m bench.qwen_native
+	-$(PY) -m bench.load_soak
+	-$(PY) -m bench.interactive_latency
+	-scripts/with-redis $(PY) -m bench.queue_overhead
+	-scripts/with-redis $(PY) -m bench.queue_workers
+	$(PY) -m bench.report    # bench/REPORT.md (+ PNGs in bench/results/) from the figures each bench recorded
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .venv-oracle .pytest_cache

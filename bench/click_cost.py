@@ -33,6 +33,8 @@ from segagent_backend.agent.segmenters.sam import SamSegmenter, load_sam
 from segagent_backend.agent.types import Box, Click
 from tests.tiny_models import import_segment_anything, make_tiny_sam_checkpoint, make_vit_b_checkpoint
 
+from .common import record
+
 import_segment_anything()  # through the torchvision stand-in when no real torchvision exists
 
 LIMIT = 1.2
@@ -131,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"limit": LIMIT, "results": results}, indent=2))
+    record("click_cost", {"per model (medians)": {r["model"]: {
+        "decoder alone ms": r["median_ms"]["decoder_alone"], "cached click ms": r["median_ms"]["cached_click"],
+        "re-encode click ms": r["median_ms"]["reencode_click"], "cached / decoder": r["ratio_cached_vs_decoder"],
+        "re-encode / decoder": r["ratio_reencode_vs_decoder"], "re-encode / cached": r["ratio_reencode_vs_cached"],
+        f"cached <= {LIMIT}x decoder": r["meets_limit"]} for r in results}}, setup=vars(args))
     return 0
 
 

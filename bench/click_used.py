@@ -47,7 +47,7 @@ from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
 from segagent_backend.agent.types import Click
 from trainer.datasets import grabcut_names, load_grabcut
 
-from .common import grabcut_root
+from .common import grabcut_root, record
 
 
 #: person1.jpg (600 x 450): the face (between nose and mouth, skin) and the shirt (the red front,
@@ -247,6 +247,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1))
+    record("click_used", {"tools": {c: {k: v for k, v in s.items() if k != "person1"} for c, s in summaries.items()},
+                          "person1": {c: s["person1"] for c, s in summaries.items() if "person1" in s}},
+           setup={**vars(args), "images": len(names), "wall_s": wall})
     return 0
 
 

@@ -35,3 +35,76 @@ class Timed:
             return self.fn(*args, **kwargs)
         finally:
             self.counter[self.key] += time.perf_counter() - started
+
+
+# ----- figures for bench/REPORT.md (``python -m bench.report``) ---------------------------------------
+
+def results_dir() -> Path:
+    """Where ``record`` writes: $SEGAGENT_BENCH_RESULTS, else bench/results."""
+    import os
+
+    return Path(os.environ.get("SEGAGENT_BENCH_RESULTS") or REPO / "bench" / "results")
+
+
+def git_commit(repo: Path = REPO) -> Optional[str]:
+    """``git rev-parse --short HEAD`` of ``repo``, None without git or a repository."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def machine() -> dict:
+    """CPU model (/proc/cpuinfo), cores, Python; torch's version, intra-op threads and the GPU where the bench
+    loaded torch (what it set them to: call this at the end of the run)."""
+    import os
+    import platform
+    import sys
+
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": None, "torch_threads": None, "gpu": None}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+        try:
+            if torch.cuda.is_available():
+                info["gpu"] = torch.cuda.get_device_name(0)
+        except Exception:  # a broken CUDA setup must not lose the figures
+            pass
+    return info
+
+
+def record(bench: str, figures: dict, setup: Optional[dict] = None, plot: Optional[dict] = None,
+           extra: Optional[dict] = None) -> Path:
+    """Write ``<results_dir()>/<bench>.json`` for bench/REPORT.md: the figures of this run (ratios side by side,
+    as the bench printed them), the date, the machine and the commit.
+
+    ``figures``: name -> a number (or text), or a table: a list of row dicts, or row name -> row dict.
+    ``setup``: the run's parameters (sizes, repeats). ``plot``: a curve the report draws as a PNG,
+    ``{"title", "x", "y", "series": {name: [y, ...] (x = 1, 2, ..) or [[x, y], ...]}}``. ``extra``: the bench's own
+    detailed figures, kept at the top level of the file (for a bench whose results file is already this path)."""
+    import datetime
+    import json
+
+    payload = dict(extra or {})
+    payload.update(bench=bench, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   commit=git_commit(), machine=machine(), setup=setup or {}, figures=figures)
+    if plot is not None:
+        payload["plot"] = plot
+    path = results_dir() / f"{bench}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    print(f"recorded for bench/REPORT.md: {path}")
+    return path

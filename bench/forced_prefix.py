@@ -33,6 +33,8 @@ from segagent_backend.agent.protocol import answer_prefix, format_answer
 from segagent_backend.agent.types import Click
 from tests.tiny_vlms import make_tiny_qwen2_vl
 
+from .common import record
+
 CAPTION = "the brown chicken in front of more chickens"
 MODES = {"echo": dict(forced_prefix=False, constrained=False),
          "forced": dict(forced_prefix=True, constrained=False),
@@ -129,6 +131,8 @@ def main() -> None:
           f"{ref['forced']} with the forced prefix")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    record("forced_prefix", {"modes": result["modes"], "real answer tokens (echo)": ref["echo"],
+                             "real answer tokens (forced prefix)": ref["forced"]}, setup=vars(args))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
 from trainer.datasets import grabcut_names, load_grabcut
 from trainer.evaluation import NocRun, run_noc, summarize
 
-from .common import grabcut_root
+from .common import grabcut_root, record
 
 
 PUBLISHED_GRAPH_CUT = {"noc85": 7.98, "noc90": 10.00}
@@ -130,6 +130,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1))
+    labels = {"noc85": "NoC@85", "noc90": "NoC@90", "miou1": "mIoU@1", "miou3": "mIoU@3", "miou5": "mIoU@5",
+              "iou_drops": "IoU drops", "s_per_click": "s/click"}
+    figures = {"configurations": {**{c: {v: s[k] for k, v in labels.items()} for c, s in summaries.items()},
+                                  "graph cut (published)": {"NoC@85": PUBLISHED_GRAPH_CUT["noc85"],
+                                                            "NoC@90": PUBLISHED_GRAPH_CUT["noc90"]}}}
+    if "ours" in summaries and "straightforward" in summaries:
+        o, b = summaries["ours"], summaries["straightforward"]
+        figures["ours / straightforward"] = {k: o[k] / b[k] for k in ("noc85", "noc90", "s_per_click")}
+    curves = {c: [sum(r.ious[i] for r in runs[c]) / len(runs[c]) for i in range(min(len(r.ious) for r in runs[c]))]
+              for c in configs if runs[c]}
+    record("grabcut_noc", figures, setup={**vars(args), "images": len(names), "wall_s": wall},
+           plot={"title": f"GrabCut set ({len(names)} images): mean IoU after k clicks", "x": "clicks",
+                 "y": "mean IoU", "series": curves})
     return 0
 
 

@@ -39,6 +39,8 @@ from segagent_backend.agent.segmenters.hf_sam import HFSamSegmenter
 from segagent_backend.agent.segmenters.hf_sam_tiny import TINY_MODEL_TYPES, make_tiny_family
 from segagent_backend.agent.types import Box, Click
 
+from .common import record
+
 LIMIT = 1.2
 SIDES = {"sam3_tracker": 1008}
 
@@ -157,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"limit": LIMIT, "results": results}, indent=2))
+    record("hf_sam_family", {"per model (medians)": {r["model"]: {
+        "decoder alone ms": r["median_ms"]["decoder_alone"], "cached click ms": r["median_ms"]["cached_click"],
+        "re-encode click ms": r["median_ms"]["reencode_click"], "cached / decoder": r["ratio_cached_vs_decoder"],
+        "re-encode / cached": r["ratio_reencode_vs_cached"], f"cached <= {LIMIT}x decoder": r["meets_limit"]}
+        for r in results}}, setup=vars(args))
     return 0
 
 

@@ -31,6 +31,8 @@ from segagent_backend.settings import Settings
 from trainer.datasets import default_grabcut_dir, load_grabcut
 from trainer.evaluation import run_noc
 
+from .common import record
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -86,10 +88,12 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"MODEL_DIR": tmp, "SEGAGENT_PRELOAD": "false", "LOG_LEVEL": "WARNING"}
+        port = server.server_address[1]
+        env = {"MODEL_DIR": tmp, "SEGAGENT_PRELOAD": "false", "LOG_LEVEL": "WARNING",
+               "SEGAGENT_MEDIA_ALLOW_HOSTS": f"127.0.0.1:{port}", "SEGAGENT_MEDIA_ALLOW_PRIVATE": "true"}
         cached_app = create_app(Settings.from_env(env))
         replay_app = create_app(Settings.from_env(env))
-        replay_app.config["SEGAGENT_PREDICTOR"].steps = StepCache(max_entries=0)  # every request replays
+        replay_app.config["SEGAGENT_HOST"]._steps = StepCache(max_entries=0)  # every request replays
         cached, replay = cached_app.test_client(), replay_app.test_client()
         cold, warm_cached, warm_replay, tool = [], [], [], []
         for sample in samples:
@@ -120,6 +124,7 @@ def main() -> int:
           f"request with step cache / tool call alone (p50): {report['cached_over_tool_p50']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    record("interactive_latency", report, setup=vars(args))
     return 0
 
 

@@ -53,6 +53,8 @@ from PIL import Image
 from tests.conftest import make_disk_image
 from tests.service.payloads import keypoint, predict_body
 
+from .common import record
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "load_soak.json"
 SEGAGENT = Path(sys.executable).with_name("segagent")
@@ -360,6 +362,17 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
         print(f"\nwritten: {args.json}")
+    r = figures["rss_mb"]
+    record("load_soak", {"phases": {p: {k: figures[p][k] for k in ("requests", "ok", "busy_503", "errors", "ok_per_s",
+                                                                  "p50_ms", "p95_ms", "max_ms")}
+                                    | {f"/health {k}": v for k, v in figures["health"][p].items()}
+                                    for p in ("load", "soak", "overload") if figures[p] is not None},
+                         "RSS soak growth %": r["soak_growth_pct"],
+                         "RSS growth from warm-up MB": r["growth_from_warmup_mb"],
+                         "same worker throughout": alive},
+           setup=figures["config"], extra=figures,
+           plot={"title": "worker RSS during the soak", "x": "requests", "y": "RSS MB",
+                 "series": {"worker RSS": r["soak_samples"]}})
     return 0
 
 

@@ -28,7 +28,7 @@ from tests.tiny_models import import_segment_anything, make_tiny_sam_checkpoint
 from tests.tiny_vlms import make_tiny_qwen2_vl
 from trainer.datasets import default_grabcut_dir, load_grabcut
 
-from .common import Timed
+from .common import Timed, record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,6 +98,7 @@ def main() -> int:
           f"{report['lockstep_speedup']:.2f}x throughput")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    record("loop_overhead", report, setup=vars(args))
     return 0
 
 

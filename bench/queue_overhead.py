@@ -40,6 +40,8 @@ from segagent_backend.settings import Settings
 from tests.conftest import make_disk_image
 from tests.service.payloads import keypoint, predict_body
 
+from .common import record
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -92,7 +94,10 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     body = predict_body(f"http://127.0.0.1:{server.server_address[1]}/disk.png", [keypoint(50, 50, 160, 120)])
 
-    env = {**os.environ, "REDIS_URL": url, "SEGAGENT_QUEUE_PREFIX": prefix, "MODEL_DIR": str(tmp / "worker"),
+    # the loopback image server must pass the media policy (the web app and the worker both fetch it)
+    media = {"SEGAGENT_MEDIA_ALLOW_HOSTS": f"127.0.0.1:{server.server_address[1]}",
+             "SEGAGENT_MEDIA_ALLOW_PRIVATE": "true"}
+    env = {**os.environ, **media, "REDIS_URL": url, "SEGAGENT_QUEUE_PREFIX": prefix, "MODEL_DIR": str(tmp / "worker"),
            "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING"}
     worker = subprocess.Popen([sys.executable, "-m", "segagent_backend.cli", "worker"], cwd=REPO, env=env,
                               start_new_session=True)
@@ -103,7 +108,7 @@ def main() -> int:
                 raise SystemExit("the worker did not start")
             time.sleep(0.1)
         noop = noop_latency(conn, prefix, args.jobs)
-        base = {"MODEL_DIR": str(tmp / "web"), "SEGAGENT_PRELOAD": "false", "LOG_LEVEL": "WARNING"}
+        base = {"MODEL_DIR": str(tmp / "web"), "SEGAGENT_PRELOAD": "false", "LOG_LEVEL": "WARNING", **media}
         queued_app = create_app(Settings.from_env({**base, "REDIS_URL": url, "SEGAGENT_QUEUE_PREFIX": prefix}))
         assert isinstance(queued_app.config["SEGAGENT_DISPATCHER"], QueueDispatcher)
         queued = click_latency(queued_app.test_client(), body, args.clicks)
@@ -127,6 +132,9 @@ def main() -> int:
     print(f"queue / in-process (p50):     {figures['click_ratio_p50']}x")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
+    latency = {k: figures[k] for k in ("noop_job", "click_through_queue", "click_in_process")}
+    record("queue_overhead", {"latency": latency,
+                              "queue / in-process click (p50)": figures["click_ratio_p50"]}, setup=vars(args))
     return 0
 
 

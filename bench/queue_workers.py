@@ -39,6 +39,8 @@ from segagent_backend.queue.names import BATCH, QueueNames
 from tests.conftest import make_disk_image
 from tests.service.payloads import CONFIG, keypoint
 
+from .common import record
+
 REPO = Path(__file__).resolve().parents[1]
 
 WIDTH, HEIGHT = 1280, 960
@@ -132,6 +134,8 @@ def main() -> int:
     print(f"2 / 1:     {figures['ratio']}x")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
+    record("queue_workers", {k: figures[k] for k in ("jobs_per_s_1_worker", "jobs_per_s_2_workers", "ratio")},
+           setup={**vars(args), "cpus": figures["cpus"]})
     return 0
 
 

@@ -51,7 +51,7 @@ from segagent_backend.agent.types import Click
 from tests.oracle.tiny_qwen import ORACLE_CODE, random_state_dict, save_checkpoint, tiny_config
 from trainer.datasets import default_grabcut_dir, load_grabcut
 
-from .common import Timed
+from .common import Timed, record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -238,6 +238,13 @@ def main() -> int:
     print(f"\nwall {report['wall_seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    record("qwen_native", {"decoding": {"release-faithful (forced prefix + grammar)": f,
+                                        "release's decoding (echo)": e},
+                           "faithful / release: tokens per answer": f["tokens_per_answer"] / e["tokens_per_answer"],
+                           "faithful / release: step time": f["step_ms"] / e["step_ms"],
+                           "a trained model's answer: forced / echo tokens":
+                               real_tokens["forced"] / real_tokens["echo"],
+                           "episodes": loop}, setup={**vars(args), "images": source})
     return 0
 
 

@@ -30,6 +30,8 @@ from trainer.pipeline import train_policy
 from trainer.samples import samples_from_trace
 from trainer.trajectories import generate_traces
 
+from .common import record
+
 
 def main() -> int:
     import torch
@@ -81,6 +83,13 @@ def main() -> int:
     print(f"StaR+ rollout of the SFT policy: {star['kept']} clicks kept, {star['replaced']} replaced")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
+    stages = {"random base": {"rollout mIoU": before["miou"], "rollout cIoU": before["ciou"]}}
+    for name, r, roll in zip(names, rounds, (after_sft, after_star)):
+        stages[name] = {"samples": r["samples"], "loss first": r["first_loss"], "loss last": r["last_loss"],
+                        "rollout mIoU": roll["miou"], "rollout cIoU": roll["ciou"]}
+    record("star_round", {"stages": stages, "StaR+ clicks kept": star["kept"],
+                          "StaR+ clicks replaced": star["replaced"]},
+           setup={**vars(args), "sft_samples": len(sft), "seconds": figures["seconds"]})
     return 0
 
 

@@ -30,6 +30,8 @@ from trainer.finetune import FinetuneConfig, finetune
 from trainer.samples import samples_from_trace
 from trainer.trajectories import record_trace
 
+from .common import record
+
 CAPTIONS = ["a red disk", "fat legs", "person bottom left", "the brown chicken in front of more chickens"]
 METHODS = ("lora", "full")
 
@@ -103,6 +105,8 @@ def main() -> None:
     print(f"LoRA / full throughput: {result['lora_over_full']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    record("training_throughput", {"methods": result["methods"], "LoRA / full (samples/s)": result["lora_over_full"]},
+           setup=vars(args))
 
 
 if __name__ == "__main__":

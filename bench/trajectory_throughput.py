@@ -31,7 +31,7 @@ from trainer.datasets import Sample, load_grabcut
 from trainer.traces import Trace
 from trainer.trajectories import Timing, final_iou, generate_traces
 
-from .common import grabcut_root
+from .common import grabcut_root, record
 
 
 
@@ -109,6 +109,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "simulator_s": simulator, "timing_s": timing.seconds, "timing_calls": timing.calls}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1))
+    record("trajectory_throughput", {"clicks/s": {name: {"clicks": n, "seconds": s, "clicks/s": n / s}
+                                                  for name, n, s in rows},
+                                     "simulator / full generation (clicks/s)": full / simulator,
+                                     "share of full generation": shares},
+           setup={**vars(args), "traces": len(traces)})
     return 0
 
 
