@@ -82,6 +82,7 @@ def test_cli_versions(tmp_path, monkeypatch, capsys):
 
 def test_hot_reload_in_a_running_app(make_settings, tiny_policies, media_server, tmp_path):
     from segagent_backend.app import create_app
+    from segagent_backend.labelstudio.predictions import EMPTY_MASK
 
     settings = make_settings(SEGAGENT_MAX_STEPS=2)
     registry = Registry(settings.model_dir)
@@ -97,8 +98,10 @@ def test_hot_reload_in_a_running_app(make_settings, tiny_policies, media_server,
         # /predict reloads a promoted version before answering; /setup never loads (3 s budget) and
         # reports what serves
         reply = client.post("/predict", json=body)
-        assert reply.status_code == 200, reply.json
-        assert "result" in reply.json["results"][0]
+        entry = reply.json["results"][0]
+        # a tiny random policy may end with an empty mask: then the task's answer is that message, no result
+        assert (reply.status_code, "result" in entry) == (200, True) or (
+            reply.status_code == 422 and entry["error"] == EMPTY_MASK), reply.json
         setup = client.post("/setup", json={"schema": EXAMPLE_CONFIG, "project": "1.1"})
         return setup.json["model_version"], reply.json["results"][0]["model_version"]
 
