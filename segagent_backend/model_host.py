@@ -1,9 +1,9 @@
 """The resident models of one process: loaded once, hot-reloaded on promotion, run under one lock.
 
-One ``ModelHost`` per process (a web process in embedded mode, a queue worker): the tool and the
-policy load once (in a background thread at start, or on first use), never per request; a newly
-promoted registry version replaces the policy between requests; model calls are serialised with a
-lock because a segmenter holds the current image.
+One ``ModelHost`` per process (a web process in embedded mode, a queue worker): the tool, the SAM 3
+text model (when configured) and the policy load once (in a background thread at start, or on first
+use), never per request; a newly promoted registry version replaces the policy between requests; model
+calls are serialised with a lock because a segmenter holds the current image.
 
 The model lock is first come, first served (:class:`FairLock`) and an annotator's clicks take it one
 tool step at a time (``agent.episode.run_given_clicks_stepwise``): a 30-click replay lets a one-click
@@ -23,6 +23,7 @@ import numpy as np
 
 from .agent.audit import estimate_masks
 from .agent.episode import StepCache, run_given_clicks_stepwise
+from .agent.grounding import TextGrounder, TextStart, Ungroundable, text_start
 from .agent.loop import EpisodeRequest, run_episodes
 from .agent.policies import Policy
 from .agent.segmenters import EmbeddingCache, Segmenter
@@ -32,7 +33,7 @@ from .model_paths import check_model_paths
 from .registry import Registry
 from .settings import Settings
 from .versions import Announcements, model_version
-from .wiring import loop_config, policy_from_settings, segmenter_from_settings
+from .wiring import loop_config, policy_from_settings, segmenter_from_settings, text_model_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class ModelHost:
         self._announcements = Announcements(self._registry)
         self._version: Optional[str] = None  # the registry version whose policy serves (or will)
         self._segmenter: Optional[Segmenter] = None
+        self._text_model: Optional[TextGrounder] = None
         self._policy: Optional[Policy] = None
         self._load_error: Optional[str] = None
         self._loaded = threading.Event()
@@ -127,6 +129,11 @@ class ModelHost:
     def policy_source(self) -> Optional[str]:
         """The folder (or hub id) the policy loads from: the current version's, else SEGAGENT_POLICY."""
         return self._source(self._version)
+
+    @property
+    def starts_from_text(self) -> bool:
+        """A SAM 3 text model is configured (SEGAGENT_TEXT_MODEL): automatic episodes start from its instances."""
+        return self.settings.text_model is not None
 
     @property
     def serving_policy(self) -> Optional[Policy]:
@@ -193,6 +200,26 @@ class ModelHost:
         with self._model_lock:
             return run_episodes(self._policy, self._segmenter, requests, self._loop)
 
+    def start_from_text(self, image: np.ndarray, expression: str) -> Optional[TextStart]:
+        """SAM 3's best instance of ``expression``'s noun phrase on ``image`` ((H, W, 3) uint8 RGB), judged by
+        the serving policy when there is one (``agent.grounding.text_start``), under the model lock.
+
+        When SAM 3 finds nothing: RequestError (422, naming the phrase) without a policy; None with one
+        (its episode starts from an empty mask, as without a text model). RuntimeError without a text model.
+        """
+        self.load()
+        if self._text_model is None:
+            raise RuntimeError("no SAM 3 text model is configured (SEGAGENT_TEXT_MODEL)")
+        try:
+            with self._model_lock:
+                return text_start(self._text_model, self._policy, image, expression, self.settings.text_threshold,
+                                  self.settings.release_protocol)
+        except Ungroundable as exc:
+            if self._policy is None:
+                raise RequestError(str(exc), 422) from None
+            log.info("%s: the policy starts from an empty mask", exc)
+            return None
+
     def run_clicks(self, image: np.ndarray, clicks: list, box=None, mask: Optional[np.ndarray] = None) -> EpisodeResult:
         """Given clicks (pixels) on ``image`` ((H, W, 3) uint8 RGB) through the tool -> the episode's result;
         ``mask`` ((H, W) bool): the start mask the clicks refine (a brush region).
@@ -229,6 +256,7 @@ class ModelHost:
         self._follow_announcement()  # the current version, if any, is what loads
         try:
             self._segmenter = self._build_segmenter(self.settings, self.cache)
+            self._text_model = text_model_from_settings(self.settings)
             self._policy = self._load_policy(self._version)
         except Exception as exc:
             self._load_error = f"{type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ def check_model_paths(settings: Settings) -> None:
         raise SettingsError(f"SEGAGENT_SAM_CHECKPOINT={settings.sam_checkpoint!r}: no such file")
     folders: dict[str, Optional[str]] = {
         "SEGAGENT_SAM_MODEL": settings.sam_model if settings.segmenter == "hf-sam" else None,
-        "SEGAGENT_POLICY": settings.policy}
+        "SEGAGENT_POLICY": settings.policy, "SEGAGENT_TEXT_MODEL": settings.text_model}
     for var, model in folders.items():  # a hub id is checked when it loads; a local path now
         if model is not None and is_local_path(model) and not Path(model).expanduser().is_dir():
             raise SettingsError(f"{var}={model!r}: no such model folder")

@@ -90,6 +90,12 @@ class Settings:
     policy: Optional[str] = setting(
         "SEGAGENT_POLICY", None,
         "Hub id or folder of the SegAgent policy (a multimodal LLM); unset = interactive tools only.")
+    text_model: Optional[str] = setting(
+        "SEGAGENT_TEXT_MODEL", None,
+        "Hub id or folder of a SAM 3 text model (`Sam3Model`, e.g. `facebook/sam3`): automatic predictions start from its best instance of the expression's noun phrase; without `SEGAGENT_POLICY` that mask is the prediction.")
+    text_threshold: float = setting(
+        "SEGAGENT_TEXT_THRESHOLD", "0.5",
+        "SAM 3 score (0..1) an instance must exceed to be a start; none above it: the task gets a 422 error (without a policy) or starts empty.")
     policy_kind: str = setting(
         "SEGAGENT_POLICY_KIND", "hf-vlm",
         "`hf-vlm` (transformers chat VLMs: Qwen2-VL, Qwen2.5-VL, LLaVA) or `qwen-vl-chat` (the released SegAgent-Qwen, run natively).")
@@ -306,6 +312,8 @@ class Settings:
         for attr, allowed in (("policy_kind", POLICY_KINDS), ("coordinates", COORDINATES), ("dtype", DTYPES)):
             if getattr(self, attr) not in allowed:
                 fail(attr, f"must be one of {', '.join(allowed)}")
+        if not 0.0 <= self.text_threshold < 1.0:
+            fail("text_threshold", "must be in [0, 1)")
         if not 0.0 < self.stop_iou <= 1.0:
             fail("stop_iou", "must be in (0, 1]")
         if self.train_method not in TRAIN_METHODS:

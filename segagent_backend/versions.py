@@ -1,7 +1,7 @@
 """The model version a process names: a function of the settings and the registry.
 
 ``SEGAGENT_MODEL_VERSION`` wins; else the promoted registry version (its name changes on promotion, so
-Label Studio refreshes its predictions); else a name derived from the policy, the tool and its weights.
+Label Studio refreshes its predictions); else a name derived from the policy, the tool and its weights, and the SAM 3 text model.
 """
 from __future__ import annotations
 
@@ -29,10 +29,13 @@ def model_version(settings: Settings, version: Optional[str] = None) -> str:
         return settings.model_version
     if version:
         return version
+    text = f"sam3text-{Path(settings.text_model).name}" if settings.text_model else ""
+    if text and not settings.policy:  # SAM 3's masks alone: the click tool makes none of them
+        return f"segagent-{text}-v{__version__}"
     weights = {"sam": settings.sam_checkpoint, "hf-sam": settings.sam_model}.get(settings.segmenter)
     name = f"{settings.segmenter}-{Path(weights).stem}" if weights else settings.segmenter
     policy = f"{Path(settings.policy).name}-" if settings.policy else ""
-    return f"segagent-{policy}{name}-v{__version__}"
+    return f"segagent-{policy}{name}{'-' + text if text else ''}-v{__version__}"
 
 
 class Announcements:

@@ -1,5 +1,5 @@
 """The engine's parts as the settings name them, each built in exactly ONE place for every caller (web
-process, worker, training round, CLI): the interactive tool, the policy, the episode loop's and the
+process, worker, training round, CLI): the interactive tool, the SAM 3 text model, the policy, the episode loop's and the
 fine-tuning's configs, the click convention, the media loader."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from trainer.finetune import FinetuneConfig
 
     from .agent.loop import LoopConfig
+    from .agent.grounding import TextGrounder
     from .agent.policies import Policy
     from .agent.protocol import CoordinateConvention
     from .agent.segmenters import EmbeddingCache, Segmenter
@@ -25,6 +26,15 @@ def segmenter_from_settings(settings: Settings, cache: Optional["EmbeddingCache"
                            sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
                            sam_model=settings.sam_model, device=settings.device,
                            grabcut_max_side=settings.grabcut_max_side)
+
+
+def text_model_from_settings(settings: Settings) -> Optional["TextGrounder"]:
+    """SAM 3's text model (SEGAGENT_TEXT_MODEL) on the settings' device, or None when unset."""
+    if not settings.text_model:
+        return None
+    from .agent.grounding import TextGrounder
+
+    return TextGrounder.from_pretrained(settings.text_model, settings.device)
 
 
 def policy_from_settings(settings: Settings, source: str) -> "Policy":

@@ -130,9 +130,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_outputs(args)
     settings = Settings.from_env()
     use_policy = bool(args.expression and settings.policy and (not args.click or settings.refine))
-    if not use_policy and not args.click and args.box is None:
+    # SAM 3 starts an automatic episode (or, without a policy, is the whole prediction)
+    use_text = bool(args.expression and settings.text_model and not args.click and args.box is None and not args.mask)
+    if not (use_policy or use_text) and not args.click and args.box is None:
         raise RequestError(("give --click to refine --mask" if args.mask else "give --click and/or --box")
-                           + ", or --expression with a SegAgent policy (SEGAGENT_POLICY)")
+                           + ", or --expression with a SegAgent policy (SEGAGENT_POLICY) or a SAM 3 text model"
+                           " (SEGAGENT_TEXT_MODEL)")
     image = load_image_file(args.image, settings.max_image_pixels)
     height, width = image.shape[:2]
     check_prompts(args.click, args.box, width, height)
@@ -150,10 +153,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             host.load()  # the tool and the policy (if any), once
         except ModelUnavailable as exc:
             what = tool_variable(settings) if not tools else (
-                f"SEGAGENT_POLICY={settings.policy!r}" if host.policy_source == settings.policy
+                f"SEGAGENT_TEXT_MODEL={settings.text_model!r}" if "SEGAGENT_TEXT_MODEL" in str(exc)
+                else f"SEGAGENT_POLICY={settings.policy!r}" if host.policy_source == settings.policy
                 else f"model version {host.policy_source!r}")
             raise load_failure(what, str(exc)) from None
-    if use_policy:  # the same path as automatic predictions: the policy clicks, the tool segments
+    start = host.start_from_text(image, args.expression) if use_text else None  # None: a policy starts empty
+    if start is not None and not use_policy:  # SAM 3 alone
+        episode = EpisodeResult(start.mask, start.score)
+    elif use_policy:  # the same path as automatic predictions: the policy clicks, the tool segments
+        mask = start.mask if start is not None else mask
         episode = host.run_policy([EpisodeRequest(image, args.expression, args.box, args.click, mask=mask)])[0]
     elif mask is not None:  # the clicks refine the mask: the tool this command loaded, from that mask
         episode = run_given_clicks_stepwise(tools[-1], image, args.click, args.box, mask=mask)

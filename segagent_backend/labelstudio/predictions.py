@@ -87,15 +87,26 @@ class Predictions:
 
     def _automatic(self, tasks: list, config: LabelConfig, source: MediaSource,
                    masks: Optional[list] = None) -> list[dict]:
+        """Each task's episode starts from ``masks[i]`` when given, else from SAM 3's instance when a text
+        model is configured (without a policy that mask is the prediction), else from nothing."""
         results: list[Optional[dict]] = [None] * len(tasks)
         pending: list[tuple[int, EpisodeRequest]] = []
+        policy = self.host.policy_source is not None
         for i, task in enumerate(tasks):
             try:
-                if self.host.policy_source is None:
+                if not policy and (masks is not None or not self.host.starts_from_text):
                     raise RequestError(f"task {task_id(task)!r}: {NO_POLICY}", 501)
                 image = self.media.load(image_url(task, config), task_id(task), source)
-                start = None if masks is None else _start_mask(masks[i], image.shape)
-                pending.append((i, EpisodeRequest(image, expression(task, config) or "", mask=start)))
+                text = expression(task, config) or ""
+                if masks is not None:
+                    pending.append((i, EpisodeRequest(image, text, mask=_start_mask(masks[i], image.shape))))
+                    continue
+                grounded = self.host.start_from_text(image, text) if self.host.starts_from_text else None
+                if not policy:  # SAM 3 alone: its mask and score are the prediction (it raised if it found none)
+                    results[i] = self._prediction(EpisodeResult(grounded.mask, grounded.score), config,
+                                                  image.shape, None)
+                else:
+                    pending.append((i, EpisodeRequest(image, text, mask=grounded.mask if grounded else None)))
             except RequestError as exc:
                 results[i] = self.error(exc.message, exc.status)
         episodes = self.host.run_policy([request for _, request in pending]) if pending else []

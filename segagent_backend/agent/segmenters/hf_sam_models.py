@@ -26,8 +26,8 @@ from ..loading import ModelLoadError, is_local_path
 from .hf_sam_preprocess import (IMAGENET_DEFAULT, IMAGENET_STANDARD, ImagePreprocessor, OwnPreprocessor,
                                 PreprocessSpec, StockPreprocessor)
 
-__all__ = ["SamFamily", "FAMILIES", "SUPPORTED_MODEL_TYPES", "family_of", "read_model_type", "load_family",
-           "encode", "decode", "mask_input_size", "source_key"]
+__all__ = ["SamFamily", "FAMILIES", "SUPPORTED_MODEL_TYPES", "family_of", "read_model_type", "processor_config",
+           "load_family", "encode", "decode", "mask_input_size", "source_key"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def read_model_type(source: str) -> str:
     return str(config.get("model_type"))
 
 
-def _processor_config(source: str) -> dict:
+def processor_config(source: str) -> dict:
     """``preprocessor_config.json`` of ``source`` as a dict ({} when there is none: the family's defaults apply)."""
     from transformers.image_processing_base import ImageProcessingMixin
 
@@ -120,7 +120,7 @@ def load_family(source: str, device: torch.device) -> tuple[Any, SamFamily, Imag
     except Exception as exc:
         raise ModelLoadError(f"cannot load a {family.model_class} from {source}: {type(exc).__name__}: {exc}") from exc
     try:
-        spec = PreprocessSpec.from_config(_processor_config(source), square=family.square,
+        spec = PreprocessSpec.from_config(processor_config(source), square=family.square,
                                           side=model_side(model, family), defaults=family.mean_std)
     except ValueError as exc:
         raise ModelLoadError(f"the image processor config of {source} cannot be used: {exc}") from exc

@@ -1,0 +1,102 @@
+"""SAM 3's text prompt (transformers ``Sam3Model``): a noun phrase -> every instance of it in an image.
+
+The stock ``Sam3Processor`` needs torchvision, so the image goes through our own square preprocessing
+(``segmenters.hf_sam_preprocess``, from the model's ``preprocessor_config.json``) and the outputs through
+:func:`instances_from_outputs`, which computes what ``Sam3ImageProcessor.post_process_instance_segmentation``
+does: score = sigmoid(query logit) * sigmoid(presence logit), kept above a threshold, mask probabilities
+resized bilinearly to the image and cut at 0.5. The text is tokenized as ``Sam3Processor`` does it
+(padded to 32 tokens).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..loading import ModelLoadError, is_local_path, resolve_device
+from ..segmenters.hf_sam_models import processor_config, read_model_type
+from ..segmenters.hf_sam_preprocess import IMAGENET_STANDARD, ImagePreprocessor, OwnPreprocessor, PreprocessSpec
+
+__all__ = ["Instance", "TextGrounder", "instances_from_outputs", "TEXT_LENGTH", "MASK_THRESHOLD"]
+
+TEXT_LENGTH = 32  # Sam3Processor pads every prompt to 32 tokens (the text encoder's positions)
+MASK_THRESHOLD = 0.5  # post_process_instance_segmentation's mask_threshold
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance SAM 3 found: ``mask`` (H, W) bool at the image's size, ``score`` in [0, 1]."""
+
+    mask: np.ndarray
+    score: float
+
+
+def instances_from_outputs(pred_logits: torch.Tensor, presence_logits: torch.Tensor, pred_masks: torch.Tensor,
+                           size: tuple[int, int], threshold: float) -> list[Instance]:
+    """One image's ``Sam3Model`` outputs -> its instances scoring above ``threshold``, best first.
+
+    pred_logits: (Q,) query logits; presence_logits: (1,) or None; pred_masks: (Q, h, w) mask logits;
+    size: (H, W) of the image. A query whose mask is empty at the image's size is no instance.
+    """
+    scores = pred_logits.float().sigmoid()
+    if presence_logits is not None:
+        scores = scores * presence_logits.float().sigmoid()
+    keep = torch.nonzero(scores > threshold).flatten()
+    keep = keep[torch.argsort(scores[keep], descending=True, stable=True)]
+    if len(keep) == 0:
+        return []
+    probabilities = F.interpolate(pred_masks[keep].float().sigmoid()[None], size=tuple(size), mode="bilinear",
+                                  align_corners=False)[0]
+    masks = (probabilities > MASK_THRESHOLD).cpu().numpy()
+    return [Instance(mask, float(scores[q])) for q, mask in zip(keep.tolist(), masks) if mask.any()]
+
+
+class TextGrounder:
+    """A loaded ``Sam3Model`` with its tokenizer and preprocessing. Not thread-safe: callers serialise."""
+
+    def __init__(self, model: Any, tokenizer: Any, preprocessor: ImagePreprocessor, name: str = "sam3"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocessor = preprocessor
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path], device: str = "auto") -> "TextGrounder":
+        """Load a ``Sam3Model`` (``config.model_type`` ``sam3``; a folder or hub id) with its tokenizer.
+        ModelLoadError naming SEGAGENT_TEXT_MODEL and the reason when it cannot."""
+        import transformers
+
+        src = str(source)
+        if is_local_path(src) and not (Path(src).expanduser() / "config.json").is_file():
+            raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src}: no config.json there (not a save_pretrained folder)")
+        src = str(Path(src).expanduser()) if is_local_path(src) else src
+        model_type = read_model_type(src)
+        if model_type != "sam3":
+            raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src} has config.model_type {model_type!r}: a SAM 3 text "
+                                 "model (`sam3`, e.g. facebook/sam3) is needed")
+        try:
+            model = transformers.Sam3Model.from_pretrained(src)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+            spec = PreprocessSpec.from_config(processor_config(src), square=True, side=int(model.config.image_size),
+                                              defaults=IMAGENET_STANDARD)
+        except Exception as exc:
+            raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        return cls(model.to(resolve_device(device)).eval(), tokenizer, OwnPreprocessor(spec), Path(src).name)
+
+    def instances(self, image: np.ndarray, phrase: str, threshold: float) -> list[Instance]:
+        """Every instance of ``phrase`` in ``image`` ((H, W, 3) uint8 RGB) scoring above ``threshold``,
+        best first (possibly none)."""
+        device = self.model.device
+        prepared = self.preprocessor(image)
+        text = self.tokenizer(phrase, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                              return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model(pixel_values=prepared.pixel_values.to(device, self.model.dtype),
+                             input_ids=text["input_ids"].to(device), attention_mask=text["attention_mask"].to(device))
+        presence = out.presence_logits[0] if out.presence_logits is not None else None
+        return instances_from_outputs(out.pred_logits[0], presence, out.pred_masks[0], prepared.original_size,
+                                      threshold)

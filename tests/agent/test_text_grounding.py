@@ -1,0 +1,103 @@
+"""SAM 3 text as an episode's start (agent layer): the noun phrase, SAM 3's instances, the choice.
+
+A tiny random ``Sam3Model`` with a CLIP tokenizer is loaded through the production loader
+(``TextGrounder.from_pretrained``); what it finds is random, so the tests check the plumbing: the phrase
+reaches the text encoder, the instances are what the model's outputs say, the start is one of them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segagent_backend.agent.grounding import (MAX_CANDIDATES, TextGrounder, Ungroundable, choose_instance,
+                                              noun_phrase, text_start)
+from segagent_backend.agent.grounding.sam3_text import instances_from_outputs
+from segagent_backend.agent.loading import ModelLoadError
+
+
+@pytest.mark.parametrize("expression, phrase", [
+    ("the man on the left in a red shirt", "man"),
+    ("Red car", "red car"),
+    ("the second giraffe from the right", "giraffe"),
+    ("person who is wearing a hat", "person"),
+    ("big white dog lying on the grass", "big white dog"),
+    ("left of the bus", "bus"),
+    ("the tall building", "tall building"),
+    ("a very small brown and white dog", "small brown white dog"),  # the last four words: the noun stays
+    ("", ""),
+    ("the one on the left", ""),
+])
+def test_noun_phrase(expression, phrase):
+    assert noun_phrase(expression) == phrase
+
+
+def test_choice_by_the_policys_estimate_else_by_sam3s_score():
+    assert choose_instance([0.9, 0.6, 0.7], [0.2, 0.8, None]) == 1  # the policy outranks SAM 3
+    assert choose_instance([0.9, 0.6, 0.7], [None, None, None]) == 0  # no estimate: SAM 3's score
+    assert choose_instance([0.6, 0.9], [0.5, 0.5]) == 1  # equal estimates: SAM 3's score breaks the tie
+    with pytest.raises(ValueError):
+        choose_instance([], [])
+
+
+def test_instances_follow_the_outputs():
+    """score = sigmoid(query) * sigmoid(presence), best first, above the threshold; empty masks dropped."""
+    logits = torch.tensor([0.0, 3.0, -3.0, 2.0])
+    presence = torch.tensor([4.0])
+    masks = torch.full((4, 8, 8), -5.0)
+    masks[0, :4], masks[1, 2:6, 2:6], masks[3, :, :2] = 5.0, 5.0, 5.0  # query 2: empty
+    found = instances_from_outputs(logits, presence, masks, (16, 16), threshold=0.4)
+    expected = torch.sigmoid(torch.tensor([3.0, 2.0, 0.0])) * torch.sigmoid(presence)
+    assert [round(i.score, 6) for i in found] == [round(float(s), 6) for s in expected]
+    assert [int(i.mask.sum()) for i in found] == [64, 64, 128]  # resized to 16 x 16
+    assert found[0].mask[4:12, 4:12].all() and not found[0].mask[:4].any()
+    masks[2] = 5.0
+    assert len(instances_from_outputs(logits, presence, masks, (16, 16), threshold=0.0)) == 4
+    assert instances_from_outputs(logits, presence, masks, (16, 16), threshold=0.99) == []
+
+
+@pytest.fixture(scope="module")
+def grounder(tiny_sam3_text):
+    return TextGrounder.from_pretrained(tiny_sam3_text, "cpu")
+
+
+@pytest.fixture(scope="module")
+def image():
+    return (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+
+
+def test_the_phrase_reaches_the_text_encoder(grounder, image):
+    seen = []
+    hook = grounder.model.text_encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].clone()), with_kwargs=True)
+    try:
+        text_start(grounder, None, image, "the red car on the left", threshold=0.0)
+    finally:
+        hook.remove()
+    assert len(seen) == 1 and seen[0].shape == (1, 32)
+    assert grounder.tokenizer.decode(seen[0][0], skip_special_tokens=True) == "red car"
+
+
+def test_the_start_is_one_of_sam3s_instances(grounder, image):
+    instances = grounder.instances(image, "red car", threshold=0.0)
+    assert 1 < len(instances) <= 8
+    assert all(i.mask.shape == (60, 80) and i.mask.dtype == bool and i.mask.any() for i in instances)
+    assert [i.score for i in instances] == sorted((i.score for i in instances), reverse=True)
+    start = text_start(grounder, None, image, "the red car", threshold=0.0)
+    assert start.phrase == "red car" and start.instances == min(len(instances), MAX_CANDIDATES)
+    assert np.array_equal(start.mask, instances[0].mask) and start.score == instances[0].score  # no policy: score
+    assert start.estimate is None
+
+
+def test_nothing_found_is_ungroundable(grounder, image):
+    with pytest.raises(Ungroundable, match="found no 'red car'"):
+        text_start(grounder, None, image, "the red car", threshold=0.99)
+    with pytest.raises(Ungroundable, match="no noun phrase"):
+        text_start(grounder, None, image, "the one on the left", threshold=0.0)
+
+
+def test_the_loader_wants_a_sam3_text_model(tiny_hf_sam, tmp_path):
+    with pytest.raises(ModelLoadError, match="SEGAGENT_TEXT_MODEL=.*model_type 'sam'"):
+        TextGrounder.from_pretrained(tiny_hf_sam, "cpu")
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        TextGrounder.from_pretrained(tmp_path, "cpu")
