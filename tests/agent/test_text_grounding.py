@@ -101,3 +101,24 @@ def test_the_loader_wants_a_sam3_text_model(tiny_hf_sam, tmp_path):
         TextGrounder.from_pretrained(tiny_hf_sam, "cpu")
     with pytest.raises(ModelLoadError, match="no config.json"):
         TextGrounder.from_pretrained(tmp_path, "cpu")
+
+
+def test_the_image_and_video_checkpoint_loads_its_detector(tiny_sam3_text, grounder, image, tmp_path):
+    """facebook/sam3 is one `sam3_video` checkpoint: config.detector_config, weights under detector_model.*"""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sam3-video"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        (folder / name).write_bytes((tiny_sam3_text / name).read_bytes())
+    detector = json.loads((tiny_sam3_text / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({"model_type": "sam3_video", "detector_config": detector}))
+    weights = load_file(tiny_sam3_text / "model.safetensors")
+    save_file({f"detector_model.{k}": v for k, v in weights.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    video = TextGrounder.from_pretrained(folder, "cpu")
+    found, expected = video.instances(image, "cat", 0.0), grounder.instances(image, "cat", 0.0)
+    assert [i.score for i in found] == [i.score for i in expected]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(found, expected))

@@ -25,6 +25,7 @@ __all__ = ["Instance", "TextGrounder", "instances_from_outputs", "TEXT_LENGTH", 
 
 TEXT_LENGTH = 32  # Sam3Processor pads every prompt to 32 tokens (the text encoder's positions)
 MASK_THRESHOLD = 0.5  # post_process_instance_segmentation's mask_threshold
+TEXT_MODEL_TYPES = ("sam3", "sam3_video")  # a SAM 3 detector alone, or inside the image + video checkpoint
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class TextGrounder:
 
     @classmethod
     def from_pretrained(cls, source: Union[str, Path], device: str = "auto") -> "TextGrounder":
-        """Load a ``Sam3Model`` (``config.model_type`` ``sam3``; a folder or hub id) with its tokenizer.
+        """Load a ``Sam3Model`` (``config.model_type`` ``sam3``, or ``sam3_video`` as facebook/sam3 is: its
+        detector) from a folder or hub id, with its tokenizer.
         ModelLoadError naming SEGAGENT_TEXT_MODEL and the reason when it cannot."""
         import transformers
 
@@ -75,9 +77,9 @@ class TextGrounder:
             raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src}: no config.json there (not a save_pretrained folder)")
         src = str(Path(src).expanduser()) if is_local_path(src) else src
         model_type = read_model_type(src)
-        if model_type != "sam3":
+        if model_type not in TEXT_MODEL_TYPES:  # facebook/sam3 is `sam3_video`: Sam3Model takes its detector
             raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src} has config.model_type {model_type!r}: a SAM 3 text "
-                                 "model (`sam3`, e.g. facebook/sam3) is needed")
+                                 f"model ({' or '.join(TEXT_MODEL_TYPES)}, e.g. facebook/sam3) is needed")
         try:
             model = transformers.Sam3Model.from_pretrained(src)
             tokenizer = transformers.AutoTokenizer.from_pretrained(src)

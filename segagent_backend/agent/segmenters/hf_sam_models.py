@@ -68,8 +68,8 @@ def family_of(model_type: Optional[str], source: str = "") -> SamFamily:
     """The adapter for ``model_type``; ModelLoadError naming SEGAGENT_SAM_MODEL and the supported types."""
     family = FAMILIES.get(model_type or "")
     if family is None:
-        hint = (" (SAM 3's text / video checkpoints are not loaded as a click tool: use a `sam3_tracker` one)"
-                if model_type in ("sam3", "sam3_video") else "")
+        hint = (" (a SAM 3 text / video checkpoint is no click tool: use a `sam3_tracker` one here, and give this"
+                " one to SEGAGENT_TEXT_MODEL for text)" if model_type in ("sam3", "sam3_video") else "")
         raise ModelLoadError(
             f"SEGAGENT_SAM_MODEL={source or '?'} has config.model_type {model_type!r}, not a supported SAM{hint}; "
             f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
