@@ -36,7 +36,7 @@ import torch
 
 from segagent_backend.agent.segmenters.cache import EmbeddingCache, image_digest
 from segagent_backend.agent.segmenters.hf_sam import HFSamSegmenter
-from segagent_backend.agent.segmenters.hf_sam_tiny import TINY_MODEL_TYPES, make_tiny_family
+from tests.tiny_sam_family import TINY_MODEL_TYPES, make_tiny_family
 from segagent_backend.agent.types import Box, Click
 
 from .common import record

@@ -1,6 +1,7 @@
-"""Model names given to the CLI (``SEGAGENT_POLICY``, ``SEGAGENT_SAM_MODEL``, ``--base``), checked in
-one line and fast before anything loads: a missing local folder, an invalid or unknown hub id, a hub
-that cannot be reached (transformers would retry for about 30 s, then print two tracebacks)."""
+"""Model names given to the CLI (``SEGAGENT_POLICY``, ``SEGAGENT_SAM_MODEL``, ``SEGAGENT_TEXT_MODEL``,
+``--base``), checked in one line and fast before anything loads: a missing local folder, an invalid or
+unknown hub id, a hub that cannot be reached (transformers would retry for about 30 s, then print two
+tracebacks)."""
 from __future__ import annotations
 
 import contextlib
@@ -63,12 +64,13 @@ def check_model_source(name: Optional[str], what: str) -> None:
 
 
 def check_settings_models(settings: Settings, policy_source: Optional[str] = None) -> None:
-    """The model names of ``settings`` that will load: the tool's weights, and the policy when it
-    loads from ``SEGAGENT_POLICY`` (``policy_source``, default: the setting; a registry folder is
-    not checked here)."""
+    """The model names of ``settings`` that will load: the tool's weights, SAM 3's text model, and the policy
+    when it loads from ``SEGAGENT_POLICY`` (``policy_source``, default: the setting; a registry folder is not
+    checked here)."""
     check_model_paths(settings)  # local paths and the SAM checkpoint file: SettingsError
     if settings.segmenter == "hf-sam":
         check_model_source(settings.sam_model, f"SEGAGENT_SAM_MODEL={settings.sam_model!r}")
+    check_model_source(settings.text_model, f"SEGAGENT_TEXT_MODEL={settings.text_model!r}")
     if settings.policy and (policy_source is None or policy_source == settings.policy):
         check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
 

@@ -17,7 +17,7 @@ from segagent_backend.agent.segmenters.cache import EmbeddingCache
 from segagent_backend.agent.segmenters.hf_sam import HFSamSegmenter, load_hf_sam
 from segagent_backend.agent.segmenters.hf_sam_models import SUPPORTED_MODEL_TYPES, decode
 from segagent_backend.agent.segmenters.hf_sam_preprocess import OwnPreprocessor, PreprocessSpec
-from segagent_backend.agent.segmenters.hf_sam_tiny import TINY_MODEL_TYPES, make_tiny_family
+from tests.tiny_sam_family import TINY_MODEL_TYPES, make_tiny_family
 from segagent_backend.agent.types import Box, Click
 from segagent_backend.settings import Settings
 from segagent_backend.wiring import segmenter_from_settings

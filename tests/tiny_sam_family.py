@@ -1,6 +1,7 @@
 """Tiny random SAM-family folders (``save_pretrained`` + a ``preprocessor_config.json``), for tests and benchmarks.
 
-``make_tiny_family(folder, model_type, side=..., decoder="tiny"|"real")`` writes a folder that loads offline
+``make_tiny_family(folder, model_type, side=..., decoder="tiny"|"real")`` writes a click tool's folder (and
+``make_tiny_sam3_text(folder)`` a SAM 3 text model's) that loads offline
 through the production loader. Vision encoders are always shrunk (1-2 layers, <= 128 channels);
 ``decoder="real"`` keeps the real prompt encoder / mask decoder sizes (hidden 256, MLP 2048) so a click
 costs what it costs with the released checkpoints.
@@ -14,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any, Union
 
-from .hf_sam_preprocess import IMAGENET_DEFAULT, IMAGENET_STANDARD
+from segagent_backend.agent.segmenters.hf_sam_preprocess import IMAGENET_DEFAULT, IMAGENET_STANDARD
 
-__all__ = ["make_tiny_family", "TINY_MODEL_TYPES"]
+__all__ = ["make_tiny_family", "make_tiny_sam3_text", "TINY_MODEL_TYPES"]
 
 #: the model types a tiny folder can be built for without timm (EdgeTAM's backbone is a timm model)
 TINY_MODEL_TYPES = ("sam", "sam_hq", "sam2", "sam3_tracker")
@@ -113,4 +114,47 @@ def make_tiny_family(folder: Union[str, Path], model_type: str, *, side: int = 2
     else:
         config_json = json.dumps(_square_processor_config(model_type, side), indent=2)
         (folder / "preprocessor_config.json").write_text(config_json)
+    return folder
+
+
+def make_tiny_sam3_text(folder: Union[str, Path], side: int = 112, queries: int = 8, seed: int = 0) -> Path:
+    """Save a tiny random ``Sam3Model`` (SAM 3 text -> instances) with a CLIP tokenizer and the
+    ``preprocessor_config.json`` keys ``Sam3ImageProcessor`` writes (it cannot be built without torchvision).
+
+    ``side``: the input side (a multiple of 14); ``queries``: DETR queries, i.e. instances at most. The
+    tokenizer's vocabulary is the 256 byte symbols (alone and word-final) and CLIP's two specials, no merges:
+    every word is spelled letter by letter, so any text round-trips through it.
+    """
+    import torch
+    from transformers import CLIPTokenizer, Sam3Config, Sam3Model
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
+    start, end = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": start, "<|endoftext|>": end})
+    grid = side // 14
+    small = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    config = Sam3Config(
+        vision_config=dict(
+            backbone_config=dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, image_size=side, patch_size=14, window_size=4,
+                                 global_attn_indexes=[1], pretrain_image_size=side),
+            fpn_hidden_size=32, backbone_feature_sizes=[[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]]),
+        text_config=dict(model_type="clip_text_model", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                         projection_dim=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+                         bos_token_id=start, eos_token_id=end, pad_token_id=end),
+        geometry_encoder_config=dict(small, num_layers=1), detr_encoder_config=dict(small, num_layers=1),
+        detr_decoder_config=dict(small, num_layers=1, num_queries=queries),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2))
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    Sam3Model(config).eval().save_pretrained(folder)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
+    processor = {"image_processor_type": "Sam3ImageProcessor", "processor_class": "Sam3Processor",
+                 "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+                 "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "rescale_factor": 1 / 255,
+                 "resample": 2, "size": {"height": side, "width": side}}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     return folder
