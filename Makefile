@@ -45,6 +45,7 @@ bench: install    # every bench, even after one fails (the report names those wi
 	-$(PY) -m bench.click_used
 	-$(PY) -m bench.grabcut_noc
 	-$(PY) -m bench.hf_sam_family
+	-$(PY) -m bench.text_start
 	-$(PY) -m bench.trajectory_throughput
 	-$(PY) -m bench.training_throughput
 	-$(PY) -m bench.star_round

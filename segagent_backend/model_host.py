@@ -256,7 +256,7 @@ class ModelHost:
         self._follow_announcement()  # the current version, if any, is what loads
         try:
             self._segmenter = self._build_segmenter(self.settings, self.cache)
-            self._text_model = text_model_from_settings(self.settings)
+            self._text_model = text_model_from_settings(self.settings, self.cache)
             self._policy = self._load_policy(self._version)
         except Exception as exc:
             self._load_error = f"{type(exc).__name__}: {exc}"

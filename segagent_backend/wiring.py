@@ -28,13 +28,14 @@ def segmenter_from_settings(settings: Settings, cache: Optional["EmbeddingCache"
                            grabcut_max_side=settings.grabcut_max_side)
 
 
-def text_model_from_settings(settings: Settings) -> Optional["TextGrounder"]:
-    """SAM 3's text model (SEGAGENT_TEXT_MODEL) on the settings' device, or None when unset."""
+def text_model_from_settings(settings: Settings, cache: Optional["EmbeddingCache"] = None) -> Optional["TextGrounder"]:
+    """SAM 3's text model (SEGAGENT_TEXT_MODEL) on the settings' device, its image features kept in
+    ``cache``; None when unset."""
     if not settings.text_model:
         return None
     from .agent.grounding import TextGrounder
 
-    return TextGrounder.from_pretrained(settings.text_model, settings.device)
+    return TextGrounder.from_pretrained(settings.text_model, settings.device, cache)
 
 
 def policy_from_settings(settings: Settings, source: str) -> "Policy":

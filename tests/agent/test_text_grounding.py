@@ -122,3 +122,33 @@ def test_the_image_and_video_checkpoint_loads_its_detector(tiny_sam3_text, groun
     found, expected = video.instances(image, "cat", 0.0), grounder.instances(image, "cat", 0.0)
     assert [i.score for i in found] == [i.score for i in expected]
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(found, expected))
+
+
+def test_an_images_features_are_encoded_once(tiny_sam3_text, image):
+    """Another phrase on the same image reuses the cached vision features and finds what a full forward pass
+    (pixel values in, as Sam3Model documents it) finds."""
+    from segagent_backend.agent.segmenters.cache import EmbeddingCache
+
+    cache = EmbeddingCache(64 * 2**20)
+    cached = TextGrounder.from_pretrained(tiny_sam3_text, "cpu", cache)
+    encodes = []
+    cached.model.vision_encoder.register_forward_hook(lambda *args: encodes.append(1))
+    first = cached.instances(image, "red car", 0.0)
+    again = cached.instances(image, "dog", 0.0)
+    assert len(encodes) == 1 and cache.hits == 1 and len(cache) == 1
+    cached.instances(image[::-1].copy(), "dog", 0.0)  # another image: encoded
+    assert len(encodes) == 2 and len(cache) == 2
+
+    model, tokenizer = cached.model, cached.tokenizer
+    for phrase, found in (("red car", first), ("dog", again)):
+        text = tokenizer(phrase, padding="max_length", max_length=32, return_tensors="pt")
+        with torch.inference_mode():
+            out = model(pixel_values=cached.preprocessor(image).pixel_values, **text)
+        full = instances_from_outputs(out.pred_logits[0], out.presence_logits[0], out.pred_masks[0], (60, 80), 0.0)
+        assert [round(i.score, 5) for i in found] == [round(i.score, 5) for i in full]
+        assert all(np.array_equal(a.mask, b.mask) for a, b in zip(found, full))
+
+
+def test_only_the_best_instances_are_resized(grounder, image):
+    best = grounder.instances(image, "red car", 0.0, limit=3)
+    assert [i.score for i in best] == [i.score for i in grounder.instances(image, "red car", 0.0)[:3]]

@@ -56,7 +56,7 @@ def text_start(grounder: TextGrounder, policy: Optional[Policy], image: np.ndarr
     phrase = noun_phrase(expression)
     if not phrase:
         raise Ungroundable(f"the expression {expression!r} has no noun phrase for SAM 3 to find")
-    instances: list[Instance] = grounder.instances(image, phrase, threshold)[:MAX_CANDIDATES]
+    instances: list[Instance] = grounder.instances(image, phrase, threshold, MAX_CANDIDATES)
     if not instances:
         raise Ungroundable(f"SAM 3 found no {phrase!r} (from {expression!r}) scoring above {threshold:g} in the image")
     estimates: list[Optional[float]] = [None] * len(instances)
