@@ -207,6 +207,28 @@ def test_automatic_predictions_with_a_policy_are_stored_with_their_trajectory(la
     assert len(list(ls.predictions.list(task=task.id))) == 1
 
 
+def test_text_alone_pre_annotates_a_project(label_studio, files_root, tmp_path, tiny_sam3_text):
+    """SEGAGENT_TEXT_MODEL without a policy: Label Studio stores SAM 3's mask, named as SAM 3's, with its score;
+    a task whose expression SAM 3 cannot ground gets nothing stored."""
+    backend_url, proc = serve_backend(label_studio, tmp_path / "models", SEGAGENT_TEXT_MODEL=str(tiny_sam3_text),
+                                      SEGAGENT_TEXT_THRESHOLD="0")
+    try:
+        ls, proj, task, ml = make_project(label_studio, backend_url, files_root, "segagent e2e sam3 text")
+        nothing = ls.tasks.create(project=proj.id, data={"image": "/data/local-files/?d=images/disk.png",
+                                                         "expression": "the one on the left"})
+        assert ls.ml.get(id=ml.id).state == "CO"
+        ls.actions.create(id="retrieve_tasks_predictions", project=proj.id,
+                          selected_items={"all": True, "excluded": []})
+        (prediction,) = list(ls.predictions.list(task=task.id))
+        assert prediction.model_version.startswith("segagent-sam3text-sam3-v") and 0.0 < prediction.score < 1.0
+        (brush,) = prediction.result
+        assert brush["type"] == "brushlabels" and brush["score"] == prediction.score
+        assert (decode_rle(brush["value"]["rle"]).reshape(120, 160, 4)[:, :, 3] > 127).any()
+        assert list(ls.predictions.list(task=nothing.id)) == []
+    finally:
+        stop(proc)
+
+
 def test_preannotate_a_project_through_queue_workers(label_studio, files_root, redis_url, tmp_path, tiny_qwen2_vl):
     """`segagent preannotate` queues the tasks lacking this model version; a burst `segagent worker`
     posts their predictions through the API; a second run queues nothing (idempotent)."""
