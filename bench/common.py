@@ -19,6 +19,53 @@ def grabcut_root(data: Optional[Path]) -> Optional[Path]:
     return root
 
 
+def ms(fn) -> float:
+    """Wall time of ``fn()`` in milliseconds."""
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1e3
+
+
+def time_click_modes(cached, uncached, image, repeats: int, reencode_repeats: int) -> dict:
+    """The three modes of a prompted tool, timed on one image and one prompt (2 clicks + box + the previous
+    logits): decoder alone (image already set), cached click (``set_image`` of a cached image + segment),
+    re-encode click (``uncached``, the same model with a cache that keeps nothing). Decoder-alone and
+    cached-click rounds alternate, so load changes on a shared CPU hit both alike.
+
+    Returns ``first_encode_ms``, ``median_ms`` / ``min_ms`` per mode (and the image digest alone), and the
+    ratios cached / decoder, re-encode / decoder, re-encode / cached."""
+    import statistics
+
+    from segagent_backend.agent.segmenters.cache import image_digest
+    from segagent_backend.agent.types import Box, Click
+
+    h, w = image.shape[:2]
+    clicks = [Click(w * 0.4, h * 0.5), Click(w * 0.7, h * 0.3, positive=False)]
+    box = Box(w * 0.2, h * 0.2, w * 0.8, h * 0.8)
+    first_encode = ms(lambda: cached.set_image(image))
+    prev = cached.segment(clicks[:1], box=box).logits
+
+    def click(tool) -> None:
+        tool.segment(clicks, box=box, prev_logits=prev)
+
+    for _ in range(3):  # warm-up (allocator, first-call paths)
+        click(cached)
+    times: dict[str, list[float]] = {"decoder_alone": [], "cached_click": [], "image_digest": []}
+    for _ in range(repeats):
+        times["decoder_alone"].append(ms(lambda: click(cached)))
+        times["cached_click"].append(ms(lambda: (cached.set_image(image), click(cached))))
+        times["image_digest"].append(ms(lambda: image_digest(image)))
+    times["reencode_click"] = [ms(lambda: (uncached.set_image(image), click(uncached))) for _ in range(reencode_repeats)]
+    assert uncached.cache.hits == 0 and cached.cache.misses == 1, "the cached tool must have encoded the image once"
+    med = {mode: statistics.median(values) for mode, values in times.items()}
+    return {"image_hw": [h, w], "first_encode_ms": first_encode, "repeats": repeats,
+            "reencode_repeats": reencode_repeats, "median_ms": med,
+            "min_ms": {mode: min(values) for mode, values in times.items()},
+            "ratio_cached_vs_decoder": med["cached_click"] / med["decoder_alone"],
+            "ratio_reencode_vs_decoder": med["reencode_click"] / med["decoder_alone"],
+            "ratio_reencode_vs_cached": med["reencode_click"] / med["cached_click"]}
+
+
 class Timed:
     """Wraps a callable and adds its wall time to ``counter[key]``; its other attributes pass through
     (a wrapped processor still has its tokenizer and chat template)."""

@@ -24,31 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from segagent_backend.agent.segmenters.cache import EmbeddingCache, image_digest
+from segagent_backend.agent.segmenters.cache import EmbeddingCache
 from segagent_backend.agent.segmenters.hf_sam import HFSamSegmenter
 from tests.tiny_sam_family import TINY_MODEL_TYPES, make_tiny_family
-from segagent_backend.agent.types import Box, Click
 
-from .common import record
+from .common import record, time_click_modes
 
 LIMIT = 1.2
 SIDES = {"sam3_tracker": 1008}
-
-
-def _ms(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1e3
 
 
 def make_real(folder: Path, model_type: str) -> Path:
@@ -69,45 +59,12 @@ def make_real(folder: Path, model_type: str) -> Path:
 
 def bench_model(name: str, folder: Path, image: np.ndarray, repeats: int, reencode_repeats: int) -> dict:
     """Time the three modes for one folder; returns medians (ms) and ratios."""
-    h, w = image.shape[:2]
-    clicks = [Click(w * 0.4, h * 0.5), Click(w * 0.7, h * 0.3, positive=False)]
-    box = Box(w * 0.2, h * 0.2, w * 0.8, h * 0.8)
     cached = HFSamSegmenter.from_pretrained(folder, device="cpu", cache=EmbeddingCache(1 << 30))
-    t_first_encode = _ms(lambda: cached.set_image(image))
-    prev = cached.segment(clicks[:1], box=box).logits
-
-    def click(seg: HFSamSegmenter) -> None:
-        seg.segment(clicks, box=box, prev_logits=prev)
-
-    for _ in range(3):  # warm-up (allocator, first-call paths)
-        click(cached)
-    decoder, cached_click, digest = [], [], []
-    for _ in range(repeats):
-        decoder.append(_ms(lambda: click(cached)))
-        cached_click.append(_ms(lambda: (cached.set_image(image), click(cached))))
-        digest.append(_ms(lambda: image_digest(image)))
-
     uncached = HFSamSegmenter(cached.model, cached.preprocessor, EmbeddingCache(0), namespace=f"bench-{name}-nocache")
-    reencode = [_ms(lambda: (uncached.set_image(image), click(uncached))) for _ in range(reencode_repeats)]
-    assert uncached.cache.hits == 0 and cached.cache.misses == 1
-
-    med = {k: statistics.median(v) for k, v in
-           {"decoder_alone": decoder, "cached_click": cached_click, "reencode_click": reencode,
-            "image_digest": digest}.items()}
-    return {
-        "model": name,
-        "class": type(cached.model).__name__,
-        "preprocessing": type(cached.preprocessor).__name__,
-        "params_m": sum(p.numel() for p in cached.model.parameters()) / 1e6,
-        "image_hw": [h, w],
-        "first_encode_ms": t_first_encode,
-        "repeats": repeats,
-        "reencode_repeats": reencode_repeats,
-        "median_ms": med,
-        "ratio_cached_vs_decoder": med["cached_click"] / med["decoder_alone"],
-        "ratio_reencode_vs_cached": med["reencode_click"] / med["cached_click"],
-        "meets_limit": med["cached_click"] / med["decoder_alone"] <= LIMIT,
-    }
+    timed = time_click_modes(cached, uncached, image, repeats, reencode_repeats)
+    return {"model": name, "class": type(cached.model).__name__, "preprocessing": type(cached.preprocessor).__name__,
+            "params_m": sum(p.numel() for p in cached.model.parameters()) / 1e6, **timed,
+            "meets_limit": timed["ratio_cached_vs_decoder"] <= LIMIT}
 
 
 def print_table(results: list[dict]) -> None:

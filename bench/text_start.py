@@ -23,7 +23,6 @@ import dataclasses
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +34,9 @@ from segagent_backend.agent.segmenters.cache import EmbeddingCache
 from segagent_backend.agent.segmenters.hf_sam_preprocess import OwnPreprocessor
 from tests.tiny_sam_family import make_tiny_sam3_text
 
-from .common import record
+from .common import ms, record
 
 PHRASES = ("person", "red car", "dog", "white cup", "tree", "bicycle")
-
-
-def _timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def build(tiny: bool, folder: Path) -> TextGrounder:
@@ -79,22 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         grounder = build(args.tiny, Path(tmp) / "sam3")
     params = sum(p.numel() for p in grounder.model.parameters()) / 1e6
 
-    cold = [_timed(lambda: grounder.instances(image, PHRASES[0], 0.5)) for image in images]
-    warm = [_timed(lambda: grounder.instances(images[0], PHRASES[1 + i % (len(PHRASES) - 1)], 0.5))
+    cold = [ms(lambda: grounder.instances(image, PHRASES[0], 0.5)) for image in images]
+    warm = [ms(lambda: grounder.instances(images[0], PHRASES[1 + i % (len(PHRASES) - 1)], 0.5))
             for i in range(args.warm)]
-    preprocess = [_timed(lambda: grounder.preprocessor(images[0])) for _ in range(3)]
+    preprocess = [ms(lambda: grounder.preprocessor(images[0])) for _ in range(3)]
     with torch.inference_mode():
         text = grounder.tokenizer(PHRASES[0], padding="max_length", max_length=32, return_tensors="pt")
         out = grounder.model(vision_embeds=grounder.vision_features(images[0]), **text)
-    postprocess = [_timed(lambda: instances_from_outputs(out.pred_logits[0], out.presence_logits[0], out.pred_masks[0],
+    postprocess = [ms(lambda: instances_from_outputs(out.pred_logits[0], out.presence_logits[0], out.pred_masks[0],
                                                          (h, w), 0.0, MAX_CANDIDATES)) for _ in range(3)]
-    ms = {name: statistics.median(values) * 1e3 for name, values in
+    med = {name: statistics.median(values) for name, values in
           (("cold", cold), ("cached", warm), ("preprocess", preprocess), ("postprocess", postprocess))}
     figures = {"model": "tiny (tests)" if args.tiny else "default Sam3Config", "parameters M": round(params, 1),
-               "cold ms": round(ms["cold"], 1), "cached ms": round(ms["cached"], 1),
-               "preprocess ms": round(ms["preprocess"], 1), "postprocess ms": round(ms["postprocess"], 1),
-               "cached / cold": round(ms["cached"] / ms["cold"], 3),
-               "(pre + post) / cold": round((ms["preprocess"] + ms["postprocess"]) / ms["cold"], 3)}
+               "cold ms": round(med["cold"], 1), "cached ms": round(med["cached"], 1),
+               "preprocess ms": round(med["preprocess"], 1), "postprocess ms": round(med["postprocess"], 1),
+               "cached / cold": round(med["cached"] / med["cold"], 3),
+               "(pre + post) / cold": round((med["preprocess"] + med["postprocess"]) / med["cold"], 3)}
     print(f"image {h}x{w} RGB uint8, CPU, torch threads={torch.get_num_threads()}, medians")
     for key, value in figures.items():
         print(f"  {key:<20} {value}")
