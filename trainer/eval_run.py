@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from segagent_backend.agent.engine import EpisodeRequest
-from segagent_backend.agent.loop import LoopConfig, release_choice, run_episodes
+from segagent_backend.agent.loop import LoopConfig, extended_choice, release_choice, run_episodes
 from segagent_backend.agent.metrics import ciou, intersection_union, iou
 from segagent_backend.agent.policies.base import Observation, Policy
 from segagent_backend.agent.protocol import Answer, box_pixels
@@ -139,11 +139,8 @@ class Trajectory:
         """How many clicks the mask holds that the loop's rule returns after ``steps`` policy clicks."""
         if release:  # ``steps`` calls judged masks 0..steps-1 and made masks 1..steps
             return release_choice(self.estimates[:steps], min(steps, len(self.masks) - 1))
-        nodes = self.estimates[: steps + 1]  # ``steps`` clicks: masks 0..steps judged
-        if not nodes:
-            return 0
-        best = max(reversed(range(len(nodes))), key=lambda t: -1.0 if nodes[t] is None else nodes[t])
-        return best
+        judged = self.estimates[: steps + 1]  # ``steps`` clicks: masks 0..steps judged
+        return extended_choice(judged) if judged else 0
 
 
 def rebuild(steps: list[list[_Node]], image: np.ndarray, tool: RecordingSegmenter, config: LoopConfig) -> Trajectory:

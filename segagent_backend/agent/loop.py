@@ -31,7 +31,7 @@ from .protocol import Answer, answer_head, box_pixels
 from .segmenters.base import Segmenter
 from .types import Click, EpisodeResult, TrajectoryStep
 
-__all__ = ["EpisodeRequest", "LoopConfig", "release_choice", "run_episodes"]
+__all__ = ["EpisodeRequest", "LoopConfig", "extended_choice", "release_choice", "run_episodes"]
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,7 @@ def _estimate_key(node: _Node) -> float:
 def _result(episode: Episode, search: _Search) -> EpisodeResult:
     """The chosen node with the highest estimate, the latest of equals (the last one when the policy gives none)."""
     path = search.path
-    # the latest of equal estimates: when the PRM cannot tell two masks apart, the later one holds more clicks
-    best = max(reversed(path), key=_estimate_key)
+    best = path[extended_choice([n.estimate for n in path])]
     shown = {len(n.state.clicks): n.estimate for n in path}  # estimate of the mask each click was chosen on
     trajectory = [
         TrajectoryStep(click, None if i < search.given else shown.get(i))
@@ -162,6 +161,15 @@ def _result(episode: Episode, search: _Search) -> EpisodeResult:
     score = best.estimate if best.estimate is not None else best.state.score
     return EpisodeResult(best.state.mask, float(score), trajectory, best.state.box, search.malformed,
                          episode.stop_reason)
+
+
+def extended_choice(estimates: Sequence[Optional[float]]) -> int:
+    """The index of the mask the ``extended`` rule returns: the highest estimate, the latest of equals (when
+    the PRM cannot tell two masks apart, the later one holds more clicks); None ranks lowest, so without
+    any estimate the last mask is returned. ``estimates[i]``: the estimate of the mask after i clicks."""
+    if not estimates:
+        raise ValueError("no masks to choose from")
+    return max(reversed(range(len(estimates))), key=lambda i: -1.0 if estimates[i] is None else estimates[i])
 
 
 def release_choice(estimates: Sequence[Optional[float]], clicks: int) -> int:

@@ -159,3 +159,11 @@ def test_each_image_is_hashed_once_per_episode_in_lockstep(samples, monkeypatch)
     run_episodes(policy, GrabCutSegmenter(), requests_for(samples), LoopConfig(max_steps=3, stop_iou=1.0, patience=9))
     assert len(policy.batches) >= 3  # several lockstep steps, each switching between the three images
     assert len(hashed) == 3
+
+
+def test_the_extended_rule_returns_the_latest_of_the_best_estimates():
+    from segagent_backend.agent.loop import extended_choice
+
+    assert extended_choice([0.2, 0.9, 0.5]) == 1
+    assert extended_choice([0.2, 0.9, 0.9, 0.5]) == 2  # equal estimates: the later mask holds more clicks
+    assert extended_choice([None, 0.1, None]) == 1 and extended_choice([None, None]) == 1
