@@ -38,11 +38,13 @@ def write_eval(run: EvalRun, out: Path, info: dict) -> dict:
     with open(out / "samples.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["name", "image", "caption", "iou", "intersection", "union", "score", "clicks", "calls",
-                    "malformed", "stop_reason"] + [f"iou_step{t}" for t in steps] + [f"selected_step{t}" for t in steps])
+                    "malformed", "stop_reason"] + [f"iou_step{t}" for t in steps] + [f"selected_step{t}" for t in steps]
+                   + ["start_iou"])
         for r in run.results:
+            start = "" if r.start_iou is None else f"{r.start_iou:.6f}"
             w.writerow([r.name, r.image_file, r.caption, f"{r.iou:.6f}", r.intersection, r.union, f"{r.score:.4f}",
                         r.clicks, r.calls, r.malformed, r.stop_reason] + [f"{v:.6f}" for v in r.step_ious]
-                       + [f"{v:.6f}" for v in r.selected_ious])
+                       + [f"{v:.6f}" for v in r.selected_ious] + [start])
     per_step = summary["per_step"]
     with open(out / "steps.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

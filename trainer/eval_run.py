@@ -184,6 +184,18 @@ class SampleResult:
     selected_ious: list[float]
     prm: list[tuple[float, float, int]]  # (estimate, true IoU, clicks), IoUs 0..1, of every judged mask
     record: dict = field(repr=False, default_factory=dict)
+    # the start mask's intersection and union with the ground truth (a text start; None without one) and
+    # whether SAM 3 found anything (an empty start otherwise)
+    start_intersection: Optional[int] = None
+    start_union: Optional[int] = None
+    grounded: bool = False
+
+    @property
+    def start_iou(self) -> Optional[float]:
+        """The text start's IoU with the ground truth (an empty union counting 1.0); None without a start."""
+        if self.start_union is None:
+            return None
+        return self.start_intersection / self.start_union if self.start_union else 1.0
 
 
 @dataclass
@@ -238,7 +250,13 @@ class EvalRun:
         return summarize_run(self.results, self.config, self.seconds)
 
 
-def _score(item: EvalItem, sample: Sample, result, trajectory: Trajectory, config: LoopConfig) -> SampleResult:
+#: a text start: (image (H, W, 3) uint8, expression) -> the start mask ((H, W) bool), None when nothing was found
+StartFn = Callable[[np.ndarray, str], Optional[np.ndarray]]
+
+
+def _score(item: EvalItem, sample: Sample, result, trajectory: Trajectory, config: LoopConfig,
+           start: Optional[np.ndarray] = None, started: bool = False) -> SampleResult:
+    """``started``: the episode was given a text start (``start`` None: nothing found, an empty start)."""
     gt, ignore = sample.gt, sample.ignore
     inter, union = intersection_union(result.mask, gt, ignore)
     ious = [iou(m, gt, ignore) for m in trajectory.masks]
@@ -252,30 +270,39 @@ def _score(item: EvalItem, sample: Sample, result, trajectory: Trajectory, confi
                                trajectory.masks[1:], trajectory.clicks, trajectory.outputs, result.box)
     if ignore.any():
         record["ignore"] = mask_to_rle(ignore)
-    return SampleResult(item.name, item.image_file, item.caption, inter / union if union else 1.0, inter, union,
-                        float(result.score), last, len(trajectory.estimates), len(answers),
-                        sum(a.malformed for a in answers), result.stop_reason, step_ious, selected, prm, record)
+    scored = SampleResult(item.name, item.image_file, item.caption, inter / union if union else 1.0, inter, union,
+                          float(result.score), last, len(trajectory.estimates), len(answers),
+                          sum(a.malformed for a in answers), result.stop_reason, step_ious, selected, prm, record)
+    if started:
+        start_mask = start if start is not None else np.zeros_like(gt)
+        scored.start_intersection, scored.start_union = intersection_union(start_mask, gt, ignore)
+        scored.grounded = start is not None
+    return scored
 
 
 def evaluate(policy: Policy, segmenter, items: Sequence[EvalItem], config: LoopConfig = LoopConfig(),
-             batch: int = 8, progress: Optional[Callable[[int, int], None]] = None) -> EvalRun:
+             batch: int = 8, progress: Optional[Callable[[int, int], None]] = None,
+             start: Optional[StartFn] = None) -> EvalRun:
     """Run the policy's episodes on ``items``, ``batch`` samples in lockstep at a time (images loaded
-    per batch), and score each. Every item is run: nothing is truncated."""
+    per batch), and score each. Every item is run: nothing is truncated. ``start``: each episode starts
+    from the mask it gives (SAM 3's text start), and that mask is scored too."""
     if not items:
         raise ValueError("no samples to evaluate")
     results: list[SampleResult] = []
     began = time.perf_counter()
-    for start in range(0, len(items), max(1, batch)):
-        chunk = items[start: start + max(1, batch)]
+    for first in range(0, len(items), max(1, batch)):
+        chunk = items[first: first + max(1, batch)]
         samples = [item.load() for item in chunk]
         # one array object per episode (a view: no copy) so that the tool's masks are told apart per episode
         images = [s.image.view() for s in samples]
         watcher, tool = RecordingPolicy(policy), RecordingSegmenter(segmenter)
-        requests = [EpisodeRequest(im, it.caption, gt=s.gt, ignore=s.ignore) for im, it, s in zip(images, chunk, samples)]
+        starts = [start(s.image, it.caption) if start else None for it, s in zip(chunk, samples)]
+        requests = [EpisodeRequest(im, it.caption, gt=s.gt, ignore=s.ignore, mask=m)
+                    for im, it, s, m in zip(images, chunk, samples, starts)]
         outcomes = run_episodes(watcher, tool, requests, config)
         for i, (item, sample, outcome) in enumerate(zip(chunk, samples, outcomes)):
             trajectory = rebuild(watcher.steps.get(i, []), images[i], tool, config)
-            results.append(_score(item, sample, outcome, trajectory, config))
+            results.append(_score(item, sample, outcome, trajectory, config, starts[i], start is not None))
         if progress is not None:
             progress(len(results), len(items))
     return EvalRun(results, config, time.perf_counter() - began)
@@ -352,4 +379,17 @@ def summarize_run(results: Sequence[SampleResult], config: LoopConfig, seconds: 
         "loop": {"max_steps": config.max_steps, "candidates": config.candidates, "stop_iou": config.stop_iou,
                  "patience": config.patience},
         "truncated": False,
+        **_text_start_summary(results),
     }
+
+
+def _text_start_summary(results: Sequence[SampleResult]) -> dict:
+    """``text_start``: cIoU / gIoU of the start masks (before the policy's clicks) and the share of samples
+    SAM 3 grounded; {} for a run without text starts."""
+    started = [r for r in results if r.start_union is not None]
+    if not started:
+        return {}
+    return {"text_start": {
+        "ciou": ciou([r.start_intersection for r in started], [r.start_union for r in started]),
+        "giou": float(np.mean([r.start_iou for r in started])),
+        "grounded": sum(r.grounded for r in started) / len(started)}}

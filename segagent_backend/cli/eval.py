@@ -207,16 +207,17 @@ def _policy_eval(args: argparse.Namespace, settings: Settings) -> int:
         except (ModelLoadError, ValueError, OSError) as exc:
             raise load_failure(f"SEGAGENT_POLICY={settings.policy!r}", str(exc)) from None
     config = settings.loop_config()
+    start = _text_start(settings, policy, config.release)
     update, bar = _progress(args, "eval")
     try:
-        run = evaluate(policy, tool, items, config, args.batch, update)
+        run = evaluate(policy, tool, items, config, args.batch, update, start)
     except ValueError as exc:  # an entry whose image or mask does not fit (checked as it loads)
         raise UsageError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
     info = {"data": str(args.refs or args.manifest), "policy": settings.policy, "policy_kind": settings.policy_kind,
-            "segmenter": settings.segmenter}
+            "segmenter": settings.segmenter, "text_model": settings.text_model}
     s = write_eval(run, args.out, info)
     prm = s["prm"]
     print(f"{s['samples']} samples, {config.protocol} protocol, {config.max_steps} steps: "
@@ -225,9 +226,38 @@ def _policy_eval(args: argparse.Namespace, settings: Settings) -> int:
           + " | PRM-selected: " + "  ".join(f"{v:.3f}" for v in s["per_step"]["iou_selected"]))
     print(f"PRM (IoU x 100, {prm['pairs']} masks): MAE {prm['mae']:.2f}  Pearson {prm['pearson']:.3f}  "
           f"Spearman {prm['spearman']:.3f}")
+    if "text_start" in s:
+        t = s["text_start"]
+        print(f"SAM 3 text start (before the policy's clicks): cIoU {100 * t['ciou']:.2f}  gIoU {100 * t['giou']:.2f}, "
+              f"{100 * t['grounded']:.1f}% of the samples grounded")
     print(f"malformed answers {100 * s['malformed_rate']:.1f}%, {s['mean_calls']:.2f} policy calls and "
           f"{s['mean_clicks']:.2f} clicks per sample, {s['seconds_per_sample']:.2f} s per sample -> {args.out}")
     return 0
+
+
+def _text_start(settings: Settings, policy, release: bool):
+    """The episodes' start from SAM 3's text prompt when SEGAGENT_TEXT_MODEL is set (as automatic predictions
+    start): (image, expression) -> the mask, None where SAM 3 finds nothing; else None."""
+    if not settings.text_model:
+        return None
+    from ..agent.grounding import Ungroundable, text_start
+    from ..agent.loading import ModelLoadError
+    from ..wiring import text_model_from_settings
+    from .models import check_model_source, load_failure, quiet_load_errors
+
+    check_model_source(settings.text_model, f"SEGAGENT_TEXT_MODEL={settings.text_model!r}")
+    with quiet_load_errors():
+        try:
+            grounder = text_model_from_settings(settings)
+        except (ModelLoadError, ValueError, OSError) as exc:
+            raise load_failure(f"SEGAGENT_TEXT_MODEL={settings.text_model!r}", str(exc)) from None
+
+    def start(image, expression):
+        try:
+            return text_start(grounder, policy, image, expression, settings.text_threshold, release).mask
+        except Ungroundable:
+            return None
+    return start
 
 
 def _image_exists(images: Path, name: str) -> bool:

@@ -367,3 +367,51 @@ def test_user_errors_are_one_line_and_exit_2(folder, refs, capsys, monkeypatch):
     monkeypatch.setenv("SEGAGENT_POLICY", str(folder / "no-model"))
     fails(["--refs", str(refs / "refs.json"), "--images", str(folder / "images")], "not in")  # images elsewhere
     assert not (folder / "o").exists()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_eval_scores_the_text_start_and_starts_the_policy_there(refs, tiny_qwen2_vl, tiny_sam3_text, monkeypatch,
+                                                                 capsys):
+    """With SEGAGENT_TEXT_MODEL, every episode starts from SAM 3's instance (as automatic predictions do) and the
+    summary scores those starts apart from the final masks."""
+    monkeypatch.setenv("SEGAGENT_POLICY", str(tiny_qwen2_vl))
+    monkeypatch.setenv("SEGAGENT_TEXT_MODEL", str(tiny_sam3_text))
+    monkeypatch.setenv("SEGAGENT_TEXT_THRESHOLD", "0")
+    out = refs / "out-text"
+    code = main(["eval", "--refs", str(refs / "refs.json"), "--images", str(refs / "images"), "--out", str(out),
+                 "--protocol", "extended", "--max-steps", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "SAM 3 text start (before the policy's clicks): cIoU" in captured.out
+    s = json.loads((out / "summary.json").read_text())
+    assert s["text_model"] == str(tiny_sam3_text) and s["text_start"]["grounded"] == 1.0, (captured.out, s["text_start"])
+    assert 0.0 <= s["text_start"]["ciou"] <= 1.0 and 0.0 <= s["text_start"]["giou"] <= 1.0
+    with open(out / "samples.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert np.mean([float(r["start_iou"]) for r in rows]) == pytest.approx(s["text_start"]["giou"], abs=1e-5)
+    # one policy click at most after the start (--max-steps 1)
+    preds = json.loads((out / "predictions.json").read_text())
+    assert len(preds) == 4 and all(len(p["pred_list"]) <= 1 for p in preds)
+
+
+def test_the_start_is_what_the_episode_begins_from(disk):
+    """evaluate(start=...): the policy's first observation shows the start mask, and its IoU is scored."""
+    seen = []
+
+    class Watching(ScriptedPolicy):
+        def propose(self, observations, k=1):
+            seen.extend(o.mask.copy() for o in observations if o.step == 0)
+            return super().propose(observations, k)
+
+    half = np.zeros_like(disk.gt)
+    half[:, : disk.gt.shape[1] // 2] = disk.gt[:, : disk.gt.shape[1] // 2]
+    config = LoopConfig(max_steps=2, protocol="extended", stop_iou=0.99, patience=5)
+    items = [EvalItem("disk", disk.expression, "disk.png", lambda: disk)] * 2
+    found = iter([half, None])
+    run = evaluate(Watching(SCRIPT), GrabCutSegmenter(), items, config, batch=2, start=lambda image, text: next(found))
+    assert np.array_equal(seen[0], half) and not seen[1].any()
+    first, second = run.results
+    assert first.start_iou == pytest.approx(iou(half, disk.gt)) and first.grounded
+    assert second.start_iou == 0.0 and not second.grounded
+    t = summarize_run(run.results, config, run.seconds)["text_start"]
+    assert t["grounded"] == 0.5 and t["giou"] == pytest.approx(first.start_iou / 2)
