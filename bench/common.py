@@ -55,7 +55,8 @@ def time_click_modes(cached, uncached, image, repeats: int, reencode_repeats: in
         times["decoder_alone"].append(ms(lambda: click(cached)))
         times["cached_click"].append(ms(lambda: (cached.set_image(image), click(cached))))
         times["image_digest"].append(ms(lambda: image_digest(image)))
-    times["reencode_click"] = [ms(lambda: (uncached.set_image(image), click(uncached))) for _ in range(reencode_repeats)]
+    times["reencode_click"] = [ms(lambda: (uncached.set_image(image), click(uncached)))
+                               for _ in range(reencode_repeats)]
     assert uncached.cache.hits == 0 and cached.cache.misses == 1, "the cached tool must have encoded the image once"
     med = {mode: statistics.median(values) for mode, values in times.items()}
     return {"image_hw": [h, w], "first_encode_ms": first_encode, "repeats": repeats,

@@ -22,7 +22,7 @@ from ..segmenters.cache import EmbeddingCache, image_digest
 from ..segmenters.hf_sam_models import processor_config, read_model_type
 from ..segmenters.hf_sam_preprocess import IMAGENET_STANDARD, ImagePreprocessor, OwnPreprocessor, PreprocessSpec
 
-__all__ = ["Instance", "TextGrounder", "instances_from_outputs", "TEXT_LENGTH", "MASK_THRESHOLD"]
+__all__ = ["Instance", "TextGrounder", "instances_from_outputs", "TEXT_LENGTH", "MASK_THRESHOLD", "TEXT_MODEL_TYPES"]
 
 TEXT_LENGTH = 32  # Sam3Processor pads every prompt to 32 tokens (the text encoder's positions)
 MASK_THRESHOLD = 0.5  # post_process_instance_segmentation's mask_threshold
@@ -37,7 +37,7 @@ class Instance:
     score: float
 
 
-def instances_from_outputs(pred_logits: torch.Tensor, presence_logits: torch.Tensor, pred_masks: torch.Tensor,
+def instances_from_outputs(pred_logits: torch.Tensor, presence_logits: Optional[torch.Tensor], pred_masks: torch.Tensor,
                            size: tuple[int, int], threshold: float, limit: Optional[int] = None) -> list[Instance]:
     """One image's ``Sam3Model`` outputs -> its instances scoring above ``threshold``, best first, the best
     ``limit`` at most (only those are resized: 200 queries at full size would take gigabytes).
