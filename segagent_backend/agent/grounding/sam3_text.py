@@ -40,7 +40,7 @@ class Instance:
 def instances_from_outputs(pred_logits: torch.Tensor, presence_logits: Optional[torch.Tensor], pred_masks: torch.Tensor,
                            size: tuple[int, int], threshold: float, limit: Optional[int] = None) -> list[Instance]:
     """One image's ``Sam3Model`` outputs -> its instances scoring above ``threshold``, best first, the best
-    ``limit`` at most (only those are resized: 200 queries at full size would take gigabytes).
+    ``limit`` at most (only those are resized, one at a time: float maps of a large image are big).
 
     pred_logits: (Q,) query logits; presence_logits: (1,) or None; pred_masks: (Q, h, w) mask logits;
     size: (H, W) of the image. A query whose mask is empty at the image's size is no instance.
@@ -50,12 +50,14 @@ def instances_from_outputs(pred_logits: torch.Tensor, presence_logits: Optional[
         scores = scores * presence_logits.float().sigmoid()
     keep = torch.nonzero(scores > threshold).flatten()
     keep = keep[torch.argsort(scores[keep], descending=True, stable=True)][:limit]
-    if len(keep) == 0:
-        return []
-    probabilities = F.interpolate(pred_masks[keep].float().sigmoid()[None], size=tuple(size), mode="bilinear",
-                                  align_corners=False)[0]
-    masks = (probabilities > MASK_THRESHOLD).cpu().numpy()
-    return [Instance(mask, float(scores[q])) for q, mask in zip(keep.tolist(), masks) if mask.any()]
+    instances = []
+    for q in keep.tolist():
+        probability = F.interpolate(pred_masks[q].float().sigmoid()[None, None], size=tuple(size), mode="bilinear",
+                                    align_corners=False)[0, 0]
+        mask = (probability > MASK_THRESHOLD).cpu().numpy()
+        if mask.any():
+            instances.append(Instance(mask, float(scores[q])))
+    return instances
 
 
 class TextGrounder:
