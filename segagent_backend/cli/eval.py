@@ -242,13 +242,14 @@ def _text_start(settings: Settings, policy, release: bool):
         return None
     from ..agent.grounding import Ungroundable, text_start
     from ..agent.loading import ModelLoadError
+    from ..agent.segmenters import EmbeddingCache
     from ..wiring import text_model_from_settings
     from .models import check_model_source, load_failure, quiet_load_errors
 
     check_model_source(settings.text_model, f"SEGAGENT_TEXT_MODEL={settings.text_model!r}")
     with quiet_load_errors():
         try:
-            grounder = text_model_from_settings(settings)
+            grounder = text_model_from_settings(settings, EmbeddingCache(settings.cache_bytes))  # sentences share images
         except (ModelLoadError, ValueError, OSError) as exc:
             raise load_failure(f"SEGAGENT_TEXT_MODEL={settings.text_model!r}", str(exc)) from None
 
