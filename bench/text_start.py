@@ -52,7 +52,7 @@ def build(tiny: bool, folder: Path) -> TextGrounder:
     model = transformers.Sam3Model(transformers.Sam3Config()).eval()
     side = int(model.config.image_size)
     preprocessor = OwnPreprocessor(dataclasses.replace(tiny_grounder.preprocessor.spec, size=(side, side)))
-    return TextGrounder(model, tiny_grounder.tokenizer, preprocessor, EmbeddingCache(4 * 2**30), "sam3-default")
+    return TextGrounder(model, tiny_grounder.tokenizer, preprocessor, EmbeddingCache(4 * 2**30))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -212,13 +212,16 @@ class ModelHost:
             raise RuntimeError("no SAM 3 text model is configured (SEGAGENT_TEXT_MODEL)")
         try:
             with self._model_lock:
-                return text_start(self._text_model, self._policy, image, expression, self.settings.text_threshold,
-                                  self.settings.release_protocol)
+                start = text_start(self._text_model, self._policy, image, expression, self.settings.text_threshold,
+                                   self.settings.release_protocol)
         except Ungroundable as exc:
             if self._policy is None:
                 raise RequestError(str(exc), 422) from None
             log.info("%s: the policy starts from an empty mask", exc)
             return None
+        log.debug("SAM 3 found %d %r; the start scores %.3f (policy estimate %s)", start.instances, start.phrase,
+                  start.score, start.estimate)
+        return start
 
     def run_clicks(self, image: np.ndarray, clicks: list, box=None, mask: Optional[np.ndarray] = None) -> EpisodeResult:
         """Given clicks (pixels) on ``image`` ((H, W, 3) uint8 RGB) through the tool -> the episode's result;

@@ -17,6 +17,22 @@ def is_local_path(name: str) -> bool:
             or Path(name).expanduser().exists())
 
 
+def checkpoint_source(source, what: str = "model folder") -> str:
+    """A ``save_pretrained`` folder on this machine (checked: it exists, is a folder and holds config.json;
+    returned with ``~`` expanded) or a hub id (returned as is: transformers fetches it or finds it in the HF
+    cache). ModelLoadError naming ``what`` and the path when the folder cannot be used."""
+    text = str(source)
+    if not is_local_path(text):
+        return text
+    folder = Path(text).expanduser()
+    if not folder.is_dir():
+        reason = "it is a file, not a folder" if folder.exists() else "no such folder, it does not exist"
+        raise ModelLoadError(f"{what} {text!r} cannot be used: {reason}")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{what} {text!r} has no config.json (not a save_pretrained folder)")
+    return str(folder)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu`` / ``cuda`` / ``cuda:N`` are checked."""
     if device == "auto":

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..loading import ModelLoadError, is_local_path, resolve_device
+from ..loading import ModelLoadError, checkpoint_source, resolve_device
 from ..segmenters.cache import EmbeddingCache, image_digest
 from ..segmenters.hf_sam_models import processor_config, read_model_type
 from ..segmenters.hf_sam_preprocess import IMAGENET_STANDARD, ImagePreprocessor, OwnPreprocessor, PreprocessSpec
@@ -69,12 +69,11 @@ class TextGrounder:
     """
 
     def __init__(self, model: Any, tokenizer: Any, preprocessor: ImagePreprocessor,
-                 cache: Optional[EmbeddingCache] = None, name: str = "sam3"):
+                 cache: Optional[EmbeddingCache] = None):
         self.model = model
         self.tokenizer = tokenizer
         self.preprocessor = preprocessor
         self.cache = cache if cache is not None else EmbeddingCache(0)
-        self.name = name
         self._namespace = f"sam3-text:{id(model)}"
         self._positions: Optional[tuple[torch.Tensor, ...]] = None  # FPN position encodings: the same for every image
 
@@ -86,10 +85,7 @@ class TextGrounder:
         the reason when it cannot."""
         import transformers
 
-        src = str(source)
-        if is_local_path(src) and not (Path(src).expanduser() / "config.json").is_file():
-            raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src}: no config.json there (not a save_pretrained folder)")
-        src = str(Path(src).expanduser()) if is_local_path(src) else src
+        src = checkpoint_source(source, "SAM 3 text model folder (SEGAGENT_TEXT_MODEL)")
         model_type = read_model_type(src)
         if model_type not in TEXT_MODEL_TYPES:  # facebook/sam3 is `sam3_video`: Sam3Model takes its detector
             raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src} has config.model_type {model_type!r}: a SAM 3 text "
@@ -101,7 +97,7 @@ class TextGrounder:
                                               defaults=IMAGENET_STANDARD)
         except Exception as exc:
             raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src} cannot be loaded: {type(exc).__name__}: {exc}") from exc
-        return cls(model.to(resolve_device(device)).eval(), tokenizer, OwnPreprocessor(spec), cache, Path(src).name)
+        return cls(model.to(resolve_device(device)).eval(), tokenizer, OwnPreprocessor(spec), cache)
 
     def instances(self, image: np.ndarray, phrase: str, threshold: float,
                   limit: Optional[int] = None) -> list[Instance]:

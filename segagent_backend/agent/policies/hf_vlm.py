@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, task_text
-from ..loading import ModelLoadError, is_local_path, resolve_device
+from ..loading import ModelLoadError, checkpoint_source, resolve_device
 from .base import Observation
 from .text import TextAnswerPolicy
 
@@ -86,21 +86,6 @@ def save_processor(processor, folder: Union[str, Path]) -> None:
                 path.write_text(json.dumps(data, indent=2))
 
 
-def _resolve_source(path_or_id: Union[str, Path]) -> str:
-    """A local folder (checked) or a hub id (left to transformers); clear errors for bad paths."""
-    text = str(path_or_id)
-    path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"model path {text!r} is a file, not a checkpoint folder")
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"model folder {text!r} has no config.json: not a transformers checkpoint")
-        return str(path)
-    if is_local_path(text):
-        raise ModelLoadError(f"model folder {text!r} does not exist")
-    return text  # a hub id (needs the network or the local HF cache)
-
-
 def _load_processor(source: str, model_type: str):
     from transformers import AutoProcessor, ProcessorMixin
 
@@ -140,7 +125,7 @@ def load_hf_vlm(path_or_id: Union[str, Path], device: str = "auto", dtype: Union
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    source = _resolve_source(path_or_id)
+    source = checkpoint_source(path_or_id)
     dev = resolve_device(device)
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

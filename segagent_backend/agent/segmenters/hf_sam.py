@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..loading import ModelLoadError, is_local_path, resolve_device
+from ..loading import ModelLoadError, checkpoint_source, resolve_device
 from .cache import EmbeddingCache
 from .hf_sam_models import SamFamily, decode, encode, family_of, load_family, mask_input_size, model_side, source_key
 from .hf_sam_preprocess import ImagePreprocessor
@@ -35,16 +35,7 @@ def load_hf_sam(source: Union[str, Path], device: str = "auto") -> tuple[Any, Im
     unreadable or of an unsupported model type.
     """
     dev = resolve_device(device)
-    src = str(source)
-    if is_local_path(src):  # the project's one rule: ORG/NAME is a hub id
-        folder = Path(src).expanduser()
-        if not folder.is_dir():
-            reason = "it is a file, not a folder" if folder.exists() else "no such folder"
-            raise ModelLoadError(f"SAM model folder {folder} cannot be used: {reason}")
-        if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"SAM model folder {folder} has no config.json (not a save_pretrained folder)")
-        src = str(folder)
-    model, _, preprocessor = load_family(src, dev)
+    model, _, preprocessor = load_family(checkpoint_source(source, "SAM model folder"), dev)
     return model, preprocessor
 
 
