@@ -12,24 +12,29 @@ TORCHVISION := torchvision==0.28.0
 # auto: install it when nvidia-smi sees a GPU; 1: always (image builds have no GPU); 0: never
 WITH_TORCHVISION ?= auto
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench lock clean
 
 install: $(STAMP)
 
-$(STAMP): requirements-torch.txt requirements.txt requirements-test.txt pyproject.toml
+# Everything installs from the *.lock files (pip-compile output, `make lock`), never from the hand-edited
+# requirements*.txt. torch is the one package the locks leave out: its build differs by machine (CPU here,
+# CUDA elsewhere), so it is installed first from its one pin, under the lock's pins for its own dependencies.
+$(STAMP): requirements-torch.txt requirements.lock requirements-test.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -r requirements-torch.txt          # torch FIRST: nothing below may pull another build
+	$(PIP) install -c requirements.lock -r requirements-torch.txt    # torch FIRST: nothing below may pull another build
 	@if [ "$(WITH_TORCHVISION)" = 1 ] || { [ "$(WITH_TORCHVISION)" = auto ] && nvidia-smi -L >/dev/null 2>&1; }; then \
-	    echo "installing $(TORCHVISION) (CUDA)"; $(PIP) install $(TORCHVISION); fi
-	$(PIP) install -r requirements.txt -r requirements-test.txt
-	$(PIP) install --no-deps -e .
+	    echo "installing $(TORCHVISION) (CUDA)"; $(PIP) install -c requirements.lock $(TORCHVISION); fi
+	$(PIP) install --no-deps -r requirements.lock -r requirements-test.lock
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PIP) check
 	@$(PY) -c "import importlib.util as u, torch, transformers, label_studio_sdk, cv2; assert u.find_spec('segment_anything'); print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $(STAMP)
 
 # the real Label Studio server, for the end-to-end tests only
-$(LS_STAMP): requirements-labelstudio.txt
+$(LS_STAMP): requirements-labelstudio.lock
 	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip -q --disable-pip-version-check install -r requirements-labelstudio.txt
+	$(LS_VENV)/bin/pip -q --disable-pip-version-check install --no-deps -r requirements-labelstudio.lock
+	$(LS_VENV)/bin/pip -q --disable-pip-version-check check
 	@touch $(LS_STAMP)
 
 run: install
@@ -57,6 +62,17 @@ bench: install    # every bench, even after one fails (the report names those wi
 	-scripts/with-redis $(PY) -m bench.queue_overhead
 	-scripts/with-redis $(PY) -m bench.queue_workers
 	$(PY) -m bench.report    # bench/REPORT.md (+ PNGs in bench/results/) from the figures each bench recorded
+
+# Regenerate the locks from the requirements*.txt. Pins already in a lock are kept; to move one package:
+# edit its requirements*.txt line (or not, for a transitive one) and `make lock UPGRADE=transformers`.
+# No index or find-links lines: a user's machine resolves the same pins from the public index.
+LOCK := $(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+	$(if $(UPGRADE),--upgrade-package $(UPGRADE))
+lock: install
+	$(LOCK) --unsafe-package torch -o requirements.lock requirements-torch.txt requirements.txt
+	$(LOCK) --unsafe-package torch -c requirements.lock -o requirements-test.lock requirements-test.txt
+	$(LOCK) --allow-unsafe -o requirements-labelstudio.lock requirements-labelstudio.txt
+	$(LOCK) --allow-unsafe -o requirements-oracle.lock requirements-oracle.txt
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .venv-oracle .pytest_cache

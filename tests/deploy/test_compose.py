@@ -294,8 +294,10 @@ def test_dockerfile_installs_dependencies_before_the_source():
     source = first(lambda s: s.startswith("COPY") and "segagent_backend" in s, "COPY of segagent_backend")
     torch = first(lambda s: s.startswith("RUN") and "requirements-torch.txt" in s, "torch install")
     torchvision = first(lambda s: s.startswith(("RUN", "ARG")) and "torchvision==0.28.0" in s, "torchvision==0.28.0")
-    runtime = first(lambda s: s.startswith("RUN") and re.search(r"-r requirements\.txt", s), "requirements.txt install")
-    package = first(lambda s: s.startswith("RUN") and "pip install --no-deps ." in s, "pip install --no-deps .")
+    runtime = first(lambda s: s.startswith("RUN") and re.search(r"--no-deps -r requirements\.lock", s),
+                    "requirements.lock install")
+    package = first(lambda s: s.startswith("RUN") and re.search(r"pip install --no-deps .*\.( |$)", s),
+                    "pip install --no-deps .")
     assert torch < torchvision < runtime < source < package
     # the requirements files are copied by themselves, not with the source
     for i in range(source):
@@ -329,7 +331,7 @@ def test_dockerignore_keeps_local_state_out_of_the_context():
         assert needed in patterns, f".dockerignore: {needed} missing"
     assert any("__pycache__" in p for p in patterns) and any("egg-info" in p for p in patterns)
     # what the Dockerfile copies must stay in the context
-    for kept in ("segagent_backend", "trainer", "_wsgi.py", "pyproject.toml", "README.md", "requirements.txt"):
+    for kept in ("segagent_backend", "trainer", "_wsgi.py", "pyproject.toml", "README.md", "requirements.lock"):
         assert kept not in patterns
 
 

@@ -90,6 +90,8 @@ def label_studio(label_studio_bin, files_root, tmp_path_factory):
         LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files_root), ML_BLOCK_LOCAL_IP="false",
         SSRF_PROTECTION_ENABLED="false", LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+        # hermetic: no PyPI version check, no Sentry (server or frontend), no analytics
+        LATEST_VERSION_CHECK="false", SENTRY_DSN="", FRONTEND_SENTRY_DSN="", COLLECT_ANALYTICS="false",
     )
     proc = subprocess.Popen(
         [label_studio_bin, "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),

@@ -14,8 +14,9 @@ from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
 from payloads import predict_body
-from segagent_backend.agent.audit import MaskToJudge
-from segagent_backend.agent.grounding import MAX_CANDIDATES, TextGrounder, choose_instance
+from segagent_backend.agent.grounding import TextGrounder
+from segagent_backend.agent.policies.base import Policy
+from segagent_backend.agent.protocol import Answer
 from segagent_backend.labelstudio.config import EXAMPLE_CONFIG
 
 
@@ -70,31 +71,42 @@ def test_without_policy_or_text_model_nothing_is_predicted(make_settings, media_
     assert reply.json["results"][0]["status"] == 501
 
 
-def test_the_policys_episode_starts_from_the_instance_it_rates_best(make_settings, tiny_sam3_text, tiny_qwen2_vl,
-                                                                    media_server, media_dir, monkeypatch):
-    from segagent_backend.app import create_app
+class RatesOneMask(Policy):
+    """A policy whose preference is known by construction: it rates ``preferred`` 0.9 and any other mask
+    0.2, and never clicks. It answers through the production interface (``Policy.propose``), so the host,
+    ``text_start`` and the episode treat it as they treat a loaded model."""
 
-    app = create_app(make_settings(SEGAGENT_TEXT_MODEL=tiny_sam3_text, SEGAGENT_TEXT_THRESHOLD=0,
-                                   SEGAGENT_POLICY=tiny_qwen2_vl, SEGAGENT_MAX_STEPS=2))
-    host = app.config["SEGAGENT_HOST"]
-    starts, requests = [], []
-    start_from_text, run_policy = host.start_from_text, host.run_policy
-    monkeypatch.setattr(host, "start_from_text", lambda *a: starts.append(start_from_text(*a)) or starts[-1])
-    monkeypatch.setattr(host, "run_policy", lambda r: requests.extend(r) or run_policy(r))
-    reply = app.test_client().post("/predict", json=automatic_body(media_server, ["object"]))
+    def __init__(self, preferred: np.ndarray):
+        super().__init__()
+        self.preferred, self.shown = preferred, []
+
+    def propose(self, observations, k=1):
+        self.stats.calls += 1
+        self.shown += [o.mask for o in observations]
+        return [[Answer(None, 0.9 if np.array_equal(o.mask, self.preferred) else 0.2)] * k for o in observations]
+
+
+def test_the_policys_episode_starts_from_the_instance_it_rates_best(make_settings, tiny_sam3_text, tiny_qwen2_vl,
+                                                                    media_server, instances):
+    from segagent_backend.app import create_app
+    from segagent_backend.model_host import ModelHost
+    from segagent_backend.registry import Registry
+
+    assert len(instances) >= 2, "the tiny SAM 3 must find several instances for a choice to be made"
+    policy = RatesOneMask(preferred=instances[-1].mask)  # SAM 3's worst-scored instance, the policy's best
+    settings = make_settings(SEGAGENT_TEXT_MODEL=tiny_sam3_text, SEGAGENT_TEXT_THRESHOLD=0,
+                             SEGAGENT_POLICY=tiny_qwen2_vl, SEGAGENT_MAX_STEPS=2)
+    host = ModelHost(settings, Registry.from_settings(settings), build_policy=lambda _settings, _source: policy)
+    reply = create_app(settings, host).test_client().post("/predict", json=automatic_body(media_server, ["red disk"]))
     assert reply.status_code == 200, reply.json
-    (start,), (request,) = starts, requests
-    assert np.array_equal(request.mask, start.mask) and request.expression == "object"
-    # SAM 3's instances and the policy's estimates of them, asked again the same way (greedy: same answers)
-    image = np.array(Image.open(media_dir / "disk.png").convert("RGB"))
-    instances = TextGrounder.from_pretrained(tiny_sam3_text, "cpu").instances(image, "object", threshold=0.0)
-    estimates = host.estimate_masks([MaskToJudge(image, i.mask, "object") for i in instances], MAX_CANDIDATES)
-    best = choose_instance([i.score for i in instances], estimates)
-    assert best != 0, "this tiny policy prefers another instance than SAM 3's best-scored one"
-    assert np.array_equal(start.mask, instances[best].mask) and start.estimate == estimates[best]
-    assert host.serving_policy.stats.calls >= 2  # one call judged the instances, then the episode's clicks
+    judged = policy.shown[:len(instances)]  # the first call: every instance, in SAM 3's order
+    assert all(np.array_equal(a, i.mask) for a, i in zip(judged, instances)) and len(judged) == len(instances)
+    # the episode's first observation shows the chosen start: the instance the policy rated 0.9
+    assert np.array_equal(policy.shown[len(instances)], instances[-1].mask)
     prediction = reply.json["results"][0]
-    assert prediction["model_version"].startswith("segagent-qwen2_vl-grabcut-sam3text-sam3-v")
+    assert np.array_equal(brush_mask(prediction), instances[-1].mask)  # it stopped at once: the start is the mask
+    assert prediction["score"] == pytest.approx(0.9)
+    assert prediction["model_version"].startswith("segagent-qwen2_vl-grabcut-sam3text-sam3-v")  # named by the settings
 
 
 def test_cli_predicts_from_text_alone(tiny_sam3_text, media_dir, tmp_path, monkeypatch, capsys, instances):
