@@ -42,6 +42,7 @@ run: install
 
 test: install $(LS_STAMP)
 	@scripts/ensure-docker-compose    # the compose file is validated by docker-compose (installed when missing)
+	@scripts/ensure-chromium          # the browser tests drive Debian's chromium (installed when missing)
 	@scripts/oracle-env               # the original Qwen-VL-Chat code (transformers 4.32) the native port is tested against
 	LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
 

@@ -105,9 +105,10 @@ def test_the_cached_path_equals_the_full_forward_and_keeps_the_best_candidate(se
     prev = seg.segment(clicks[:1]).logits
     out = seg.segment(clicks, box=box, prev_logits=prev)
     masks, ious = _full_forward(seg, image, clicks, box, prev)
-    best = int(np.argmax(ious))
-    np.testing.assert_allclose(out.logits[0], masks[best], atol=1e-4)
-    assert out.score == pytest.approx(min(max(float(ious[best]), 0.0), 1.0), abs=1e-5)
+    # a tiny random decoder's predicted IoUs can be ~1e-4 apart: candidates within the paths' tolerance of the
+    # best are a tie either path may break its own way, so the kept logits are one of those candidates'
+    best = [i for i in range(len(ious)) if ious[i] >= ious.max() - 1e-5]
+    assert any(np.allclose(out.logits[0], masks[i], atol=1e-4) for i in best), (ious, best)
     assert out.score == pytest.approx(min(max(float(ious.max()), 0.0), 1.0), abs=1e-5)
 
 

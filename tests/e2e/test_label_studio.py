@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +21,8 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from servers import REPO, serve_backend, stop
+
 CONFIG = (
     '<View><Image name="image" value="$image"/><Text name="expression" value="$expression"/>'
     '<BrushLabels name="mask" toName="image"><Label value="Disk"/></BrushLabels>'
@@ -32,99 +30,6 @@ CONFIG = (
     '<KeyPointLabels name="trajectory" toName="image"><Label value="positive"/><Label value="negative"/></KeyPointLabels>'
     '</View>'
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, proc: subprocess.Popen, seconds: float, ok=lambda r: r.status_code == 200, **kwargs) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args[0]} exited:\n{proc.stdout.read()[-4000:]}")
-        try:
-            if ok(requests.get(url, timeout=3, **kwargs)):
-                return
-        except (requests.RequestException, ValueError):
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail(f"{url} did not come up in {seconds} s:\n{proc.stdout.read()[-4000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="module")
-def label_studio_bin() -> str:
-    path = os.environ.get("LABEL_STUDIO_BIN") or str(REPO / ".venv-ls" / "bin" / "label-studio")
-    if not Path(path).exists():
-        pytest.skip(f"no Label Studio server at {path}: `make test` installs it (.venv-ls)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def files_root(tmp_path_factory, disk_image) -> Path:
-    root = tmp_path_factory.mktemp("ls-files")
-    (root / "images").mkdir()
-    Image.fromarray(disk_image[0]).save(root / "images" / "disk.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def label_studio(label_studio_bin, files_root, tmp_path_factory):
-    """(base URL, API token) of a fresh Label Studio server on a free loopback port."""
-    data_dir, port, token = tmp_path_factory.mktemp("ls-data"), free_port(), secrets.token_hex(20)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS", "LABEL_STUDIO"))}
-    env.update(
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), LABEL_STUDIO_USERNAME="e2e@example.com",
-        LABEL_STUDIO_PASSWORD="e2e-password", LABEL_STUDIO_USER_TOKEN=token,
-        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files_root), ML_BLOCK_LOCAL_IP="false",
-        SSRF_PROTECTION_ENABLED="false", LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
-        # hermetic: no PyPI version check, no Sentry (server or frontend), no analytics
-        LATEST_VERSION_CHECK="false", SENTRY_DSN="", FRONTEND_SENTRY_DSN="", COLLECT_ANALYTICS="false",
-    )
-    proc = subprocess.Popen(
-        [label_studio_bin, "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-         "--data-dir", str(data_dir), "--enable-legacy-api-token"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(f"{url}/api/projects", proc, 240, headers={"Authorization": f"Token {token}"})
-    yield url, token
-    stop(proc)
-
-
-def serve_backend(label_studio, model_dir: Path, **settings):
-    """Start the backend under gunicorn, told where Label Studio is; (url, process)."""
-    url, token = label_studio
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(MODEL_DIR=str(model_dir), LABEL_STUDIO_URL=url, LABEL_STUDIO_API_KEY=token, WORKERS="1",
-               THREADS="4", **settings)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "4", "--worker-class", "gthread", "_wsgi:app"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    backend_url = f"http://127.0.0.1:{port}"
-    wait_for(f"{backend_url}/health", proc, 90, ok=lambda r: r.json()["model"] == "ready")
-    return backend_url, proc
-
-
-@pytest.fixture(scope="module")
-def backend(label_studio, tmp_path_factory):
-    """The backend with the default tools and no policy."""
-    url, proc = serve_backend(label_studio, tmp_path_factory.mktemp("models"))
-    yield url
-    stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -182,10 +182,9 @@ def test_full_fine_tuning_memorises_one_sample(base, samples, tmp_path):
     sample = samples[0]
     config = FinetuneConfig(method="full", learning_rate=3e-3, max_steps=30, batch_size=1, lr_scheduler="constant",
                             save_steps=1000)
-    untrained = build_policy("qwen-vl-chat", str(base), device="cpu")
     observation = Observation(sample.image, sample.shown, sample.expression, release=sample.release)
-    assert untrained.propose([observation])[0][0].text != sample.target
     result = finetune([sample], base, tmp_path / "run", config, progress=False, policy_kind="qwen-vl-chat")
+    # the base does not know the answer (what its random greedy answer is instead is not ours to assert)
     assert result.steps == 30 and result.losses[0] > 10 and result.losses[-1] < 0.05
     changed = _changed(base, result.model_dir)
     assert not any(k.startswith("transformer.visual.") for k in changed)

@@ -1,0 +1,42 @@
+"""Fixtures of the end-to-end tests: one Label Studio server for the session, the backend beside it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from servers import REPO, serve_backend, start_label_studio, stop
+
+
+@pytest.fixture(scope="session")
+def label_studio_bin() -> str:
+    path = os.environ.get("LABEL_STUDIO_BIN") or str(REPO / ".venv-ls" / "bin" / "label-studio")
+    if not Path(path).exists():
+        pytest.skip(f"no Label Studio server at {path}: `make test` installs it (.venv-ls)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def files_root(tmp_path_factory, disk_image) -> Path:
+    root = tmp_path_factory.mktemp("ls-files")
+    (root / "images").mkdir()
+    Image.fromarray(disk_image[0]).save(root / "images" / "disk.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, tmp_path_factory):
+    """The backend with the default tools and no policy."""
+    url, proc = serve_backend(label_studio, tmp_path_factory.mktemp("models"))
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_bin, files_root, tmp_path_factory):
+    """(base URL, legacy API token) of a fresh Label Studio server on a free loopback port."""
+    server, proc = start_label_studio(label_studio_bin, files_root, tmp_path_factory.mktemp("ls-data"))
+    yield server
+    stop(proc)
