@@ -8,10 +8,12 @@ from typing import Optional
 
 from flask import Flask, Response, g, jsonify, request
 
-from . import http_guard, openapi
+from . import error_log, http_guard, openapi
 from .admission import Admission
 from .audit import audit_annotation
 from .corrections import CorrectionStore
+from .error_log import (ErrorEvent, ErrorReporter, Redactor, current_request_id, report_task_errors,
+                        serve_with_request_id, task_ids)
 from .errors import RequestError
 from .http_guard import json_body
 from .labelstudio.config import parse_label_config
@@ -47,6 +49,9 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
     registry = Registry.from_settings(settings)
     sources = ProjectSources.from_settings(settings)
     metrics = Metrics()
+    # never log a configured secret, even if a message were ever to quote one
+    secrets = [settings.label_studio_api_key, settings.basic_auth_user, settings.basic_auth_pass]
+    errors = ErrorReporter(Redactor(secrets), on_error=metrics.count_error)
     if settings.redis_url:
         host = None
         named = VersionName(settings, registry)
@@ -74,6 +79,7 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
     _install_auth(app, settings)
     _install_metrics(app, metrics)
     http_guard.install(app, settings)  # body limit, request ids, schema validation, JSON errors
+    error_log.install(app, errors)  # every 4xx/5xx logged with its reason, task ids and request id
     config_chars = settings.max_label_config_kb * 1024
 
     @app.get("/")
@@ -93,6 +99,7 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
             body.update(fields)
             body["model"] = "ready" if any(w["model"] == "ready" for w in fields["workers"]) else "no worker"
         latest = list_reports(settings, last=1)
+        body["errors"] = errors.recent.summary()  # this process's recent errors and the last reason
         if latest:  # the newest training round, so a failed or kept one is seen where people look
             r = latest[0]
             body["training"] = {"run": r.run, "status": r.status, "reason": r.reason, "version": r.version}
@@ -114,6 +121,7 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
     def predict():
         body = json_body("/predict")  # tasks: 1..SEGAGENT_MAX_TASKS objects with data (the OpenAPI schema)
         tasks = body["tasks"]
+        g.task_ids = task_ids(tasks)  # named by the log line of a whole-request error
         params = body.get("params") or {}
         # checked here, in every mode, before anything is queued: the config (size, tags) and the clicks
         # (count, fields, claimed image size)
@@ -122,12 +130,14 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
         refresh()  # cheap unless a version was promoted since the last request
         results = dispatcher.predict(PredictRequest(tasks, body.get("label_config"), params.get("context"),
                                                     body.get("project")))
+        report_task_errors(errors, tasks, results)  # each reason in the log: Label Studio's screen drops it
         failed = [r for r in results if "result" not in r]
         metrics.predictions.labels("ok").inc(len(results) - len(failed))
         metrics.predictions.labels("error").inc(len(failed))
         if failed and len(failed) == len(results):
             # nothing to show: answer with the error so Label Studio reports it instead of storing nothing
-            return jsonify({"error": failed[0]["error"], "results": results}), failed[0]["status"]
+            return jsonify({"error": failed[0]["error"], "results": results, "request_id": g.request_id}), \
+                failed[0]["status"]
         return jsonify({"results": results})
 
     @app.post("/audit")
@@ -163,20 +173,31 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
     def openapi_json():
         return jsonify(description)
 
-    _install_admission(app, settings, metrics)
+    _install_admission(app, settings, metrics, errors)
     if settings.preload and host is not None:
         host.load(background=True)
     return app
 
 
-def _install_admission(app: Flask, settings: Settings, metrics: Metrics) -> None:
+def _install_admission(app: Flask, settings: Settings, metrics: Metrics, errors: ErrorReporter) -> None:
     """THREADS model requests at once; one more is 503 busy (counted), so /health always finds a thread."""
     routes = {rule.rule for rule in app.url_map.iter_rules()}
 
     def count_busy(path: str, method: str) -> None:
-        metrics.requests.labels(path if path in routes else "unmatched", method_label(method), "503").inc()
+        route = path if path in routes else "unmatched"
+        metrics.requests.labels(route, method_label(method), "503").inc()
+        # answered outside Flask, so error_log's after_request never sees it
+        errors.report(ErrorEvent(503, f"busy: more than THREADS={settings.threads} model requests at once",
+                                 method_label(method), route, current_request_id()))
 
-    app.wsgi_app = Admission(app.wsgi_app, settings.threads, on_busy=count_busy)
+    app.wsgi_app = _IdentifiedAdmission(app.wsgi_app, settings.threads, on_busy=count_busy)
+
+
+class _IdentifiedAdmission(Admission):
+    """Admission, every request of which (a busy 503 too) has its request id first (``error_log``)."""
+
+    def __call__(self, environ: dict, start_response):
+        return serve_with_request_id(super().__call__, environ, start_response)
 
 
 def _install_auth(app: Flask, settings: Settings) -> None:

@@ -36,6 +36,10 @@ class Metrics:
         self.predictions = Counter(
             "segagent_predictions_total", "Task predictions by outcome (ok, error)",
             ["outcome"], registry=self.registry)
+        self.errors = Counter(
+            "segagent_errors_total",
+            "4xx/5xx answers by scope (request: a whole reply; task: a per-task error inside a /predict reply) "
+            "and status; their reasons are in the log", ["scope", "status"], registry=self.registry)
         self.webhooks = Counter(
             "segagent_webhooks_total", "Webhook events by action", ["action"], registry=self.registry)
         self.cache_bytes = Gauge(
@@ -48,6 +52,9 @@ class Metrics:
         self.job_latency = Histogram(
             "segagent_job_seconds", "Enqueue-to-result time of queued jobs, by queue",
             ["queue"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def count_error(self, scope: str, status: int) -> None:
+        self.errors.labels(scope, str(status)).inc()
 
     def observe_job(self, queue: str, seconds: float) -> None:
         self.job_latency.labels(queue).observe(seconds)
