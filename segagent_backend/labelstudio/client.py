@@ -7,13 +7,25 @@ from ..errors import RequestError
 from ..settings import Settings
 
 
+SDK_TIMEOUT_S = 60.0  # the SDK's own default, which it drops when given an httpx client
+
+
 def label_studio(settings: Settings):
-    """The SDK client for LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY (both required)."""
+    """The SDK client for LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY (both required): a legacy token or a
+    personal access token (exchanged for access tokens, renewed early, one retry after a 401)."""
+    import httpx
     from label_studio_sdk import LabelStudio
+
+    from ..media.access_tokens import RenewingAuth, credentials
 
     if not settings.label_studio_url or not settings.label_studio_api_key:
         raise RequestError("this talks to Label Studio: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-    return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+    # the slash: the SDK joins its token-refresh path with urljoin, which drops a base path's last part
+    base_url = settings.label_studio_url.rstrip("/") + "/"
+    key = settings.label_studio_api_key
+    auth = RenewingAuth(credentials(base_url, key))
+    client = httpx.Client(timeout=SDK_TIMEOUT_S, follow_redirects=True, auth=auth)
+    return LabelStudio(base_url=base_url, api_key=key, timeout=SDK_TIMEOUT_S, httpx_client=client)
 
 
 # ----- what an annotation audit reads and writes (``segagent audit``) ---------------------------------

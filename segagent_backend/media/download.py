@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urljoin
@@ -28,6 +28,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from .access_tokens import Credentials, TokenExchangeFailed, ca_bundle, credentials
 from .policy import LabelStudioHost, MediaPolicy, Origin, PolicyRefusal
 
 log = logging.getLogger(__name__)
@@ -54,24 +55,15 @@ class FetchFailed(Exception):
 class Request:
     """One download: ``url`` (absolute http(s)), the trusted Label Studio (None: none known), its
     ``token`` (sent only to Label Studio's media/API paths, and only while every hop so far stayed on
-    Label Studio's origin), ``deadline``: the ``time.monotonic()`` value by which the whole download
+    Label Studio's origin; a personal access token is first exchanged there for an access token),
+    ``deadline``: the ``time.monotonic()`` value by which the whole download
     must be done, ``max_bytes``: the largest body accepted."""
 
     url: str
     label_studio: Optional[LabelStudioHost]
-    token: Optional[str]
+    token: Optional[str] = field(repr=False)  # never in logs or reprs
     deadline: float
     max_bytes: int
-
-
-def authorization(token: str) -> str:
-    """The header Label Studio expects for ``token``: Bearer for a JWT (personal access token), else Token."""
-    try:
-        from label_studio_sdk._extensions.label_studio_tools.core.utils.io import is_jwt_well_formed
-        jwt = is_jwt_well_formed(token)
-    except Exception:  # an SDK without the helper: a legacy token
-        jwt = False
-    return ("Bearer " if jwt else "Token ") + token
 
 
 class _Guard:
@@ -173,8 +165,7 @@ def _guarded_session(guard: _Guard) -> requests.Session:
 
     session = requests.Session()
     session.trust_env = False  # no proxy (it would resolve names itself), no ~/.netrc credentials
-    # ... but the CA bundle an operator gives requests (a private CA of their Label Studio) still counts
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.verify = ca_bundle()  # ... but the CA bundle an operator gives requests still counts
     session.mount("http://", Adapter())
     session.mount("https://", Adapter())
     return session
@@ -209,21 +200,16 @@ def _follow(session: requests.Session, guard: _Guard, request: Request, policy: 
                 raise FetchFailed("refused", f"redirect refused: {refusal}", label_studio=False)
             raise PolicyRefusal(refusal)
         headers = {"User-Agent": "segagent-backend", "Accept": "image/*, */*;q=0.5", "Accept-Encoding": "identity"}
+        creds: Optional[Credentials] = None
         if request.token and on_label_studio and ls.token_allowed(url):
-            headers["Authorization"] = authorization(request.token)
-        remaining = guard.remaining()
-        if remaining <= 0:
-            raise FetchFailed("timeout", "the deadline passed", label_studio=is_ls)
-        try:
-            try:
-                response = session.get(url, headers=headers, stream=True, allow_redirects=False,
-                                       timeout=(remaining, remaining))
-            except requests.RequestException as exc:
-                raise _network_failure(guard, exc, is_ls) from None
-        except PolicyRefusal as exc:  # an address of the host is refused
-            if hop:
-                raise FetchFailed("refused", f"redirect refused: {exc.reason}", label_studio=False) from None
-            raise
+            creds = credentials(ls.url, request.token)
+            headers["Authorization"] = _authorization(creds, guard)
+        response = _get(session, guard, url, headers, is_ls, hop)
+        if creds is not None and response.status_code == 401 and creds.rejected(headers["Authorization"]):
+            # a PAT's access token Label Studio no longer takes (revoked, or clocks apart): once more, a new one
+            response.close()
+            headers["Authorization"] = _authorization(creds, guard)
+            response = _get(session, guard, url, headers, is_ls, hop)
         try:
             return _answer(response, guard, request, dest_dir, name)
         except _Redirect as redirect:
@@ -233,6 +219,33 @@ def _follow(session: requests.Session, guard: _Guard, request: Request, policy: 
             exc.label_studio = is_ls
             raise
     raise FetchFailed("redirects", f"more than {MAX_REDIRECTS} redirects", label_studio=False)
+
+
+def _authorization(creds: Credentials, guard: _Guard) -> str:
+    """The Authorization header for Label Studio, a PAT exchanged within the download's deadline."""
+    try:
+        return creds.header(timeout=guard.remaining())
+    except TokenExchangeFailed as exc:
+        kind = {"rejected": "http", "timeout": "timeout"}.get(exc.kind, "unreachable")
+        raise FetchFailed(kind, exc.reason, exc.status, label_studio=True) from None
+
+
+def _get(session: requests.Session, guard: _Guard, url: str, headers: dict, is_ls: bool,
+         hop: int) -> requests.Response:
+    """One streamed GET (no redirects followed); network failures as FetchFailed, refusals as PolicyRefusal."""
+    remaining = guard.remaining()
+    if remaining <= 0:
+        raise FetchFailed("timeout", "the deadline passed", label_studio=is_ls)
+    try:
+        try:
+            return session.get(url, headers=headers, stream=True, allow_redirects=False,
+                               timeout=(remaining, remaining))
+        except requests.RequestException as exc:
+            raise _network_failure(guard, exc, is_ls) from None
+    except PolicyRefusal as exc:  # an address of the host is refused
+        if hop:
+            raise FetchFailed("refused", f"redirect refused: {exc.reason}", label_studio=False) from None
+        raise
 
 
 class _Redirect(Exception):
