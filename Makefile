@@ -11,6 +11,10 @@ LS_STAMP := $(LS_VENV)/.install-stamp
 TORCHVISION := torchvision==0.28.0
 # auto: install it when nvidia-smi sees a GPU; 1: always (image builds have no GPU); 0: never
 WITH_TORCHVISION ?= auto
+# An index that holds the torch build this machine wants, searched beside the default one. PyPI's Linux
+# x86_64 torch is a CUDA build (about 3 GB with its nvidia-* packages, though it runs on a CPU too); on a
+# CPU-only machine `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build.
+TORCH_INDEX ?=
 
 .PHONY: install run test bench lock clean
 
@@ -21,7 +25,7 @@ install: $(STAMP)
 # CUDA elsewhere), so it is installed first from its one pin, under the lock's pins for its own dependencies.
 $(STAMP): requirements-torch.txt requirements.lock requirements-test.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -c requirements.lock -r requirements-torch.txt    # torch FIRST: nothing below may pull another build
+	$(PIP) install -c requirements.lock $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements-torch.txt  # torch FIRST
 	@if [ "$(WITH_TORCHVISION)" = 1 ] || { [ "$(WITH_TORCHVISION)" = auto ] && nvidia-smi -L >/dev/null 2>&1; }; then \
 	    echo "installing $(TORCHVISION) (CUDA)"; $(PIP) install -c requirements.lock $(TORCHVISION); fi
 	$(PIP) install --no-deps -r requirements.lock -r requirements-test.lock

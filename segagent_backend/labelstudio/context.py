@@ -7,7 +7,7 @@ anything is decoded; ``Prompt.mask`` decodes them when the episode needs the mas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class Prompt:
     size_field: str = f"{CONTEXT}.result[0].original_width"  # where ``size`` came from (for errors)
     # brush regions of a smart BrushLabels: (field path, Label Studio RLE, (width, height)), headers checked
     brushes: list[tuple[str, list, tuple[int, int]]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # Label Studio's ids of the context's regions
 
     def mask(self, size: Optional[tuple[int, int]] = None) -> Optional[np.ndarray]:
         """The union of the brush regions, (H, W) bool, or None without brush regions: at the size they
@@ -88,6 +89,8 @@ def parse_context(context: Any, config: LabelConfig, max_clicks: Optional[int] =
             raise RequestError(f"{where} must be an object (a region)", field=where)
         kind = region.get("type")
         kind = kind.lower() if isinstance(kind, str) else ""
+        if isinstance(region.get("id"), str):
+            prompt.ids.append(region["id"])
         if kind == "keypointlabels" and config.clicks is not None:
             click = config.clicks.click(region, where)
             prompt.clicks.append(click)
@@ -96,7 +99,7 @@ def parse_context(context: Any, config: LabelConfig, max_clicks: Optional[int] =
             prompt.box = config.box.box(region, where)  # the last box drawn wins
             prompt.label = prompt.label or prompt.box.label
         elif kind == "brushlabels" and config.brush_input is not None:
-            prompt.brushes.append(_brush(region, where, max_pixels, prompt.brushes))
+            prompt.brushes.append(brush_region(region, where, max_pixels, prompt.brushes))
             prompt.label = prompt.label or first_label(value_object(region, where), ("brushlabels", "labels"), where)
         else:
             smart = [c.name for c in (config.clicks, config.box, config.brush_input) if c is not None] or "no control"
@@ -115,7 +118,7 @@ def parse_context(context: Any, config: LabelConfig, max_clicks: Optional[int] =
     return prompt
 
 
-def _brush(region: dict, where: str, max_pixels: Optional[int], earlier: list) -> tuple[str, list, tuple[int, int]]:
+def brush_region(region: dict, where: str, max_pixels: Optional[int], earlier: Sequence = ()) -> tuple[str, list, tuple[int, int]]:
     """One brush region -> (where, rle, (width, height)): ``value.format`` "rle" (or absent), ``value.rle``
     a Label Studio brush RLE whose header fits ``original_width`` x ``original_height`` (required, the same
     for every brush region). Nothing is decoded here."""

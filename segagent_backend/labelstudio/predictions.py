@@ -17,7 +17,8 @@ from ..errors import NO_POLICY, RequestError
 from ..media import MediaLoader, MediaSource
 from .config import LabelConfig, parse_label_config
 from .context import Prompt, check_claimed_size, parse_context
-from .sources import ProjectSources
+from .sessions import Continued, MemorySessions, SessionStore, continue_object, remember
+from .sources import ProjectSources, project_id
 from .tasks import expression, image_url, task_id
 
 if TYPE_CHECKING:
@@ -37,10 +38,13 @@ def task_error(message: str, status: int, model_version: str) -> dict:
 class Predictions:
     """Label Studio predictions made with one process's ``ModelHost``."""
 
-    def __init__(self, host: "ModelHost", media: MediaLoader, sources: ProjectSources):
+    def __init__(self, host: "ModelHost", media: MediaLoader, sources: ProjectSources,
+                 sessions: Optional[SessionStore] = None):
+        """``sessions``: which object each task's clicks refine (shared by every worker in queue mode)."""
         self.host = host
         self.media = media
         self.sources = sources
+        self.sessions = sessions if sessions is not None else MemorySessions()
 
     @property
     def settings(self):
@@ -71,7 +75,7 @@ class Predictions:
         results = []
         for task in tasks:
             try:
-                results.append(self._interactive(task, config, prompt, source))
+                results.append(self._interactive(task, config, prompt, source, project))
             except RequestError as exc:
                 results.append(self.error(exc.message, exc.status))
         return results
@@ -114,7 +118,10 @@ class Predictions:
             results[i] = self._prediction(episode, config, request.image.shape, None)
         return results
 
-    def _interactive(self, task: Any, config: LabelConfig, prompt: Prompt, source: MediaSource) -> dict:
+    def _interactive(self, task: Any, config: LabelConfig, prompt: Prompt, source: MediaSource, project: Any) -> dict:
+        key = f"{project_id(project)}:{task_id(task)}" if task_id(task) is not None else None
+        continued = self._continued(key, prompt, task, config)
+        prompt = continued.prompt
         image = self.media.load(image_url(task, config), task_id(task), source)
         height, width = image.shape[:2]
         check_claimed_size(prompt, width, height)  # before any mask is made at that size
@@ -131,10 +138,19 @@ class Predictions:
             episode = self.host.run_clicks(image, clicks, box, mask=start)
         else:
             episode = self.host.run_clicks(image, clicks, box)
-        return self._prediction(episode, config, image.shape, prompt, given=len(clicks))
+        answer = self._prediction(episode, config, image.shape, prompt, given=len(clicks), region_id=continued.region_id)
+        if key is not None and "result" in answer:
+            self.sessions.put(key, remember(continued, episode.mask, task))
+        return answer
+
+    def _continued(self, key: Optional[str], prompt: Prompt, task: Any, config: LabelConfig) -> Continued:
+        """The object this request's prompt refines (``sessions``): the remembered clicks merged in."""
+        brushes = {o.name for o in config.outputs if o.tag == "BrushLabels"}
+        session = self.sessions.get(key) if key is not None else None
+        return continue_object(prompt, session, task, brushes, self.settings.max_image_pixels)
 
     def _prediction(self, episode: EpisodeResult, config: LabelConfig, shape: tuple, prompt: Optional[Prompt],
-                    given: int = 0) -> dict:
+                    given: int = 0, region_id: Optional[str] = None) -> dict:
         """Label Studio JSON: the mask on every mask control (a brush region; polygon regions, one per part),
         and the policy's clicks on the trajectory control. Every region and the prediction carry the
         episode's score (the policy's estimate, else the tool's IoU prediction). An empty mask is no
@@ -146,7 +162,7 @@ class Predictions:
         result = []
         for output in config.outputs:
             label = output.label_for(prompt.label if prompt else None)
-            result += output.regions(mask, label, config.image_name, episode.score, rotation)
+            result += output.regions(mask, label, config.image_name, episode.score, rotation, region_id)
         if config.trajectory is not None:
             clicks = [step.click for step in episode.trajectory[given:]]
             for region in config.trajectory.regions(clicks, config.image_name, shape[1], shape[0], rotation):

@@ -14,11 +14,13 @@ from typing import Any, Optional
 from ..accelerator import free_accelerator_memory, is_out_of_memory
 from ..errors import RequestError
 from ..labelstudio.predictions import Predictions
+from ..labelstudio.sessions import RedisSessions
 from ..labelstudio.sources import ProjectSources
 from ..media import MediaSource
 from ..model_host import ModelHost
 from ..settings import Settings
 from ..wiring import media_loader
+from .names import connect
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,11 @@ _resident: Optional[Predictions] = None
 
 
 def resident_predictions(settings: Settings) -> Predictions:
-    """A worker's predictions: its own model host, media loader and (settings-given) media source."""
-    return Predictions(ModelHost(settings), media_loader(settings), ProjectSources.from_settings(settings))
+    """A worker's predictions: its own model host, media loader and (settings-given) media source; the
+    click sessions in Redis, since one annotator's clicks reach whichever worker is free."""
+    sessions = RedisSessions(connect(settings.redis_url, settings.redis_timeout), settings.queue_prefix) \
+        if settings.redis_url else None
+    return Predictions(ModelHost(settings), media_loader(settings), ProjectSources.from_settings(settings), sessions)
 
 
 def install(predictions: Optional[Predictions]) -> None:

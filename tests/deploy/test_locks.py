@@ -115,15 +115,38 @@ def unlocked(installed: dict[str, str], locked: dict[str, str]) -> dict[str, str
     return {name: version for name, version in installed.items() if locked.get(name) != version}
 
 
+def needed_by(name: str) -> set[str]:
+    """Every installed distribution ``name`` needs, recursively, with the extras asked of each (markers of
+    this environment)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    found, todo = set(), [(name, ())]
+    while todo:
+        dist, extras = todo.pop()
+        try:
+            needs = requires(dist) or []
+        except PackageNotFoundError:
+            continue
+        for requirement in map(Requirement, needs):
+            marker = requirement.marker
+            if marker is not None and not any(marker.evaluate({"extra": e}) for e in ("", *extras)):
+                continue
+            key = canonicalize_name(requirement.name)
+            if (key, tuple(sorted(requirement.extras))) not in found:
+                found.add((key, tuple(sorted(requirement.extras))))
+                todo.append((requirement.name, tuple(requirement.extras)))
+    return {key for key, _ in found}
+
+
 def test_the_service_environment_holds_exactly_its_locks():
     locked = {**pins(REPO / "requirements.lock"), **pins(REPO / "requirements-test.lock")}
     extra = unlocked(installed(Path(sys.executable)), locked)
     (torch,) = requirements(REPO / "requirements-torch.txt")
     assert satisfied(torch, extra.pop("torch")), "torch is not the build requirements-torch.txt pins"
-    # on a CUDA machine torch brings its own exact pins (nvidia-*, triton) and torchvision is installed
-    from importlib.metadata import requires
-    cuda = {canonicalize_name(Requirement(r).name) for r in requires("torch") or []} | {"torchvision"}
-    assert not {k: v for k, v in extra.items() if k not in cuda}, "installed but not locked at this version"
+    # a CUDA build of torch brings its own exact pins (nvidia-*, triton, ...): the build's, not ours;
+    # torchvision comes with it on CUDA machines
+    builds = needed_by("torch") | {"torchvision"} | needed_by("torchvision")
+    assert not {k: v for k, v in extra.items() if k not in builds}, "installed but not locked at this version"
 
 
 def test_the_label_studio_environment_holds_exactly_its_lock():

@@ -22,11 +22,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch(args: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    """A server process whose output goes to ``log``: a pipe nobody reads fills up after some hundred
+    requests' log lines and then blocks the server (a browser makes that many in a minute)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+    proc.log = log
+    return proc
+
+
+def log_tail(proc: subprocess.Popen, chars: int = 4000) -> str:
+    return Path(proc.log).read_text(errors="replace")[-chars:]
+
+
 def wait_for(url: str, proc: subprocess.Popen, seconds: float, ok=lambda r: r.status_code == 200, **kwargs) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"{proc.args[0]} exited:\n{proc.stdout.read()[-4000:]}")
+            pytest.fail(f"{proc.args[0]} exited:\n{log_tail(proc)}")
         try:
             if ok(requests.get(url, timeout=3, **kwargs)):
                 return
@@ -34,7 +48,7 @@ def wait_for(url: str, proc: subprocess.Popen, seconds: float, ok=lambda r: r.st
             pass
         time.sleep(0.5)
     proc.kill()
-    pytest.fail(f"{url} did not come up in {seconds} s:\n{proc.stdout.read()[-4000:]}")
+    pytest.fail(f"{url} did not come up in {seconds} s:\n{log_tail(proc)}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -58,10 +72,9 @@ def start_label_studio(label_studio_bin: str, files_root: Path, data_dir: Path):
         # hermetic: no PyPI version check, no Sentry (server or frontend), no analytics
         LATEST_VERSION_CHECK="false", SENTRY_DSN="", FRONTEND_SENTRY_DSN="", COLLECT_ANALYTICS="false",
     )
-    proc = subprocess.Popen(
-        [label_studio_bin, "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-         "--data-dir", str(data_dir), "--enable-legacy-api-token"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = launch([label_studio_bin, "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
+                   "--data-dir", str(data_dir), "--enable-legacy-api-token"],
+                  data_dir / "label-studio.log", env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_for(f"{url}/api/projects", proc, 240, headers={"Authorization": f"Token {token}"})
     return (url, token), proc
@@ -74,10 +87,9 @@ def serve_backend(label_studio, model_dir: Path, **settings):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(MODEL_DIR=str(model_dir), LABEL_STUDIO_URL=url, LABEL_STUDIO_API_KEY=token, WORKERS="1",
                THREADS="4", **settings)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "4", "--worker-class", "gthread", "_wsgi:app"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = launch([str(Path(sys.executable).with_name("gunicorn")), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                   "--threads", "4", "--worker-class", "gthread", "_wsgi:app"],
+                  Path(model_dir) / "backend.log", cwd=REPO, env=env)
     backend_url = f"http://127.0.0.1:{port}"
     wait_for(f"{backend_url}/health", proc, 90, ok=lambda r: r.json()["model"] == "ready")
     return backend_url, proc

@@ -37,7 +37,8 @@ class ControlModel:
 
 class MaskOutput(ControlModel):
     """A control the mask is written to (BrushLabels, PolygonLabels): ``regions`` turns one (H, W) bool
-    mask into this control's regions, each carrying ``score``."""
+    mask into this control's regions, each carrying ``score``. ``region_id``: the id of the region an
+    interactive answer refines (Label Studio overwrites the area with that id when it is accepted)."""
 
     def label_for(self, used: Optional[str]) -> str:
         """The label the annotator used when it is one of ours, else our first label."""
@@ -45,7 +46,8 @@ class MaskOutput(ControlModel):
             return used
         return self.labels[0] if self.labels else "Object"
 
-    def regions(self, mask, label: str, to_name: str, score: float, image_rotation: int = 0) -> list[dict]:
+    def regions(self, mask, label: str, to_name: str, score: float, image_rotation: int = 0,
+                region_id: Optional[str] = None) -> list[dict]:
         raise NotImplementedError
 
 

@@ -26,6 +26,7 @@ How a (H, W) bool mask becomes Label Studio polygon regions (``mask_polygons``):
 from __future__ import annotations
 
 import uuid
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -139,9 +140,10 @@ class PolygonLabelsModel(MaskOutput):
     tolerance: float = TOLERANCE_PX
 
     def regions(self, mask: np.ndarray, label: str, to_name: str, score: float,
-                image_rotation: int = 0) -> list[dict]:
+                image_rotation: int = 0, region_id: Optional[str] = None) -> list[dict]:
         """Polygon regions for a (H, W) bool mask at the original image size, largest part first; each
-        carries ``score``. Points are ``[x %, y %]`` of the image (``mask_polygons``)."""
+        carries ``score``. Points are ``[x %, y %]`` of the image (``mask_polygons``). Always new ids
+        (``region_id`` names the brush region a refinement replaces; the parts' count changes)."""
         height, width = mask.shape
         polygons = sorted(mask_polygons(mask, self.tolerance), key=lambda p: -abs(_signed_area(p)))
         return [self._region(polygon, width, height, label, to_name, score, image_rotation) for polygon in polygons]
