@@ -27,11 +27,22 @@ def files_root(tmp_path_factory, disk_image) -> Path:
 
 
 @pytest.fixture(scope="module")
-def backend(label_studio, tmp_path_factory):
-    """The backend with the default tools and no policy."""
+def backend_server(label_studio, tmp_path_factory):
+    """(URL, process) of the backend with the default tools and no policy."""
     url, proc = serve_backend(label_studio, tmp_path_factory.mktemp("models"))
-    yield url
+    yield url, proc
     stop(proc)
+
+
+@pytest.fixture(scope="module")
+def backend(backend_server) -> str:
+    return backend_server[0]
+
+
+@pytest.fixture(scope="module")
+def backend_process(backend_server):
+    """The backend's process: ``servers.log_tail(process)`` reads its log."""
+    return backend_server[1]
 
 
 @pytest.fixture(scope="session")
