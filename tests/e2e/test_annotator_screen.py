@@ -153,7 +153,7 @@ class Screen:
         self.page.screenshot(path=self.shots / f"{name}.png")
         readme = os.environ.get("SEGAGENT_SCREENSHOTS")
         if readme:
-            shutil.copy(self.shots / f"{name}.png", Path(readme) / f"{name}.png")
+            shutil.copy(self.shots / f"{name}.png", Path(readme) / f"screen-{name}.png")
 
 
 @pytest.fixture
