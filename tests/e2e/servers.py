@@ -14,6 +14,14 @@ import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+# the label config of the API-level end-to-end projects (the browser test uses the README's)
+CONFIG = (
+    '<View><Image name="image" value="$image"/><Text name="expression" value="$expression"/>'
+    '<BrushLabels name="mask" toName="image"><Label value="Disk"/></BrushLabels>'
+    '<KeyPointLabels name="click" toName="image" smart="true"><Label value="Disk" smart="true"/></KeyPointLabels>'
+    '<KeyPointLabels name="trajectory" toName="image"><Label value="positive"/><Label value="negative"/></KeyPointLabels>'
+    '</View>'
+)
 
 
 def free_port() -> int:

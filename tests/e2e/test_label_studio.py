@@ -21,15 +21,8 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-from servers import REPO, serve_backend, stop
+from servers import CONFIG, REPO, serve_backend, stop
 
-CONFIG = (
-    '<View><Image name="image" value="$image"/><Text name="expression" value="$expression"/>'
-    '<BrushLabels name="mask" toName="image"><Label value="Disk"/></BrushLabels>'
-    '<KeyPointLabels name="click" toName="image" smart="true"><Label value="Disk" smart="true"/></KeyPointLabels>'
-    '<KeyPointLabels name="trajectory" toName="image"><Label value="positive"/><Label value="negative"/></KeyPointLabels>'
-    '</View>'
-)
 
 
 @pytest.fixture(scope="module")
