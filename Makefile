@@ -48,12 +48,14 @@ test: install $(LS_STAMP)
 	@scripts/ensure-docker-compose    # the compose file is validated by docker-compose (installed when missing)
 	@scripts/ensure-chromium          # the browser tests drive Debian's chromium (installed when missing)
 	@scripts/oracle-env               # the original Qwen-VL-Chat code (transformers 4.32) the native port is tested against
+	@scripts/oracle-env-simpleclick   # the original SimpleClick code (the release's copy) the native port is tested against
 	LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio scripts/with-redis $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 bench: install    # every bench, even after one fails (the report names those without results)
 	-$(PY) -m bench.click_cost
 	-$(PY) -m bench.click_used
 	-$(PY) -m bench.grabcut_noc
+	-$(PY) -m bench.score_quality
 	-$(PY) -m bench.hf_sam_family
 	-$(PY) -m bench.text_start
 	-$(PY) -m bench.trajectory_throughput
@@ -64,6 +66,7 @@ bench: install    # every bench, even after one fails (the report names those wi
 	-$(PY) -m bench.qwen_native
 	-$(PY) -m bench.load_soak
 	-$(PY) -m bench.interactive_latency
+	-$(PY) -m bench.simpleclick_cost
 	-scripts/with-redis $(PY) -m bench.queue_overhead
 	-scripts/with-redis $(PY) -m bench.queue_workers
 	$(PY) -m bench.report    # bench/REPORT.md (+ PNGs in bench/results/) from the figures each bench recorded
@@ -78,6 +81,7 @@ lock: install
 	$(LOCK) --unsafe-package torch -c requirements.lock -o requirements-test.lock requirements-test.txt
 	$(LOCK) --allow-unsafe -o requirements-labelstudio.lock requirements-labelstudio.txt
 	$(LOCK) --allow-unsafe -o requirements-oracle.lock requirements-oracle.txt
+	$(LOCK) --unsafe-package numpy -o requirements-simpleclick-oracle.lock requirements-simpleclick-oracle.txt
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) .venv-oracle .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) .venv-oracle .venv-oracle-simpleclick .pytest_cache

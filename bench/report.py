@@ -204,6 +204,25 @@ def draw_plot(plot: dict, path: Path, width: int = 720, height: int = 420) -> Op
 
 # ----- the report -------------------------------------------------------------------------------------
 
+#: setup keys that say how much a bench measured (images, samples, repetitions), in the order they are named
+SAMPLE_KEYS = ("images", "limit", "traces", "samples", "sft_samples", "episodes", "steps", "jobs", "clicks", "clients",
+               "requests", "repeats", "decode_repeats", "cold", "warm")
+
+
+def sample_line(record: dict) -> str:
+    """``Sample size: images 2, repeats 5.``: what the figures of a section rest on (from its setup, and the
+    request counts of a bench whose figures have phases), or that the bench did not record it."""
+    setup = record.get("setup") or {}
+    parts = [f"{k} {fmt(setup[k])}" for k in SAMPLE_KEYS if setup.get(k) not in (None, "", False)]
+    phases = (record.get("figures") or {}).get("phases")
+    if isinstance(phases, dict):
+        parts += [f"{name} {fmt(p['requests'])} requests" for name, p in phases.items()
+                  if isinstance(p, dict) and "requests" in p]
+    if not parts:
+        return "Sample size: not recorded by this bench."
+    small = any(k in ("images", "limit", "episodes") and isinstance(setup.get(k), int) and setup[k] < 5 for k in setup)
+    return "Sample size: " + ", ".join(parts) + (" (a small sample: rough figures)." if small else ".")
+
 def load_records(results: Path, names: Iterable[str]) -> tuple[dict, dict]:
     """(bench -> record) for every ``<bench>.json`` in ``results`` written by ``record``, and (bench -> why
     not) for files that are there but are no record (unreadable, or written before ``record`` existed)."""
@@ -277,6 +296,7 @@ def write_report(results: Optional[Path] = None, out: Optional[Path] = None, ben
         lines.append(f"Measured {record.get('date')} at commit `{record.get('commit') or 'unknown'}` on "
                      f"{machine_line(record.get('machine'))}.")
         setup = {k: v for k, v in (record.get("setup") or {}).items() if v is not None}
+        lines.append(sample_line(record))
         if setup:
             lines.append("Setup: " + ", ".join(f"{k} {fmt(v)}" for k, v in setup.items()) + ".")
         lines.append("")

@@ -5,6 +5,7 @@ import hmac
 import logging
 import time
 from typing import Optional
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, jsonify, request
 
@@ -50,7 +51,8 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
     sources = ProjectSources.from_settings(settings)
     metrics = Metrics()
     # never log a configured secret, even if a message were ever to quote one
-    secrets = [settings.label_studio_api_key, settings.basic_auth_user, settings.basic_auth_pass]
+    secrets = [settings.label_studio_api_key, settings.basic_auth_user, settings.basic_auth_pass,
+               urlsplit(settings.redis_url).password if settings.redis_url else None]
     errors = ErrorReporter(Redactor(secrets), on_error=metrics.count_error)
     if settings.redis_url:
         host = None

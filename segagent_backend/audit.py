@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .agent.audit import MaskToJudge, audit_version
-from .errors import NO_POLICY, RequestError
+from .errors import NO_AUDIT_POLICY, RequestError
 from .labelstudio.annotations import AnnotationError, check_mask, correction_from
 from .labelstudio.config import ConfigError, parse_label_config
 from .labelstudio.sources import ProjectSources
@@ -28,7 +28,7 @@ def audit_annotation(host: ModelHost, media: MediaLoader, sources: ProjectSource
     # the image before the policy: a caller's mistake (an image we may not fetch) is answered as such
     image = media.load(correction.image_url, task_id(task), sources.source_for(body.get("project")))
     if host.policy_source is None:
-        raise RequestError(NO_POLICY.replace("automatic predictions need", "an audit needs"), 501)
+        raise RequestError(NO_AUDIT_POLICY, 501)
     (score,) = host.estimate_masks([MaskToJudge(image, mask, correction.expression)], 1)
     reply = {"score": score, "model_version": audit_version(host.model_version)}
     return reply if score is not None else {**reply, "reason": "the policy's answer has no readable estimate"}

@@ -9,11 +9,17 @@ Layout (under ``MODEL_DIR/corrections``; shared storage when processes run on se
 Files are written atomically (temp file + rename) and the counter under an exclusive ``flock``, so
 several web processes can record at once and a crash never leaves half a record. Redis keeps
 nothing on disk on these machines; corrections must survive restarts, so they live here.
+
+The folder has a byte quota (``SEGAGENT_CORRECTIONS_MAX_MB``): an event that would pass it records
+nothing (``StoreFull``, HTTP 507), so webhooks cannot fill the volume that versions, training, the media
+cache (and maybe Redis) share. Several processes check it at once without a lock: it may be passed by
+what arrives at the same instant, never by more.
 """
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -21,22 +27,60 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from .errors import RequestError
 from .jsonfiles import read_json_object, write_json_atomic
 from .labelstudio.annotations import Correction, Rejected
 from .labelstudio.tasks import valid_id
 
+log = logging.getLogger(__name__)
+
 NO_PROJECT = "no-project"
+MAX_REASON_CHARS = 300  # of a rejection's reason kept in rejected.jsonl (some quote what was sent)
+_RECORD_OVERHEAD = 512  # bytes of a correction file besides its RLE, URL and expression (keys, ids, sizes)
+
+
+class StoreFull(RequestError):
+    """Recording would pass the quota of ``corrections/`` (HTTP 507 Insufficient Storage)."""
+
+    def __init__(self, used: int, incoming: int, quota: int):
+        super().__init__(f"corrections not recorded: MODEL_DIR/corrections holds {used / 2**20:.1f} MB and this "
+                         f"event needs about {incoming / 2**20:.2f} MB more, past SEGAGENT_CORRECTIONS_MAX_MB="
+                         f"{quota // 2**20}; train on or delete older corrections, or raise the quota", 507)
 
 
 class CorrectionStore:
-    def __init__(self, root: os.PathLike):
+    def __init__(self, root: os.PathLike, max_bytes: Optional[int] = None):
         self.root = Path(root)
+        self.max_bytes = max_bytes  # None: no quota
 
     @classmethod
     def from_settings(cls, settings) -> "CorrectionStore":
-        return cls(Path(settings.model_dir) / "corrections")
+        return cls(Path(settings.model_dir) / "corrections", settings.corrections_max_mb * 2**20)
 
     # ----- writing -----------------------------------------------------------------------------
+    def check_room(self, corrections: list[Correction], rejected: list[Rejected]) -> None:
+        """Raise StoreFull (and log it) when recording these would pass the quota; nothing is written."""
+        if self.max_bytes is None:
+            return
+        incoming = sum(_size_estimate(c) for c in corrections) + len(rejected) * (MAX_REASON_CHARS + 128)
+        used = self.bytes_used()
+        if used + incoming > self.max_bytes:
+            log.error("corrections store full: %d bytes used + ~%d incoming > SEGAGENT_CORRECTIONS_MAX_MB=%d; "
+                      "%d correction(s) and %d rejection(s) not recorded", used, incoming, self.max_bytes // 2**20,
+                      len(corrections), len(rejected))
+            raise StoreFull(used, incoming, self.max_bytes)
+
+    def bytes_used(self) -> int:
+        """Bytes of every file under the store (a walk: ~10 ms per 10,000 corrections)."""
+        total = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                try:
+                    total += os.stat(os.path.join(folder, name)).st_size
+                except OSError:
+                    continue  # removed meanwhile
+        return total
+
     def record(self, corrections: Iterable[Correction]) -> dict[Optional[int], int]:
         """Store ``corrections``; returns, per project, how many were recorded since training last started."""
         counts: dict[Optional[int], int] = {}
@@ -49,7 +93,8 @@ class CorrectionStore:
 
     def reject(self, rejected: Iterable[Rejected], action: str) -> None:
         """Append the unusable annotations and their reasons to ``rejected.jsonl``."""
-        lines = [json.dumps({**asdict(r), "action": action, "at": time.time()}) + "\n" for r in rejected]
+        lines = [json.dumps({**asdict(r), "reason": str(r.reason)[:MAX_REASON_CHARS], "action": action,
+                             "at": time.time()}) + "\n" for r in rejected]
         if lines:
             self.root.mkdir(parents=True, exist_ok=True)
             with open(self.root / "rejected.jsonl", "a", encoding="utf-8") as f:
@@ -138,6 +183,12 @@ class CorrectionStore:
             state = read_json_object(folder / "state.json")
             yield state
             write_json_atomic(folder / "state.json", state)
+
+
+def _size_estimate(c: Correction) -> int:
+    """About the bytes of ``c``'s file: an RLE value is written as up to 5 characters ("255, ")."""
+    return (5 * sum(len(r) for r in c.rle) + len(c.image_url) + len(c.expression) + len(json.dumps(c.data))
+            + len(c.label or "") + _RECORD_OVERHEAD)
 
 
 def _file_name(c: Correction) -> str:

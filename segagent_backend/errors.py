@@ -39,6 +39,11 @@ class QueueUnavailable(RequestError):
 
 
 NO_POLICY = (
-    "automatic predictions need a SegAgent policy model: set SEGAGENT_POLICY (a model folder or hub id); "
-    "without one, segment interactively with the smart KeyPointLabels/RectangleLabels tools"
+    "automatic predictions need a SegAgent policy model: set SEGAGENT_POLICY (a model folder or hub id), "
+    "or SEGAGENT_TEXT_MODEL (a SAM 3 text model, e.g. facebook/sam3) for masks from the expression alone; "
+    "without either, segment interactively with the smart KeyPointLabels/RectangleLabels tools"
 )
+
+#: what an audit (the policy's estimate of a mask) answers without a policy: a text model cannot judge masks
+NO_AUDIT_POLICY = ("an audit needs a SegAgent policy model: set SEGAGENT_POLICY (a model folder or hub id); "
+                   "SEGAGENT_TEXT_MODEL alone cannot judge a mask")

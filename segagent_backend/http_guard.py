@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from . import logtext
 from .errors import ModelUnavailable, RequestError
 from .openapi import request_schemas
 from .settings import Settings
@@ -73,8 +74,9 @@ def install(app: Flask, settings: Settings) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("unhandled error on %s %s (request id %s)", request.method, request.path,
-                      g.get("request_id"))
+        # the path is the caller's (percent-decoded: it may hold a newline): escaped onto one line
+        log.exception("unhandled error on %s %s (request id %s)", logtext.text(request.method),
+                      logtext.text(request.path), g.get("request_id"))
         return reply("internal error: the server log has the details under this request id", 500)
 
 

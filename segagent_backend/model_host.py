@@ -28,7 +28,7 @@ from .agent.loop import EpisodeRequest, run_episodes
 from .agent.policies import Policy
 from .agent.segmenters import EmbeddingCache, Segmenter
 from .agent.types import EpisodeResult
-from .errors import NO_POLICY, ModelUnavailable, RequestError
+from .errors import NO_AUDIT_POLICY, NO_POLICY, ModelUnavailable, RequestError
 from .model_paths import check_model_paths
 from .registry import Registry
 from .settings import Settings
@@ -140,6 +140,12 @@ class ModelHost:
         """The loaded policy (None before loading, or without a policy)."""
         return self._policy
 
+    @property
+    def tool_scores_iou(self) -> bool:
+        """Whether the tool's score estimates the mask's IoU (``Segmenter.score_estimates_iou``; True before
+        loading): only then does a prediction of the tool alone carry it to Label Studio."""
+        return bool(getattr(self._segmenter, "score_estimates_iou", True))
+
     # ----- loading ---------------------------------------------------------------------------------
     def load(self, background: bool = False) -> None:
         """Load the tool and the policy once; later calls return at once. A failure is kept (``status``)
@@ -238,7 +244,7 @@ class ModelHost:
         ``agent.audit.MaskToJudge``, batched, under the model lock. RequestError (501) without a policy."""
         self.load()
         if self._policy is None:
-            raise RequestError(NO_POLICY, 501)
+            raise RequestError(NO_AUDIT_POLICY, 501)
         with self._model_lock:
             return estimate_masks(self._policy, masks, batch_size, self.settings.release_protocol)
 

@@ -12,8 +12,12 @@ __all__ = ["check_model_paths", "is_local_path"]
 
 def check_model_paths(settings: Settings) -> None:
     """Fail at start, naming the setting, when a configured weights path does not exist."""
-    if settings.segmenter == "sam" and not Path(settings.sam_checkpoint).is_file():
-        raise SettingsError(f"SEGAGENT_SAM_CHECKPOINT={settings.sam_checkpoint!r}: no such file")
+    files = {"sam": ("SEGAGENT_SAM_CHECKPOINT", settings.sam_checkpoint),
+             "simpleclick": ("SEGAGENT_SIMPLECLICK_CHECKPOINT", settings.simpleclick_checkpoint)}
+    if settings.segmenter in files:
+        var, path = files[settings.segmenter]
+        if not path or not Path(path).is_file():
+            raise SettingsError(f"{var}={path!r}: no such file")
     folders: dict[str, Optional[str]] = {
         "SEGAGENT_SAM_MODEL": settings.sam_model if settings.segmenter == "hf-sam" else None,
         "SEGAGENT_POLICY": settings.policy, "SEGAGENT_TEXT_MODEL": settings.text_model}

@@ -95,7 +95,8 @@ def _errors(*codes: int) -> dict:
                404: "no such route", 413: "a body or field beyond a limit (names the setting)",
                422: "a task image that cannot be used", 500: "internal error (with a request id)",
                501: "needs a policy model", 502: "media could not be fetched",
-               503: "model loading or job queue unreachable", 504: "no answer in time"}
+               503: "model loading or job queue unreachable", 504: "no answer in time",
+               507: "corrections not recorded: past SEGAGENT_CORRECTIONS_MAX_MB"}
     return {str(c): _json({"$ref": "#/components/schemas/Error"}, reasons[c]) for c in codes}
 
 
@@ -159,9 +160,13 @@ def request_schemas(settings: Settings) -> dict[str, dict]:
                     "properties": {"id": ID, "label_config": config_text},
                 },
                 "annotation": {"type": ["object", "array"], "properties": ANNOTATION_IDS,
-                               "items": {"type": "object", "properties": ANNOTATION_IDS}},
+                               "items": {"type": "object", "properties": ANNOTATION_IDS},
+                               "maxItems": settings.max_webhook_annotations,
+                               "x-setting": "SEGAGENT_MAX_WEBHOOK_ANNOTATIONS"},
                 "task": {"type": ["object", "array", "null"], "properties": {"id": ID},
-                         "items": {"type": ["object", "null"], "properties": {"id": ID}}},
+                         "items": {"type": ["object", "null"], "properties": {"id": ID}},
+                         "maxItems": settings.max_webhook_annotations,
+                         "x-setting": "SEGAGENT_MAX_WEBHOOK_ANNOTATIONS"},
                 "annotations": {"type": "array", "items": {"type": "object", "properties": {"id": ID}}},
                 "tasks": {"type": "array", "items": {"type": "object", "properties": {"id": ID}}},
             },
@@ -212,7 +217,7 @@ def spec(settings: Settings) -> dict:
                                  "score: the estimate 0..1 (null, with a reason, when the policy's answer gives "
                                  "none); model_version: audit-<serving version>"), 422, 501, 502, 503),
             "/webhook": post("A Label Studio webhook event", "/webhook",
-                             _json({"type": "object", "required": ["status", "action"]}, "acknowledged"), 503),
+                             _json({"type": "object", "required": ["status", "action"]}, "acknowledged"), 503, 507),
             "/versions": get("Model versions Label Studio may pick", "versions",
                              _json({"type": "object", "properties": {"versions": {"type": "array",
                                                                                   "items": {"type": "string"}}}},

@@ -35,6 +35,24 @@ class RegistryError(ValueError):
     """A registry operation cannot be done (unknown version, nothing to roll back to, ...)."""
 
 
+def check_version_name(version) -> str:
+    """``version`` if it is a version name (letters, digits, '.', '-', '_'; not starting with '.'), else
+    RegistryError. Checked where a name is written AND where one is read (current.json, the Redis key):
+    a name is a folder under MODEL_DIR/versions, and ``../../tmp/evil`` in Redis must not name another."""
+    if not isinstance(version, str) or not version or len(version) > 200 or version.startswith(".") \
+            or not version.replace("-", "").replace("_", "").replace(".", "").isalnum() or not version.isascii():
+        raise RegistryError(f"version {str(version)[:80]!r}: use letters, digits, '.', '-' and '_'")
+    return version
+
+
+def _is_version_name(name: str) -> bool:
+    try:
+        check_version_name(name)
+    except RegistryError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class VersionMeta:
     """What ``meta.json`` says about one version."""
@@ -89,7 +107,7 @@ class Registry:
     # ----- versions ----------------------------------------------------------------------------
     def model_folder(self, version: str) -> Path:
         """The policy checkpoint of ``version`` (what SEGAGENT_POLICY would name)."""
-        return self.root / version / MODEL
+        return self.root / check_version_name(version) / MODEL
 
     def register(self, source: os.PathLike, meta: Optional[dict] = None, move: bool = False) -> VersionMeta:
         """Copy (or move) the trained policy folder ``source`` in as a new version; not promoted.
@@ -101,9 +119,7 @@ class Registry:
         if not source.is_dir():
             raise RegistryError(f"{source}: not a model folder")
         meta = dict(meta or {})
-        version = str(meta.get("version") or self._next_name())
-        if not version.replace("-", "").replace("_", "").replace(".", "").isalnum() or version.startswith("."):
-            raise RegistryError(f"version {version!r}: use letters, digits, '.', '-' and '_'")
+        version = check_version_name(str(meta.get("version") or self._next_name()))
         if (self.root / version).exists():
             raise RegistryError(f"version {version!r} exists")
         meta.update(version=version, parent=meta["parent"] if "parent" in meta else self._current_or_none(),
@@ -127,11 +143,11 @@ class Registry:
         """Every registered version, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [self.meta(p.name) for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        found = [self.meta(p.name) for p in self.root.iterdir() if p.is_dir() and _is_version_name(p.name)]
         return sorted(found, key=lambda m: (m.created_at, m.version))
 
     def meta(self, version: str) -> VersionMeta:
-        path = self.root / version / META
+        path = self.root / check_version_name(version) / META
         try:
             return VersionMeta.from_json(json.loads(path.read_text()))
         except (OSError, ValueError):  # a folder without readable metadata is still a version
@@ -150,7 +166,10 @@ class Registry:
             data = json.loads(path.read_text())
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-            return Current.from_json(data)
+            current = Current.from_json(data)
+            if current.version is not None:
+                check_version_name(current.version)
+            return current
         except FileNotFoundError:
             return Current()
         except (OSError, ValueError, TypeError) as exc:
@@ -188,7 +207,10 @@ class Registry:
             raw = self._conn().get(self.key)
             if raw is not None:
                 data = json.loads(raw)
-                return data.get("version"), int(data.get("counter", 0))
+                version = data.get("version")
+                if version is not None:  # anyone who can write to Redis writes this key: a name, not a path
+                    check_version_name(version)
+                return version, int(data.get("counter", 0))
         now = self.current()
         return now.version, now.counter
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
-SEGMENTERS = ("grabcut", "sam", "hf-sam")
+SEGMENTERS = ("grabcut", "sam", "hf-sam", "simpleclick")
 POLICY_KINDS = ("hf-vlm", "qwen-vl-chat")
 COORDINATES = ("qwen", "llava")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 TRAIN_METHODS = ("lora", "full")
 PROTOCOLS = ("release", "extended")
+DECODINGS = ("free", "grammar")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -42,9 +43,15 @@ def _convert(var: str, value: Optional[str], annotation: str):
         return None
     try:
         if annotation == "int":
-            return int(value)
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ValueError("must be a whole number (e.g. 4)") from None
         if annotation == "float":
-            return float(value)
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ValueError("must be a number (e.g. 0.5)") from None
         if annotation == "bool":
             lowered = value.lower()
             if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -77,7 +84,7 @@ def _declared(cls):
 class Settings:
     segmenter: str = setting(
         "SEGAGENT_SEGMENTER", "grabcut",
-        "Interactive tool: `grabcut` (no weights), `sam` (segment-anything .pth), `hf-sam` (the transformers SAM family: SAM, SAM-HQ, SAM 2, SAM 3 tracker, EdgeTAM).")
+        "Interactive tool: `grabcut` (no weights), `sam` (segment-anything .pth), `hf-sam` (the transformers SAM family: SAM, SAM-HQ, SAM 2, SAM 3 tracker, EdgeTAM), `simpleclick` (SimpleClick plain ViT-B/L/H .pth, the paper's best tool).")
     sam_checkpoint: Optional[str] = setting(
         "SEGAGENT_SAM_CHECKPOINT", None,
         "Path of a segment-anything `.pth` checkpoint (required with `sam`).")
@@ -87,6 +94,9 @@ class Settings:
     sam_model: Optional[str] = setting(
         "SEGAGENT_SAM_MODEL", None,
         "Hub id or local folder of a transformers SAM-family model (required with `hf-sam`); its `config.model_type` picks the class: `sam`, `sam_hq`, `sam2`, `sam3_tracker` or `edgetam` (EdgeTAM needs timm and torchvision).")
+    simpleclick_checkpoint: Optional[str] = setting(
+        "SEGAGENT_SIMPLECLICK_CHECKPOINT", None,
+        "Path of a SimpleClick plain-ViT `.pth` (required with `simpleclick`): the published `cocolvis_vit_{base,large,huge}.pth` as they are (read without running their pickled code); run as the SegAgent release does (NoBRS, zoom-in to 448, flip, threshold 0.49).")
     policy: Optional[str] = setting(
         "SEGAGENT_POLICY", None,
         "Hub id or folder of the SegAgent policy (a multimodal LLM); unset = interactive tools only.")
@@ -120,6 +130,9 @@ class Settings:
     protocol: Optional[str] = setting(
         "SEGAGENT_PROTOCOL", None,
         "`release`: the paper's evaluation rules exactly (`SEGAGENT_MAX_STEPS` calls, no early stop, the release's mask selection, parser and overlay); `extended`: PRM stop, patience, tree search. Default: `release` for `qwen-vl-chat`, `extended` for `hf-vlm`.")
+    decoding: Optional[str] = setting(
+        "SEGAGENT_DECODING", None,
+        "How the policy writes its answers: `free` (the release's decoding: greedy with the checkpoint's generation config and stop words, nothing forced or masked; an answer without a readable click ends the episode) or `grammar` (the echo `<ref>..</ref> Current IOU: ` forced and the rest constrained to the answer grammar, in the tokens the tokenizer itself produces). Default: `free` under the `release` protocol, `grammar` under `extended`.")
     temperature: float = setting(
         "SEGAGENT_TEMPERATURE", "1.0",
         "Sampling temperature of tree-search candidates.")
@@ -140,13 +153,13 @@ class Settings:
         "Name prefix of the queues (`<prefix>-interactive`, `-batch`, `-train`) and of the worker health keys: one prefix per deployment sharing a Redis.")
     predict_deadline: int = setting(
         "SEGAGENT_PREDICT_DEADLINE", "90",
-        "Seconds a batch /predict waits for its jobs (below Label Studio's 100 s); unfinished tasks get a per-task error.")
+        "Seconds a batch /predict waits for its jobs (below Label Studio's 100 s); unfinished tasks get a per-task error. Jobs (and embedded mode) start no chunk after it.")
     interactive_deadline: int = setting(
         "SEGAGENT_INTERACTIVE_DEADLINE", "20",
-        "Seconds an interactive /predict (a click) waits for its job before answering with an error.")
+        "Seconds an interactive /predict (a click) waits for its job before answering with an error. Jobs (and embedded mode) start no task after it, nor once the web process has given up.")
     batch_chunk: int = setting(
         "SEGAGENT_BATCH_CHUNK", "4",
-        "Tasks per batch job: a multi-task /predict fans out as jobs of this many tasks, run in lockstep on a worker.")
+        "Tasks per job: a multi-task /predict (clicks too) fans out as jobs of this many tasks, automatic ones run in lockstep on a worker; embedded mode runs them in chunks of this many.")
     job_timeout: int = setting(
         "SEGAGENT_JOB_TIMEOUT", "600",
         "Seconds a job may run on a worker before it is stopped and counted as failed.")
@@ -171,6 +184,12 @@ class Settings:
     train_every: int = setting(
         "SEGAGENT_TRAIN_EVERY", "50",
         "Queue a training round after this many new corrections of a project (annotations submitted or updated); 0 = only on Start Training.")
+    corrections_max_mb: int = setting(
+        "SEGAGENT_CORRECTIONS_MAX_MB", "1024",
+        "Byte quota of the recorded corrections (`MODEL_DIR/corrections`) in MB: an annotation webhook that would pass it records nothing and is answered 507 (and logged).")
+    max_webhook_annotations: int = setting(
+        "SEGAGENT_MAX_WEBHOOK_ANNOTATIONS", "1000",
+        "Annotations per webhook event at most (a larger bulk event: 413, nothing recorded; Start Training pulls a whole project).")
     train_method: str = setting(
         "SEGAGENT_TRAIN_METHOD", "lora",
         "`lora` (peft adapters on the language model, merged into the saved version) or `full` fine-tuning (the vision tower stays frozen either way).")
@@ -252,6 +271,9 @@ class Settings:
     media_max_mb: int = setting(
         "SEGAGENT_MEDIA_MAX_MB", "64",
         "Largest task image download in MB; a larger one stops with an error.")
+    media_cache_mb: int = setting(
+        "SEGAGENT_MEDIA_CACHE_MB", "2048",
+        "Byte budget of the media download cache (`MODEL_DIR/cache/media`) in MB; past it the least recently used downloads are deleted.")
     local_files_root: Optional[Path] = setting(
         "LOCAL_FILES_DOCUMENT_ROOT", None,
         "Label Studio's local-files document root, when this backend can read it directly; files outside it (symlinks resolved) are refused.")
@@ -307,8 +329,12 @@ class Settings:
             raise SettingsError("SEGAGENT_SEGMENTER=sam needs SEGAGENT_SAM_CHECKPOINT (a segment-anything .pth file)")
         if self.segmenter == "hf-sam" and not self.sam_model:
             raise SettingsError("SEGAGENT_SEGMENTER=hf-sam needs SEGAGENT_SAM_MODEL (hub id or model folder)")
+        if self.segmenter == "simpleclick" and not self.simpleclick_checkpoint:
+            raise SettingsError("SEGAGENT_SEGMENTER=simpleclick needs SEGAGENT_SIMPLECLICK_CHECKPOINT (a SimpleClick .pth file)")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             fail("protocol", f"must be one of {', '.join(PROTOCOLS)}")
+        if self.decoding is not None and self.decoding not in DECODINGS:
+            fail("decoding", f"must be one of {', '.join(DECODINGS)}")
         for attr, allowed in (("policy_kind", POLICY_KINDS), ("coordinates", COORDINATES), ("dtype", DTYPES)):
             if getattr(self, attr) not in allowed:
                 fail(attr, f"must be one of {', '.join(allowed)}")
@@ -343,6 +369,7 @@ class Settings:
                           ("transient_retries", 0), ("retry_backoff", 0), ("worker_heartbeat", 1),
                           ("redis_timeout", 0.1), ("train_every", 0), ("train_epochs", 1), ("train_batch", 1), ("train_save_steps", 1),
                           ("star_rounds", 0), ("train_timeout", 1), ("media_max_mb", 1), ("max_body_mb", 1),
+                          ("media_cache_mb", 1), ("corrections_max_mb", 1), ("max_webhook_annotations", 1),
                           ("max_tasks", 1), ("max_clicks", 1), ("max_label_config_kb", 1), ("click_failover", 0.2)):
             if getattr(self, attr) < low:
                 fail(attr, f"must be >= {low}")
@@ -361,6 +388,11 @@ class Settings:
     @property
     def release_protocol(self) -> bool:
         return self.loop_config().release
+
+    @property
+    def decoding_mode(self) -> str:
+        """SEGAGENT_DECODING, or its default: ``free`` under the release protocol, ``grammar`` under extended."""
+        return self.decoding or ("free" if self.release_protocol else "grammar")
 
     @property
     def cache_bytes(self) -> int:

@@ -32,7 +32,8 @@ def model_version(settings: Settings, version: Optional[str] = None) -> str:
     text = f"sam3text-{Path(settings.text_model).name}" if settings.text_model else ""
     if text and not settings.policy:  # SAM 3's masks alone: the click tool makes none of them
         return f"segagent-{text}-v{__version__}"
-    weights = {"sam": settings.sam_checkpoint, "hf-sam": settings.sam_model}.get(settings.segmenter)
+    weights = {"sam": settings.sam_checkpoint, "hf-sam": settings.sam_model,
+               "simpleclick": settings.simpleclick_checkpoint}.get(settings.segmenter)
     name = f"{settings.segmenter}-{Path(weights).stem}" if weights else settings.segmenter
     policy = f"{Path(settings.policy).name}-" if settings.policy else ""
     return f"segagent-{policy}{name}{'-' + text if text else ''}-v{__version__}"
@@ -71,6 +72,7 @@ class VersionName:
         self.settings = settings
         self._announcements = Announcements(registry or Registry.from_settings(settings))
         self._version: Optional[str] = None
+        self._refreshing = threading.Lock()  # held by the one background check running, if any
         self.refresh()
 
     @property
@@ -80,8 +82,16 @@ class VersionName:
     def refresh(self, background: bool = False) -> None:
         """Notice a promotion (``background``: off this thread, for routes with tight timeouts)."""
         if background:
-            threading.Thread(target=self.refresh, name="version-check", daemon=True).start()
+            # one check at a time: while Redis is slow, every /health and /setup would start another
+            if self._refreshing.acquire(blocking=False):
+                threading.Thread(target=self._refresh_and_release, name="version-check", daemon=True).start()
             return
         announced = self._announcements.changed()
         if announced is not None:
             self._version = announced[0]
+
+    def _refresh_and_release(self) -> None:
+        try:
+            self.refresh()
+        finally:
+            self._refreshing.release()

@@ -76,16 +76,21 @@ def handle_webhook(body: dict, settings: Optional[Settings] = None,
 def _record(body: dict, action: str, settings: Settings, store: CorrectionStore,
             start_training: Optional["StartTraining"]) -> dict:
     good, bad = corrections_from_webhook(body, settings.expression_field)
+    store.check_room(good, bad)  # past SEGAGENT_CORRECTIONS_MAX_MB: 507, nothing written
     counts = store.record(good)
     store.reject(bad, action)
     # an update that made an annotation unusable (its mask erased) must not leave the old version to train on
     store.delete_annotations([r.annotation_id for r in bad if _is_id(r.annotation_id)])
     reply: dict = {"recorded": [c.annotation_id for c in good],
                    "rejected": [{"task": r.task_id, "annotation": r.annotation_id, "reason": r.reason} for r in bad]}
-    due = [p for p in counts if start_training is not None and store.claim_round(p, settings.train_every)]
+    # an event without a project never starts a round: it would train on every project's corrections
+    due = [p for p in counts if p is not None and start_training is not None
+           and store.claim_round(p, settings.train_every)]
     if due:
         reply["training"] = [_start(settings, store, p, "corrections", start_training) for p in due]
     reply["note"] = f"{len(good)} correction(s) recorded, {len(bad)} rejected"
+    if None in counts:
+        reply["note"] += "; the event names no project, so it starts no training round"
     return reply
 
 

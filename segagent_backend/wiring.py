@@ -25,7 +25,8 @@ def segmenter_from_settings(settings: Settings, cache: Optional["EmbeddingCache"
     return build_segmenter(settings.segmenter, cache if cache is not None else EmbeddingCache(settings.cache_bytes),
                            sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
                            sam_model=settings.sam_model, device=settings.device,
-                           grabcut_max_side=settings.grabcut_max_side)
+                           grabcut_max_side=settings.grabcut_max_side,
+                           simpleclick_checkpoint=settings.simpleclick_checkpoint)
 
 
 def text_model_from_settings(settings: Settings, cache: Optional["EmbeddingCache"] = None) -> Optional["TextGrounder"]:
@@ -48,7 +49,8 @@ def policy_from_settings(settings: Settings, source: str) -> "Policy":
 
 def policy_options(settings: Settings) -> dict:
     """``build_policy`` keywords besides kind, source and coordinates: how every policy of this deployment runs."""
-    return dict(device=settings.device, dtype=settings.dtype, temperature=settings.temperature)
+    return dict(device=settings.device, dtype=settings.dtype, temperature=settings.temperature,
+                decoding=settings.decoding_mode)
 
 
 def loop_config(settings: Settings) -> "LoopConfig":
@@ -75,7 +77,8 @@ def finetune_config(settings: Settings, **overrides: Any) -> "FinetuneConfig":
 
 def media_loader(settings: Settings) -> MediaLoader:
     """Task images under the media policy of the settings (Label Studio's host, SEGAGENT_MEDIA_ALLOW_HOSTS,
-    ...), fetched from LABEL_STUDIO_URL (when set) and cached under MODEL_DIR/cache/media."""
+    ...), fetched from LABEL_STUDIO_URL (when set) and cached under MODEL_DIR/cache/media (at most
+    SEGAGENT_MEDIA_CACHE_MB, least recently used first out)."""
     return MediaLoader(settings.media_cache_dir, settings.max_image_pixels, settings.media_timeout,
                        MediaSource(settings.label_studio_url, settings.label_studio_api_key),
-                       MediaPolicy.from_settings(settings))
+                       MediaPolicy.from_settings(settings), cache_bytes=settings.media_cache_mb * 2**20)

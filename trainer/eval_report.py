@@ -12,7 +12,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -84,10 +84,14 @@ def write_noc(runs: Sequence[NocRun], out: Path, summary: dict) -> None:
     (out / "noc_iou.png").write_bytes(png)
 
 
-def write_scores(records: Sequence[dict], scores: dict, out: Path, source: str) -> None:
-    """A scored prediction file: ``scores.json`` (cIoU, gIoU, samples) and ``scores.csv`` (one row per record)."""
+def write_scores(records: Sequence[dict], scores: dict, out: Path, source: str, scoring: str = "ours",
+                 total: Optional[int] = None) -> None:
+    """A scored prediction file: ``scores.json`` (cIoU, gIoU, the scoring used, records read, samples scored
+    and dropped) and ``scores.csv`` (one row per record; a dropped record's IoU is empty)."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "scores.json", {"predictions": source, "selection": "release", "samples": scores["samples"],
+    _write_json(out / "scores.json", {"predictions": source, "selection": "release", "scoring": scoring,
+                                      "records": len(records), "records_in_file": len(records) if total is None else total,
+                                      "samples": scores["samples"], "dropped": scores.get("dropped", 0),
                                       "ciou": scores["ciou"], "giou": scores["giou"]})
     with open(out / "scores.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -95,4 +99,4 @@ def write_scores(records: Sequence[dict], scores: dict, out: Path, source: str) 
         for record, value in zip(records, scores["ious"]):
             caption = record.get("caption")
             w.writerow([record.get("img_path", ""), caption[0] if isinstance(caption, list) and caption else caption,
-                        f"{value:.6f}"])
+                        "" if value is None else f"{value:.6f}"])

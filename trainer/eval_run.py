@@ -6,6 +6,8 @@ truth (ignore band excluded), and the step trajectory: the mask after each click
 ``Current IOU`` estimate of each mask it was shown. Over the run:
 
 * cIoU = sum of intersections / sum of unions; gIoU = mean per-sample IoU, an empty union counting 1.0;
+  scored as ours (every sample) and as the release (samples whose episode made no click dropped), one of
+  them heading the summary (``scoring``), both with their counts;
 * per step t = 1..max_steps: mean IoU of the mask after t clicks, and of the mask the loop's own
   selection rule picks among the masks of the first t steps (an episode that ended earlier keeps its
   last mask / its selection);
@@ -31,7 +33,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from segagent_backend.agent.engine import EpisodeRequest
-from segagent_backend.agent.loop import LoopConfig, extended_choice, release_choice, run_episodes
+from segagent_backend.agent.loop import LoopConfig, extended_choice, release_pick, run_episodes
 from segagent_backend.agent.metrics import ciou, intersection_union, iou
 from segagent_backend.agent.policies.base import Observation, Policy
 from segagent_backend.agent.protocol import Answer, box_pixels
@@ -137,8 +139,8 @@ class Trajectory:
 
     def selected(self, steps: int, release: bool) -> int:
         """How many clicks the mask holds that the loop's rule returns after ``steps`` policy clicks."""
-        if release:  # ``steps`` calls judged masks 0..steps-1 and made masks 1..steps
-            return release_choice(self.estimates[:steps], min(steps, len(self.masks) - 1))
+        if release:  # the answers of the first ``steps`` calls that made a click (the release's pred_list)
+            return release_pick(self.outputs[:min(steps, len(self.clicks))])
         judged = self.estimates[: steps + 1]  # ``steps`` clicks: masks 0..steps judged
         return extended_choice(judged) if judged else 0
 
@@ -238,16 +240,26 @@ def items_from_refs(entries: Sequence[RefEntry], images_dir: Path) -> list[EvalI
     return [EvalItem(e.name, e.caption, e.image_name, loader(e), e.segmentation) for e in entries]
 
 
+#: the release's prediction files hold at most this many sentences of a split (``refcocog_eval.py``)
+RELEASE_MAX_SAMPLES = 5000
+SCORINGS = ("ours", "release")
+
+
 @dataclass
 class EvalRun:
-    """Every sample's result, in order, and how the run was made."""
+    """Every sample's result, in order, and how the run was made. ``scoring``: which scores head the
+    summary (``ours``: every sample, a sample without a click scores its mask; ``release``: samples without
+    a click dropped, as the release's scorer does); both are always in it. ``truncated``: samples left out
+    before the run (the release's first 5000 sentences)."""
 
     results: list[SampleResult]
     config: LoopConfig
     seconds: float
+    scoring: str = "ours"
+    truncated: int = 0
 
     def summary(self) -> dict:
-        return summarize_run(self.results, self.config, self.seconds)
+        return summarize_run(self.results, self.config, self.seconds, self.scoring, self.truncated)
 
 
 #: a text start: (image (H, W, 3) uint8, expression) -> the start mask ((H, W) bool), None when nothing was found
@@ -282,10 +294,13 @@ def _score(item: EvalItem, sample: Sample, result, trajectory: Trajectory, confi
 
 def evaluate(policy: Policy, segmenter, items: Sequence[EvalItem], config: LoopConfig = LoopConfig(),
              batch: int = 8, progress: Optional[Callable[[int, int], None]] = None,
-             start: Optional[StartFn] = None) -> EvalRun:
+             start: Optional[StartFn] = None, scoring: str = "ours", truncated: int = 0) -> EvalRun:
     """Run the policy's episodes on ``items``, ``batch`` samples in lockstep at a time (images loaded
-    per batch), and score each. Every item is run: nothing is truncated. ``start``: each episode starts
-    from the mask it gives (SAM 3's text start), and that mask is scored too."""
+    per batch), and score each. Every item given is run (``truncated``: how many the caller left out, for
+    the report). ``start``: each episode starts from the mask it gives (SAM 3's text start), and that mask
+    is scored too. ``scoring``: which scores head the summary (:func:`scores`)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     if not items:
         raise ValueError("no samples to evaluate")
     results: list[SampleResult] = []
@@ -305,7 +320,7 @@ def evaluate(policy: Policy, segmenter, items: Sequence[EvalItem], config: LoopC
             results.append(_score(item, sample, outcome, trajectory, config, starts[i], start is not None))
         if progress is not None:
             progress(len(results), len(items))
-    return EvalRun(results, config, time.perf_counter() - began)
+    return EvalRun(results, config, time.perf_counter() - began, scoring, truncated)
 
 
 # --- the numbers -----------------------------------------------------------------------------
@@ -352,17 +367,36 @@ def prm_quality(pairs: Sequence[tuple[float, float]]) -> dict:
             "spearman": spearman, "spearman_by": spearman_source}
 
 
-def summarize_run(results: Sequence[SampleResult], config: LoopConfig, seconds: float) -> dict:
-    """The run's numbers (module docstring); IoUs 0..1."""
+def scores(results: Sequence[SampleResult], scoring: str = "ours") -> dict:
+    """cIoU and gIoU of ``results`` as ``scoring`` counts them: ``ours`` every sample; ``release`` only the
+    samples whose episode made a click (the release's scorer skips an empty ``pred_list``). ``samples``:
+    how many were scored, ``dropped``: how many were not."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    kept = [r for r in results if r.clicks > 0] if scoring == "release" else list(results)
+    return {"samples": len(kept), "dropped": len(results) - len(kept),
+            "ciou": ciou([r.intersection for r in kept], [r.union for r in kept]),
+            "giou": float(np.mean([r.iou for r in kept])) if kept else float("nan")}
+
+
+def summarize_run(results: Sequence[SampleResult], config: LoopConfig, seconds: float, scoring: str = "ours",
+                  truncated: int = 0) -> dict:
+    """The run's numbers (module docstring); IoUs 0..1. ``ciou``/``giou`` are those of ``scoring``;
+    ``scores`` holds both scorings with their counts (``samples`` scored, ``dropped``)."""
     n = len(results)
+    both = {name: scores(results, name) for name in SCORINGS}
     answers = sum(r.answers for r in results)
     steps = list(range(1, config.max_steps + 1))
     step_ious = np.asarray([r.step_ious for r in results], dtype=np.float64).reshape(n, len(steps))
     selected = np.asarray([r.selected_ious for r in results], dtype=np.float64).reshape(n, len(steps))
     return {
         "samples": n,
-        "ciou": ciou([r.intersection for r in results], [r.union for r in results]),
-        "giou": float(np.mean([r.iou for r in results])) if n else float("nan"),
+        "scoring": scoring,
+        "scored_samples": both[scoring]["samples"],
+        "dropped_samples": both[scoring]["dropped"],
+        "ciou": both[scoring]["ciou"],
+        "giou": both[scoring]["giou"],
+        "scores": both,
         "per_step": {"step": steps, "iou_after_step": step_ious.mean(axis=0).tolist() if n else [],
                      "iou_selected": selected.mean(axis=0).tolist() if n else []},
         "prm": prm_quality([p[:2] for r in results for p in r.prm]),
@@ -378,7 +412,8 @@ def summarize_run(results: Sequence[SampleResult], config: LoopConfig, seconds: 
         "protocol": config.protocol,
         "loop": {"max_steps": config.max_steps, "candidates": config.candidates, "stop_iou": config.stop_iou,
                  "patience": config.patience},
-        "truncated": False,
+        "truncated": truncated > 0,
+        "truncated_samples": truncated,
         **_text_start_summary(results),
     }
 

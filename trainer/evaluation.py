@@ -1,16 +1,19 @@
-"""The standard NoC evaluation (the engine with the simulator as the policy, every click kept, IoU after
-each) and a policy's score on held-out samples (its own episodes, ``run_episodes``)."""
+"""The standard NoC evaluation (the standard simulator as the annotator, its clicks replayed by the service's
+click path: what annotators get from ``/predict``; every click kept, IoU after each) and a policy's score on
+held-out samples (its own episodes, ``run_episodes``)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from segagent_backend.agent.engine import Episode, EpisodeRequest, Timing, drive, first_click
+from segagent_backend.agent.clicker import next_click
+from segagent_backend.agent.engine import EpisodeRequest
+from segagent_backend.agent.episode import StepCache, run_given_clicks_stepwise
 from segagent_backend.agent.loop import LoopConfig, run_episodes
-from segagent_backend.agent.metrics import ciou, intersection_union, mean_noc
-from segagent_backend.agent.policies.simulator import SimulatorPolicy
+from segagent_backend.agent.metrics import ciou, intersection_union, iou, mean_noc
 from segagent_backend.agent.segmenters.base import Segmenter
 from segagent_backend.agent.types import Click
 
@@ -26,11 +29,22 @@ class NocRun:
     clicks: list[Click] = field(default_factory=list)
     seconds: float = 0.0  # time spent in segment() calls
     calls: int = 0  # number of segment() calls timed
+    masks: list[np.ndarray] = field(default_factory=list)  # the mask after each click ((H, W) bool), if kept
 
 
 def simulate_noc(segmenter: Segmenter, sample: Sample, max_clicks: int = 20) -> list[float]:
     """IoU after each of ``max_clicks`` simulated clicks on ``sample`` (the full NoC protocol)."""
     return run_noc(segmenter, sample, max_clicks).ious
+
+
+def label_studio_clicks(clicks: Sequence[Click], width: int, height: int) -> list[Click]:
+    """Pixel clicks as Label Studio sends them (keypoints in percent of the image, ``100 * x / width``, as
+    the service's own keypoint regions write them) and as ``/predict`` reads them back
+    (``PercentClick.to_pixels``): the click list the model host replays."""
+    from segagent_backend.labelstudio.control_models.keypoint_labels import PercentClick
+
+    return [PercentClick(100.0 * c.x / width, 100.0 * c.y / height, c.positive, None).to_pixels(width, height)
+            for c in clicks]
 
 
 def run_noc(
@@ -39,34 +53,47 @@ def run_noc(
     max_clicks: int = 20,
     stop_iou: Optional[float] = None,
     min_clicks: int = 5,
+    keep_masks: bool = False,
 ) -> NocRun:
-    """Run the NoC protocol on one sample; ``ious`` has one entry per click, ``max_clicks`` long.
+    """Run the NoC protocol on one sample through the service's click path; ``ious`` has one entry per
+    click, ``max_clicks`` long.
 
-    Starts from an empty mask; at each step the simulator clicks on the current error given all
-    previous clicks, the segmenter receives all clicks so far and its previous call's logits.
-    With ``stop_iou`` set, clicking stops once IoU >= stop_iou after at least ``min_clicks``
-    clicks and the remaining entries repeat the last IoU: NoC at thresholds <= stop_iou and the
-    IoU after clicks 1..min_clicks stay exact; drops after the stop are not seen.
-    When the simulator finds no error left (a perfect mask) the remaining entries repeat too.
+    Starts from an empty mask; at each step the simulator clicks on the error of the mask the annotator
+    was last given, and the whole click list goes to the tool as ``/predict`` sends it to the model host:
+    in Label Studio's percent and back (:func:`label_studio_clicks`), replayed by
+    ``agent.episode.run_given_clicks_stepwise`` with a step cache (``ModelHost.run_clicks``): each click
+    one tool step from the previous step's state and logits. With ``stop_iou`` set, clicking stops once
+    IoU >= stop_iou after at least ``min_clicks`` clicks and the remaining entries repeat the last IoU:
+    NoC at thresholds <= stop_iou and the IoU after clicks 1..min_clicks stay exact; drops after the stop
+    are not seen. When the simulator finds no error left (a perfect mask) the remaining entries repeat too.
+    ``seconds``: time in the replay calls (the tool step, and setting the image from the embedding cache).
+    ``keep_masks``: the run keeps the mask the annotator got after each click (``NocRun.masks``).
     """
-    timing = Timing()
-    episode = Episode(segmenter, EpisodeRequest(sample.image, gt=sample.gt, ignore=sample.ignore), timing=timing)
+    height, width = sample.gt.shape
+    cache = StepCache()
+    clicks: list[Click] = []
+    mask = np.zeros((height, width), dtype=bool)
     ious: list[float] = []
-
-    def every_click(episode: Episode, step: int, answers) -> None:
-        click = first_click(answers)
+    masks: list[np.ndarray] = []
+    seconds = 0.0
+    for _ in range(max_clicks):
+        click = next_click(sample.gt, mask, sample.ignore, clicks)
         if click is None:
-            return episode.stop("no error left")
-        episode.advance(episode.act(episode.state, click))
-        ious.append(episode.iou(episode.state))
+            break
+        clicks.append(click)
+        began = time.perf_counter()
+        mask = run_given_clicks_stepwise(segmenter, sample.image, label_studio_clicks(clicks, width, height),
+                                         cache=cache).mask
+        seconds += time.perf_counter() - began
+        ious.append(iou(mask, sample.gt, sample.ignore))
+        if keep_masks:
+            masks.append(mask)
         if stop_iou is not None and len(ious) >= min_clicks and ious[-1] >= stop_iou:
-            episode.stop("stop_iou")
-
-    drive(SimulatorPolicy(), [episode], every_click, max_clicks)
+            break
     calls = len(ious)
-    fill = ious[-1] if ious else episode.iou(episode.state)
+    fill = ious[-1] if ious else iou(mask, sample.gt, sample.ignore)
     ious.extend([fill] * (max_clicks - len(ious)))
-    return NocRun(sample.name, ious, list(episode.state.clicks), timing.seconds.get("tool", 0.0), calls)
+    return NocRun(sample.name, ious, clicks, seconds, calls, masks)
 
 
 def count_drops(ious: Sequence[float], tol: float = 1e-9) -> int:

@@ -6,7 +6,8 @@ Data (the release's ``evaltools`` reads the same file)::
                "gt_ann": {"caption": ["sentence", ...], "segmentation": COCO RLE | polygons}}, ...]}
 
 Each SENTENCE is one sample (:func:`read_refs`), in file order; nothing is truncated (the release's
-evaluator stops after 5000 samples and skips image names holding ".png": neither is reproduced).
+evaluator stops after 5000 samples and skips image names holding ".png": ``segagent eval --release-scoring``
+does both).
 ``segmentation``: compressed RLE (``counts`` a string), uncompressed RLE (``counts`` a list) or
 polygons ``[[x1, y1, x2, y2, ...], ...]`` in pixels (x = column), decoded by pycocotools.
 
@@ -24,7 +25,6 @@ writes them and its ``eval_result_iou.py`` reads them::
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from segagent_backend.agent.metrics import ciou, intersection_union
+from segagent_backend.agent.protocol import release_estimates
 from segagent_backend.agent.types import Box, Click
 
 from .datasets import Sample, read_rgb
@@ -92,8 +93,9 @@ def _image_name(value: Any) -> str:
     return value if Path(value).suffix else value + ".jpg"
 
 
-def refs_from_json(data: Any, limit: Optional[int] = None, where: str = "") -> list[RefEntry]:
-    """Every sentence of every object of ``data`` (``{"data": [...]}`` or a bare list), the first ``limit``."""
+def refs_from_json(data: Any, limit: Optional[int] = None, where: str = "", skip_png: bool = False) -> list[RefEntry]:
+    """Every sentence of every object of ``data`` (``{"data": [...]}`` or a bare list), the first ``limit``.
+    ``skip_png``: objects whose ``image_name`` holds ".png" are left out, as the release's loader does."""
     rows = data.get("data") if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise ValueError(f"{where}expected {{\"data\": [...]}} (the RefCOCO/SegAgent layout)")
@@ -101,6 +103,8 @@ def refs_from_json(data: Any, limit: Optional[int] = None, where: str = "") -> l
     for i, row in enumerate(rows):
         if limit is not None and len(out) >= limit:
             break
+        if skip_png and isinstance(row, dict) and isinstance(row.get("image_name"), str) and ".png" in row["image_name"]:
+            continue
         try:
             ann = row["gt_ann"]
             captions = ann["caption"]
@@ -119,14 +123,15 @@ def refs_from_json(data: Any, limit: Optional[int] = None, where: str = "") -> l
     return out[:limit]
 
 
-def read_refs(path: Union[str, Path], limit: Optional[int] = None) -> list[RefEntry]:
-    """The samples of a RefCOCO/SegAgent-layout JSON file (one per sentence), in file order."""
+def read_refs(path: Union[str, Path], limit: Optional[int] = None, skip_png: bool = False) -> list[RefEntry]:
+    """The samples of a RefCOCO/SegAgent-layout JSON file (one per sentence), in file order (``skip_png``:
+    see :func:`refs_from_json`)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    return refs_from_json(data, limit, f"{path}: ")
+    return refs_from_json(data, limit, f"{path}: ", skip_png)
 
 
 def find_image(images_dir: Path, image_name: str) -> Path:
@@ -165,30 +170,14 @@ def prediction_record(img_path: str, caption: str, height: int, width: int, gt_m
             "pred_list": pred_list}
 
 
-_FIRST_NUMBER = re.compile(r"\s*([-+]?\d+(?:\.\d*)?)")
-
-
-def _release_estimate(outputs: Optional[str]) -> float:
-    """``Current IOU: N`` of one answer as the release's reader takes it (None output = 0); ValueError if unreadable."""
-    if outputs is None:
-        return 0.0
-    match = _FIRST_NUMBER.match(outputs.split("Current IOU: ")[-1])
-    if match is None:
-        raise ValueError("no estimate")
-    return float(match.group(1))
-
-
 def release_selection(record: dict) -> Optional[int]:
-    """Index in ``pred_list`` of the mask the release's evaluator scores (None: no mask at all): the
-    first argmax i of the estimates (all 0 when one is unreadable), then i - 1 for i > 0, else 0."""
+    """Index in ``pred_list`` of the mask the release's evaluator scores (None: no mask at all, a sample the
+    release's scorer skips): the first argmax i of the estimates as the release reads them together
+    (:func:`~segagent_backend.agent.protocol.release_estimates`), then i - 1 for i > 0, else 0."""
     pred_list = record.get("pred_list") or []
     if not pred_list:
         return None
-    try:
-        estimates = [_release_estimate(p.get("outputs")) for p in pred_list]
-    except ValueError:
-        estimates = [0.0] * len(pred_list)
-    best = int(np.argmax(estimates))
+    best = int(np.argmax(release_estimates([p.get("outputs") for p in pred_list])))
     return best - 1 if best > 0 else 0
 
 
@@ -205,12 +194,18 @@ def read_predictions(path: Union[str, Path]) -> list[dict]:
     return records
 
 
-def score_predictions(records: Sequence[dict], click_id: Optional[int] = None) -> dict:
+def score_predictions(records: Sequence[dict], click_id: Optional[int] = None, release: bool = False) -> dict:
     """cIoU, gIoU and each sample's IoU of prediction records (ours or the release's): the mask of
-    :func:`release_selection`, or ``pred_list[click_id]``; a record without masks scores an empty mask.
-    A record's ``ignore`` (COCO RLE, ours only: an image + mask folder's 128 band) is left out of both."""
+    :func:`release_selection`, or ``pred_list[click_id]``; a record without masks scores an empty mask, or
+    with ``release`` is dropped as the release's scorer drops it (its IoU is then None; ``dropped`` counts
+    them). A record's ``ignore`` (COCO RLE, ours only: an image + mask folder's 128 band) is left out of both."""
     inters, unions, ious = [], [], []
+    dropped = 0
     for record in records:
+        if release and not record.get("pred_list"):
+            dropped += 1
+            ious.append(None)
+            continue
         height, width = int(record["height"]), int(record["width"])
         gt = decode_segmentation(record.get("gt_mask"), height, width)
         index = release_selection(record) if click_id is None else min(click_id, len(record["pred_list"]) - 1)
@@ -221,5 +216,6 @@ def score_predictions(records: Sequence[dict], click_id: Optional[int] = None) -
         inters.append(inter)
         unions.append(union)
         ious.append(inter / union if union else 1.0)
-    return {"samples": len(ious), "ciou": ciou(inters, unions),
-            "giou": float(np.mean(ious)) if ious else float("nan"), "ious": ious}
+    kept = [v for v in ious if v is not None]
+    return {"samples": len(kept), "dropped": dropped, "ciou": ciou(inters, unions),
+            "giou": float(np.mean(kept)) if kept else float("nan"), "ious": ious}

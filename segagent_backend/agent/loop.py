@@ -27,11 +27,11 @@ import numpy as np
 
 from .engine import Episode, EpisodeRequest, State, drive, replay_given
 from .policies.base import Policy
-from .protocol import Answer, answer_head, box_pixels
+from .protocol import Answer, answer_head, box_pixels, release_estimates
 from .segmenters.base import Segmenter
 from .types import Click, EpisodeResult, TrajectoryStep
 
-__all__ = ["EpisodeRequest", "LoopConfig", "extended_choice", "release_choice", "run_episodes"]
+__all__ = ["EpisodeRequest", "LoopConfig", "extended_choice", "release_choice", "release_pick", "run_episodes"]
 
 
 @dataclass(frozen=True)
@@ -173,26 +173,45 @@ def extended_choice(estimates: Sequence[Optional[float]]) -> int:
 
 
 def release_choice(estimates: Sequence[Optional[float]], clicks: int) -> int:
-    """How many clicks the release's returned mask holds (0 = the empty start mask).
+    """How many clicks the release's returned mask holds (0 = the start mask: no click was made).
 
-    ``estimates[i]`` is answer i's estimate of the mask shown at step i (the mask after i clicks);
-    ``clicks`` masks exist after the episode. One unreadable estimate makes them all 0; the first
-    argmax i wins; i > 0 returns the mask after click i, i = 0 the mask after the first click.
+    ``estimates[i]`` is answer i's estimate of the mask shown at step i (the mask after i clicks), over the
+    answers that made a click only (the release's ``pred_list``), as :func:`~.protocol.release_estimates`
+    reads them; ``clicks`` masks exist after the episode. A None makes them all 0; the first argmax i wins;
+    i > 0 returns the mask after click i, i = 0 the mask after the first click.
     """
+    if clicks <= 0:
+        return 0
     scores = [0.0] * len(estimates) if any(e is None for e in estimates) else list(estimates)
     best = int(np.argmax(scores)) if scores else 0
     return min(max(best, 1), clicks)
 
 
+def release_pick(texts: Sequence[str]) -> int:
+    """How many clicks the release's returned mask holds, from the texts of the answers that made a click,
+    in order (its ``pred_list``; the mask after the last click exists too): 0 when there is none."""
+    return release_choice(release_estimates(texts), len(texts))
+
+
 def _release_result(episode: Episode, search: _Search) -> EpisodeResult:
+    """The release's choice among the masks of the answers that made a click (:func:`release_pick`): an
+    answer without a readable click ended the episode and is not scored; none at all returns the start."""
     path = search.path
     # the mask after each count of policy clicks (the annotator's clicks, if any, came before)
     masks = {len(n.state.clicks) - search.given: n for n in path + search.nodes}
-    chosen = masks[release_choice([n.estimate for n in path], max(masks))]
-    estimates = [n.estimate for n in path]
-    trajectory = [TrajectoryStep(click, None if i < search.given or i >= len(estimates) else estimates[i])
+    scored = [n.proposals[0] for n in path if n.proposals and n.proposals[0].click is not None]
+    if all(a.text for a in scored):  # the release reads the texts, all together
+        values = release_estimates([a.text for a in scored])
+    else:  # a policy that writes no text (scripted, tests): its estimates, one unknown making all 0
+        values = [0.0] * len(scored) if any(a.iou_estimate is None for a in scored) else \
+            [100.0 * a.iou_estimate for a in scored]
+    chosen = masks[release_choice(values, len(scored))]
+    estimates = [min(max(v, 0.0), 100.0) / 100.0 if v == v else 0.0 for v in values]  # NaN: 0
+    trajectory = [TrajectoryStep(click, None if i < search.given or i - search.given >= len(estimates)
+                                 else estimates[i - search.given])
                   for i, click in enumerate(chosen.state.clicks)]
-    # the policy's estimate of the returned mask; after a single call only the start's exists
-    score = 0.0 if None in estimates else chosen.estimate if chosen.estimate is not None else max(estimates)
+    # the policy's estimate of the returned mask (after a single call only the start's exists: the max)
+    clicks = len(chosen.state.clicks) - search.given
+    score = 0.0 if not estimates else estimates[clicks] if clicks < len(estimates) else max(estimates)
     return EpisodeResult(chosen.state.mask, float(score), trajectory, chosen.state.box, search.malformed,
                          episode.stop_reason)

@@ -3,13 +3,14 @@
 The released SegAgent-Qwen answers ``<ref>CAPTION</ref> Current IOU: 87  Positive point: (760, 311)``:
 the model's estimate (x100) of the IoU of the mask it was SHOWN, then one click whose numbers are
 (row, col) integers in [0, 1000) relative to the original image. ``format_answer`` writes training
-targets; ``parse_answer(format_answer(x)) == x``. Anything that is not a click means STOP.
+targets; ``parse_answer(format_answer(x)) == x``. Anything that is not a click means STOP. The release's
+own readers (``strict``: :func:`release_click`, :func:`release_estimates`) are reproduced rule for rule.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from .types import Box, Click
 
@@ -53,11 +54,14 @@ class CoordinateConvention:
         row, col = number(click.y, height), number(click.x, width)
         return (row, col) if self.row_first else (col, row)
 
-    def decode(self, a: float, b: float, width: int, height: int) -> tuple[float, float]:
-        """The two numbers -> (x, y) pixels of the original image, clamped to the image."""
+    def decode(self, a: float, b: float, width: int, height: int, clamp: bool = True) -> tuple[float, float]:
+        """The two numbers -> (x, y) pixels of the original image: ``round(row / scale * height)`` (the
+        release's order of operations), clamped to the image unless ``clamp`` is False (the release's
+        parser does not clamp; the episode engine clamps every click that enters an episode)."""
         row, col = (a, b) if self.row_first else (b, a)
-        y = min(max(round(row / self.scale * height), 0), height - 1)
-        x = min(max(round(col / self.scale * width), 0), width - 1)
+        y, x = round(row / self.scale * height), round(col / self.scale * width)
+        if clamp:
+            y, x = min(max(y, 0), height - 1), min(max(x, 0), width - 1)
         return float(x), float(y)
 
     def text(self, value: float) -> str:
@@ -120,8 +124,11 @@ def parse_answer(text: str, width: int, height: int, convention: CoordinateConve
     """The released parser's rules: positive if ``Positive point`` occurs, else negative if ``Negative
     point`` occurs, else stop; the numbers are the first ``(A, B)`` after the last ``point:``.
 
-    ``strict`` (the ``release`` protocol) reads numbers exactly as the release does, with Python's
-    ``int()``: what it cannot read (decimals, a missing pair, an unreadable estimate) is a stop.
+    ``strict`` (the ``release`` protocol) is the release's parser exactly (:func:`_parse_release`): the
+    click by :func:`release_click` (Python's ``int()``; pixels not clamped), the estimate by
+    :func:`release_estimate` (``float()`` after the LAST ``Current IOU: ``); an answer without a readable
+    click ends the episode. Which mask the release returns depends on the estimates of ALL its answers
+    that made a click, read together (:func:`release_estimates`), not on ``Answer.iou_estimate``.
     """
     if strict:
         return _parse_release(text, width, height, convention)
@@ -142,32 +149,79 @@ def parse_answer(text: str, width: int, height: int, convention: CoordinateConve
     return Answer(Click(x, y, positive), iou, text, box=box)
 
 
-def _release_int(text: str) -> Optional[int]:
+# the release's click reader: the first ``(...)`` (no newline inside) after the last ``point: ``
+_RELEASE_PARENS = re.compile(r"\((.*?)\)")
+RELEASE_IOU = "Current IOU: "
+
+
+def release_click(text: str) -> Optional[tuple[bool, int, int]]:
+    """The release's click reader (``process_response`` of its Qwen grounding model): positive if
+    ``Positive point`` occurs anywhere, else negative if ``Negative point`` does, else nothing; then the
+    first ``(...)`` of the text after the LAST ``point: ``, ``int()`` of EVERY comma part (Python's own
+    rules: " 311" and "+5" read, "3.5" does not), the first two used. (positive, A, B) or None (a failure)."""
+    if "Positive point" in text:
+        positive = True
+    elif "Negative point" in text:
+        positive = False
+    else:
+        return None
+    found = _RELEASE_PARENS.findall(text.split("point: ")[-1])
+    if not found:
+        return None
     try:
-        return int(text)  # Python's own rules, as the release: " 311" and "+5" read, "3.5" does not
+        numbers = [int(part) for part in found[0].split(",")]
     except ValueError:
         return None
+    if len(numbers) < 2:
+        return None
+    return positive, numbers[0], numbers[1]
+
+
+def _release_estimate(text: Optional[str], second_form: bool) -> float:
+    """One answer's ``Current IOU`` as the release's scorer reads it (x100; None text = 0): ``float()`` of
+    the text after the LAST ``Current IOU: ``, cut at the first ``,`` (first form) or at the first ``P``
+    then the first ``N`` (second form). ValueError when ``float()`` refuses it."""
+    if text is None:
+        return 0.0
+    tail = text.split(RELEASE_IOU)[-1]
+    return float(tail.split("P")[0].split("N")[0] if second_form else tail.split(",")[0])
+
+
+def release_estimates(texts: Sequence[Optional[str]]) -> list[float]:
+    """The estimates (x100) of a list of answers as the release's scorer reads them (``eval_result_iou.py``):
+    the first form for ALL answers; if any fails, the second form for all; if that fails too, all 0."""
+    for second_form in (False, True):
+        try:
+            return [_release_estimate(t, second_form) for t in texts]
+        except ValueError:
+            continue
+    return [0.0] * len(texts)
+
+
+def release_estimate(text: str) -> Optional[float]:
+    """One answer's estimate (x100) read alone (the first form, else the second), None when unreadable."""
+    for second_form in (False, True):
+        try:
+            return _release_estimate(text, second_form)
+        except ValueError:
+            continue
+    return None
 
 
 def _parse_release(text: str, width: int, height: int, convention: CoordinateConvention) -> Answer:
-    """The released evaluation code's parser: ``int()`` of the word after ``Current IOU:`` and of the two
-    parts of the first ``(...)`` after the last ``point:``; anything else ends the episode (a stop)."""
-    iou = None
-    if "Current IOU:" in text:
-        words = text.split("Current IOU:", 1)[1].split()
-        value = _release_int(words[0]) if words else None
-        iou = None if value is None else min(max(value, 0), 100) / 100.0
+    """The released evaluation code's parser (:func:`release_click`, :func:`release_estimate`); pixels
+    ``(round(A / 1000 * height), round(B / 1000 * width))`` as (row, col), NOT clamped (as the release);
+    anything without a readable click ends the episode."""
+    value = release_estimate(text) if RELEASE_IOU in text else None
+    iou = None if value is None or value != value else min(max(value, 0.0), 100.0) / 100.0  # NaN: unreadable
     box_match = _BOX.search(text)
     box = tuple(float(v) for v in box_match.groups()) if box_match else None
-    positive = True if "Positive point" in text else False if "Negative point" in text else None
-    if positive is None:
-        return Answer(None, iou, text, malformed=iou is None, box=box)
-    tail = text.rsplit("point:", 1)[-1]
-    inside = tail.split("(", 1)[1].split(")", 1)[0].split(",") if "(" in tail and ")" in tail else []
-    numbers = [_release_int(part) for part in inside]
-    if len(numbers) != 2 or None in numbers:
-        return Answer(None, iou, text, malformed=True, box=box)
-    x, y = convention.decode(float(numbers[0]), float(numbers[1]), width, height)
+    read = release_click(text)
+    if read is None:
+        no_action = "Positive point" not in text and "Negative point" not in text
+        return Answer(None, iou, text, malformed=not (no_action and iou is not None), box=box)
+    positive, a, b = read
+    x, y = convention.decode(float(a), float(b), width, height, clamp=False)
     return Answer(Click(x, y, positive), iou, text, box=box)
 
 

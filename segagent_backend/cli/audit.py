@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from ..settings import Settings
 from .arguments import check_output_file, parse_ids
-from .errors import CommandFailed, UsageError
+from .errors import CommandFailed, UsageError, service_down
 
 AUDITED, KEPT, NO_ESTIMATE, REJECTED, FAILED = "audited", "kept", "no estimate", "rejected", "failed"
 CSV_FIELDS = ("task_id", "annotation_id", "estimate", "status", "model_version", "reason")
@@ -114,14 +114,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandFailed(f"--csv {path}: {exc.strerror or exc}") from None
     summary = summarise(rows, args.project, version, str(path), args.select)
-    failed = [r for r in rows if r.status == FAILED and r.reason.startswith("Label Studio")]
+    failed = [r for r in rows if r.status == FAILED]
     if args.json:
         print(json.dumps({**summary, "rows": [asdict(r) for r in worst_first(rows)]}))
     else:
         print(report(rows, summary, args.top))
-    if failed:
-        raise CommandFailed(f"Label Studio did not take {len(failed)} audit prediction(s) ({failed[0].reason}); "
-                            f"run the command again to post the rest")
+    if failed:  # an image that did not load, or Label Studio not taking an estimate: nothing posted for them
+        first = "; ".join(f"task {r.task_id} annotation {r.annotation_id}: {r.reason}" for r in failed[:3])
+        raise CommandFailed(f"{len(failed)} of {len(rows)} annotation(s) failed, nothing was posted for them; first: "
+                            f"{first}; run the command again to audit them")
     return 0
 
 
@@ -134,6 +135,8 @@ def label_studio_failure(exc: Exception, settings: Settings, project: int) -> Ex
 
     if isinstance(exc, ApiError) and exc.status_code == 404:
         return UsageError(f"no project {project} in Label Studio at {settings.label_studio_url}")
+    if isinstance(exc, httpx.TransportError):  # not answering: start it or fix LABEL_STUDIO_URL (exit status 2)
+        return service_down(exc) or exc
     if isinstance(exc, (ApiError, httpx.HTTPError)):
         return CommandFailed(f"Label Studio at {settings.label_studio_url}: {failure_reason(exc)}")
     return exc
@@ -308,8 +311,10 @@ def worst_first(rows: list[Row]) -> list[Row]:
 
 def summarise(rows: list[Row], project: int, version: str, csv_path: str, selected: bool) -> dict:
     counts = {status: sum(r.status == status for r in rows) for status in (AUDITED, KEPT, NO_ESTIMATE, REJECTED, FAILED)}
+    failures = [{"task": r.task_id, "annotation": r.annotation_id, "reason": r.reason}
+                for r in rows if r.status == FAILED][:5]
     return {"project": project, "model_version": version, "annotations": len(rows), **counts,
-            "csv": csv_path, "selected": selected}
+            "failures": failures, "csv": csv_path, "selected": selected}
 
 
 def report(rows: list[Row], summary: dict, top: int) -> str:

@@ -1,9 +1,17 @@
 """``segagent eval``: the paper's evaluation of the policy (cIoU, gIoU, IoU per step, PRM quality) or of the tool (NoC).
 
     segagent eval --refs refcoco_val.json --images DIR --out DIR [--protocol release|extended] [--limit N]
+                  [--release-scoring]
     segagent eval --manifest manifest.json [--images DIR] [--masks DIR] --out DIR [--protocol ...] [--limit N]
     segagent eval --noc --manifest manifest.json --out DIR [--limit N]
-    segagent eval --predictions predictions.json --out DIR     (score SegAgent-layout predictions, ours or the release's)
+    segagent eval --predictions predictions.json --out DIR [--release-scoring]
+                  (score SegAgent-layout predictions, ours or the release's)
+
+``--release-scoring`` scores as the release's evaluator does: at most the first 5000 sentences (objects whose
+image name holds ".png" skipped), samples whose episode made no click dropped; the summary keeps our scores
+(every sample) beside it and states which one heads it and how many samples each counted. ``--noc`` clicks
+through the service's click path (the clicks as Label Studio sends them, replayed as the model host
+replays them for ``/predict``), so its NoC is what annotators get.
 
 The policy and the tool come from the service's settings (``SEGAGENT_POLICY``, ``SEGAGENT_POLICY_KIND``,
 ``SEGAGENT_SEGMENTER``, ``SEGAGENT_SAM_*``, ``DEVICE``, ``SEGAGENT_MAX_STEPS``, ...); ``--protocol`` and
@@ -32,7 +40,8 @@ def register(sub) -> None:
                        description="Evaluate the SegAgent policy with the interactive tool on referring-segmentation "
                                    "data (cIoU, gIoU, IoU per step, the PRM's estimate against the true IoU), or the "
                                    "tool alone with the standard click simulator (--noc: NoC@85/90). Writes CSV, "
-                                   "JSON and a PNG plot into --out. Every sample is used unless --limit is given.")
+                                   "JSON and a PNG plot into --out. Every sample is used unless --limit (or "
+                                   "--release-scoring: the release's first 5000 sentences) is given.")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--refs", type=Path, metavar="JSON",
                       help="referring-segmentation data in the RefCOCO/SegAgent layout ({\"data\": [{image_name, "
@@ -59,6 +68,10 @@ def register(sub) -> None:
                         "or extended (PRM stop, patience, tree search); default: SEGAGENT_PROTOCOL")
     p.add_argument("--max-steps", type=_positive, metavar="N", help="policy clicks per episode (default: SEGAGENT_MAX_STEPS)")
     p.add_argument("--limit", type=_positive, metavar="N", help="only the first N samples (a quick run)")
+    p.add_argument("--release-scoring", action="store_true",
+                   help="score as the release's evaluator: the first 5000 sentences (objects with a .png image "
+                        "skipped), samples whose episode made no click dropped; our scores (every sample) are "
+                        "reported beside it"),
     p.add_argument("--batch", type=_positive, default=8, metavar="N",
                    help="episodes run in lockstep, one batched policy call per step (default 8)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -79,6 +92,8 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"{option} {source}: no such file")
     if args.predictions is not None and (args.noc or args.images or args.masks):
         raise UsageError("--predictions is scored alone: no --noc, --images or --masks")
+    if args.noc and args.release_scoring:
+        raise UsageError("--release-scoring scores a policy's episodes; --noc evaluates the tool alone")
     if args.refs is not None and args.images is None:
         raise UsageError("--refs needs --images DIR (the folder its image_name entries are in)")
     if args.refs is not None and args.masks is not None:
@@ -114,11 +129,11 @@ def _manifest_samples(args: argparse.Namespace, limit):
     return samples[:limit]
 
 
-def _ref_entries(args: argparse.Namespace, limit):
+def _ref_entries(args: argparse.Namespace, limit, skip_png: bool = False):
     from trainer.refseg import read_refs
 
     try:
-        return read_refs(args.refs, limit)
+        return read_refs(args.refs, limit, skip_png)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -135,13 +150,21 @@ def _score(args: argparse.Namespace) -> int:
     from trainer.eval_report import write_scores
     from trainer.refseg import read_predictions, score_predictions
 
+    from trainer.eval_run import RELEASE_MAX_SAMPLES
+
     try:
-        records = read_predictions(args.predictions)[:args.limit]
-        scores = score_predictions(records)
+        records = read_predictions(args.predictions)
+        total = len(records)
+        if args.release_scoring:
+            records = records[:RELEASE_MAX_SAMPLES]
+        records = records[:args.limit]
+        scores = score_predictions(records, release=args.release_scoring)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise UsageError(f"{args.predictions}: not SegAgent predictions: {exc}") from None
-    write_scores(records, scores, args.out, str(args.predictions))
-    print(f"{scores['samples']} samples (the release's mask selection): cIoU {100 * scores['ciou']:.2f}  "
+    scoring = "release" if args.release_scoring else "ours"
+    write_scores(records, scores, args.out, str(args.predictions), scoring, total)
+    print(f"{len(records)} of {total} records, {scoring} scoring, {scores['samples']} scored, {scores['dropped']} "
+          f"dropped (no click) (the release's mask selection): cIoU {100 * scores['ciou']:.2f}  "
           f"gIoU {100 * scores['giou']:.2f} -> {args.out}")
     return 0
 
@@ -168,7 +191,8 @@ def _noc(args: argparse.Namespace, settings: Settings) -> int:
     if bar is not None:
         bar.close()
     summary = noc_summary(runs, 20, time.perf_counter() - began)
-    summary.update(segmenter=settings.segmenter, data=str(args.refs or args.manifest))
+    summary.update(segmenter=settings.segmenter, data=str(args.refs or args.manifest),
+                   click_path="service: Label Studio percent clicks replayed as the model host replays them")
     write_noc(runs, args.out, summary)
     miou = summary["miou_after_click"]
     print(f"{len(runs)} images, {settings.segmenter}, 20 clicks: NoC@85 {summary['noc85']:.2f}  NoC@90 {summary['noc90']:.2f}")
@@ -180,23 +204,29 @@ def _noc(args: argparse.Namespace, settings: Settings) -> int:
 
 def _policy_eval(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.eval_report import write_eval
-    from trainer.eval_run import evaluate, items_from_refs, items_from_samples
+    from trainer.eval_run import RELEASE_MAX_SAMPLES, evaluate, items_from_refs, items_from_samples
 
     from ..agent.loading import ModelLoadError
     from ..wiring import policy_from_settings
     from .models import check_model_source, load_failure, load_tool, quiet_load_errors
 
+    release_scoring = args.release_scoring
+    cut = RELEASE_MAX_SAMPLES if release_scoring else None
     if args.refs is not None:
-        entries = _ref_entries(args, args.limit)
+        entries = _ref_entries(args, None, skip_png=release_scoring)
+        truncated = max(len(entries) - cut, 0) if cut else 0
+        entries = entries[:cut][:args.limit]
         missing = sorted({e.image_name for e in entries if not _image_exists(args.images, e.image_name)})
         if missing:
             raise UsageError(f"{len(missing)} image(s) of {args.refs} not in {args.images}, e.g. {missing[0]}")
         items = items_from_refs(entries, args.images)
     else:
         try:
-            items = items_from_samples(_manifest_samples(args, None))[:args.limit]
+            items = items_from_samples(_manifest_samples(args, None))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        truncated = max(len(items) - cut, 0) if cut else 0
+        items = items[:cut][:args.limit]
     if not settings.policy:
         raise UsageError("no policy to evaluate: set SEGAGENT_POLICY (a model folder or hub id); --noc evaluates the tool alone")
     check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
@@ -210,18 +240,25 @@ def _policy_eval(args: argparse.Namespace, settings: Settings) -> int:
     start = _text_start(settings, policy, config.release)
     update, bar = _progress(args, "eval")
     try:
-        run = evaluate(policy, tool, items, config, args.batch, update, start)
+        run = evaluate(policy, tool, items, config, args.batch, update, start,
+                       "release" if release_scoring else "ours", truncated)
     except ValueError as exc:  # an entry whose image or mask does not fit (checked as it loads)
         raise UsageError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
     info = {"data": str(args.refs or args.manifest), "policy": settings.policy, "policy_kind": settings.policy_kind,
-            "segmenter": settings.segmenter, "text_model": settings.text_model}
+            "segmenter": settings.segmenter, "text_model": settings.text_model,
+            "decoding": getattr(policy, "decoding", settings.decoding_mode)}
     s = write_eval(run, args.out, info)
     prm = s["prm"]
-    print(f"{s['samples']} samples, {config.protocol} protocol, {config.max_steps} steps: "
-          f"cIoU {100 * s['ciou']:.2f}  gIoU {100 * s['giou']:.2f}")
+    ours, release = s["scores"]["ours"], s["scores"]["release"]
+    cut_note = f" (the first {RELEASE_MAX_SAMPLES}: {s['truncated_samples']} left out)" if s["truncated_samples"] else ""
+    print(f"{s['samples']} samples{cut_note}, {config.protocol} protocol, {info['decoding']} decoding, "
+          f"{config.max_steps} steps, {s['scoring']} scoring: cIoU {100 * s['ciou']:.2f}  gIoU {100 * s['giou']:.2f}")
+    print(f"scoring ours: {ours['samples']} samples scored, cIoU {100 * ours['ciou']:.2f}  gIoU {100 * ours['giou']:.2f} | "
+          f"release: {release['samples']} scored, {release['dropped']} dropped (no click), "
+          f"cIoU {100 * release['ciou']:.2f}  gIoU {100 * release['giou']:.2f}")
     print("IoU after step t: " + "  ".join(f"{v:.3f}" for v in s["per_step"]["iou_after_step"])
           + " | PRM-selected: " + "  ".join(f"{v:.3f}" for v in s["per_step"]["iou_selected"]))
     print(f"PRM (IoU x 100, {prm['pairs']} masks): MAE {prm['mae']:.2f}  Pearson {prm['pearson']:.3f}  "

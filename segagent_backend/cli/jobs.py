@@ -6,7 +6,7 @@ import json
 
 from ..settings import Settings, SettingsError
 from .arguments import parse_ids
-from .errors import CommandFailed
+from .errors import CommandFailed, service_down
 
 
 def register(sub) -> None:
@@ -55,8 +55,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SettingsError("set REDIS_URL: a worker runs the jobs queued on that Redis")
     if args.device:
         settings = settings.replace(device=args.device)
+    check_redis(settings)  # before the models load: a Redis that does not answer is one line, exit status 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_worker(settings, args.queues, args.name, args.burst)
+
+
+def check_redis(settings: Settings) -> None:
+    """ServiceDown (one line naming REDIS_URL) when Redis does not answer a PING."""
+    import redis
+
+    from ..queue.names import connect
+
+    try:
+        connect(settings.redis_url, settings.redis_timeout).ping()
+    except redis.RedisError as exc:
+        raise service_down(exc) from None
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -77,7 +90,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         running = status.running_jobs(conn, names)
         failed = status.failed_jobs(conn, names, args.failed)
     except redis.RedisError as exc:
-        raise CommandFailed(f"Redis at {settings.redis_url} is unreachable: {exc}") from None
+        raise service_down(exc) from None
     if args.json:
         print(json.dumps({"queues": [asdict(q) for q in snap.queues], "workers": [asdict(w) for w in snap.workers],
                           "running": [{"queue": q, "id": j, "worker": w} for q, j, w in running],
@@ -106,16 +119,26 @@ def cmd_preannotate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("set REDIS_URL: workers on that Redis do the predicting")
+    check_redis(settings)
     return report_plan(settings, enqueue(settings, args.project, args.tasks, args.force), args.wait)
 
 
 def report_plan(settings: Settings, plan, wait: bool) -> int:
-    """Print a queued plan's summary (after following its jobs when ``wait``); 1 when tasks failed."""
+    """Print a queued plan's summary as one JSON line (after following its jobs when ``wait``): tasks
+    written, skipped and failed, with the first reasons. CommandFailed (one line on standard error naming
+    the first reasons, exit status 1) when a task failed."""
     from ..queue.preannotate import follow
 
     summary = {k: v for k, v in plan.to_json().items() if k not in ("jobs", "job_tasks")} | {"jobs": len(plan.jobs)}
     if wait and plan.jobs:
         state = follow(settings, plan)
-        summary |= {"tasks_done": state.tasks_done, "tasks_failed": state.tasks_failed}
+        summary |= {"tasks_written": state.tasks_written, "tasks_skipped": state.tasks_skipped,
+                    "tasks_failed": state.tasks_failed, "tasks_done": state.tasks_done,
+                    "failures": state.failures, "skips": state.skips}
     print(json.dumps(summary))
-    return 1 if summary.get("tasks_failed") else 0
+    if summary.get("tasks_failed"):
+        first = "; ".join(f"task {f['task']}: {f['reason']}" for f in summary["failures"][:3])
+        # main() prints it as `segagent COMMAND: ...` on standard error, exit status 1
+        raise CommandFailed(f"{summary['tasks_failed']} of {len(plan.queued)} task(s) failed, nothing was written "
+                            f"for them; first: {first}")
+    return 0

@@ -81,6 +81,8 @@ def tool_variable(settings: Settings) -> str:
         return f"SEGAGENT_SAM_CHECKPOINT={settings.sam_checkpoint!r}"
     if settings.segmenter == "hf-sam":
         return f"SEGAGENT_SAM_MODEL={settings.sam_model!r}"
+    if settings.segmenter == "simpleclick":
+        return f"SEGAGENT_SIMPLECLICK_CHECKPOINT={settings.simpleclick_checkpoint!r}"
     return f"SEGAGENT_SEGMENTER={settings.segmenter!r}"
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from ..settings import Settings, SettingsError
 from .arguments import parse_ids
-from .jobs import report_plan
+from .jobs import check_redis, report_plan
 
 
 def register(sub) -> None:
@@ -37,6 +37,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("set REDIS_URL: workers on that Redis do the refining")
+    check_redis(settings)
     plan = enqueue(settings, args.project, args.tasks, args.force,
                    refine={"from": args.source, "source_version": args.model_version})
     return report_plan(settings, plan, args.wait)

@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.set_defaults(run=cmd_serve)
 
 
+#: gthread, reading each request whole in its main loop first: slow clients hold no thread
+WORKER_CLASS = "segagent_backend.buffering_worker.BufferingThreadWorker"
+
 #: the WSGI app gunicorn loads (by module path: nothing looked up in the working directory)
 APP = "segagent_backend.app:create_app()"
 
@@ -32,7 +35,7 @@ def gunicorn_argv(settings: Settings, host: str, port: int, app: str = APP) -> l
     """The gunicorn command line ``segagent serve`` runs (``app``: another app factory, for tests)."""
     # this interpreter's own gunicorn (nothing looked up on PATH): `make run` works from a bare environment
     return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(settings.workers),
-            "--threads", str(settings.threads + LIGHT_THREADS), "--worker-class", "gthread", "--timeout", "300",
+            "--threads", str(settings.threads + LIGHT_THREADS), "--worker-class", WORKER_CLASS, "--timeout", "300",
             "--access-logfile", "-", app]
 
 

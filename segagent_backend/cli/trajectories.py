@@ -1,6 +1,6 @@
 """``segagent trajectories``: SegAgent click trajectories (trace JSON) from an image folder + a mask folder.
 
-    segagent trajectories --images DIR --masks DIR [--manifest JSON] --out traces.json
+    segagent trajectories --images DIR --masks DIR [--manifest JSON] [--limit N] --out traces.json
         [--segmenter grabcut|sam|hf-sam] [--sam-checkpoint PTH] [--sam-type T] [--sam-model ID] [--device D]
         [--starts empty,box,points] [--target-iou 0.98] [--max-clicks 20] [--seed 0]
 
@@ -62,6 +62,7 @@ def cmd_trajectories(args: argparse.Namespace) -> int:
         samples = load_folder(args.images, args.masks, args.manifest)
     except (ValueError, OSError) as exc:  # a listing of every bad file: kept whole
         raise UsageError(str(exc)) from None
+    samples = samples[:args.limit]  # the first N in the manifest's order (else by image file name)
     tool = load_tool(settings)
     began = time.perf_counter()
     try:
@@ -71,7 +72,7 @@ def cmd_trajectories(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     info = {"args": {"images": str(args.images), "masks": str(args.masks),
                      "manifest": None if args.manifest is None else str(args.manifest),
-                     "segmenter": settings.segmenter, "starts": list(args.starts), "target_iou": args.target_iou,
+                     "limit": args.limit, "segmenter": settings.segmenter, "starts": list(args.starts), "target_iou": args.target_iou,
                      "max_clicks": args.max_clicks, "seed": args.seed},
             "generator": f"segagent-backend {__version__}"}
     write_traces(args.out, traces, info)
@@ -88,7 +89,11 @@ def register(subparsers) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder of images (JPEG/PNG/BMP/TIFF/WebP)")
     p.add_argument("--masks", type=Path, required=True,
                    help="folder of <image stem>.png masks: 0 background, 128 ignore band, other values object")
-    p.add_argument("--manifest", type=Path, help="JSON: rows {image, mask, expression|captions} or {name: expression}")
+    p.add_argument("--manifest", type=Path,
+                   help="JSON: rows {image, mask, expression|captions} (each path looked up under --images/--masks, "
+                        "then relative to the manifest's folder; the rows choose the samples and their order) or "
+                        "{name: expression} (every image of --images)")
+    p.add_argument("--limit", type=parse_positive, metavar="N", help="only the first N samples (a quick run)")
     p.add_argument("--out", type=Path, required=True, help="trace file to write (SegAgent's trace JSON)")
     p.add_argument("--segmenter", choices=SEGMENTERS, help="the tool (default: SEGAGENT_SEGMENTER, else grabcut)")
     p.add_argument("--sam-checkpoint", help="segment-anything .pth (default: SEGAGENT_SAM_CHECKPOINT)")

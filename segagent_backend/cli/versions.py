@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Optional
 
 from ..registry import Registry, RegistryError
 from ..settings import Settings
@@ -18,6 +20,21 @@ def register(sub) -> None:
     p.add_argument("--version", help="register: the version name (default: v<N+1>)")
     p.add_argument("--move", action="store_true", help="register: move the folder in instead of copying it")
     p.set_defaults(run=cmd_versions)
+
+
+#: the weight files of a transformers checkpoint folder (what SEGAGENT_POLICY or a version's model/ holds)
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def model_folder_problem(folder: Path) -> Optional[str]:
+    """Why ``folder`` holds no loadable policy checkpoint (no config.json, no weights), or None."""
+    if not folder.is_dir():
+        return "not a folder" if folder.exists() else "no such folder"
+    if not (folder / "config.json").is_file():
+        return "holds no model: no config.json"
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        return "holds no model: config.json but no weights (*.safetensors, *.bin)"
+    return None
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -41,6 +58,10 @@ def cmd_versions(args: argparse.Namespace) -> int:
             raise RegistryError("--meta must be a JSON object")
         if args.version:
             meta["version"] = args.version
+        problem = model_folder_problem(Path(args.target))
+        if problem:
+            raise RegistryError(f"{args.target}: {problem}; give the folder a trained policy was saved to "
+                                f"(config.json and *.safetensors or pytorch_model*.bin)")
         print(json.dumps(asdict(registry.register(args.target, meta, move=args.move))))
         return 0
     if args.action == "promote":

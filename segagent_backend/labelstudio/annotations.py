@@ -32,6 +32,11 @@ MAX_MASK_PIXELS = 50_000_000
 # SDK's decoder costs ~1 us per RLE bit, so this and MAX_RLE_BYTES also bound the time of one decode.
 MAX_RLE_BYTES_PER_PIXEL = 5
 MAX_RLE_BYTES = 4_000_000
+# A correction keeps its task's image URL and expression: every annotation of a bulk event on one task
+# would otherwise repeat a long one on disk. Presigned URLs are ~2 KB; an expression is a sentence.
+MAX_URL_CHARS = 8192
+MAX_EXPRESSION_CHARS = 2048
+MAX_VERSION_CHARS = 256  # a model version named by the task's prediction
 
 
 class AnnotationError(ValueError):
@@ -57,7 +62,7 @@ class Correction:
     height: int
     label: Optional[str] = None
     prediction: Optional[dict] = None
-    data: dict = field(default_factory=dict)  # the task's data (media URLs may need it)
+    data: dict = field(default_factory=dict)  # of the task's data, only the keys training reads (image, expression)
 
     def mask(self) -> np.ndarray:
         """The object: (height, width) bool, the union of the brush regions."""
@@ -162,6 +167,8 @@ def correction_from(annotation: Any, task: Any, config: LabelConfig, project: Op
     url = data.get(config.image_field)
     if not isinstance(url, str) or not url.strip():
         raise AnnotationError(f"task data has no image under {config.image_field!r}")
+    if len(url) > MAX_URL_CHARS:
+        raise AnnotationError(f"the task's image URL has {len(url)} characters, more than {MAX_URL_CHARS}")
     labels = values[0].get(BRUSH)
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(v, str) for v in labels)):
         raise AnnotationError(f"a brush region's value.{BRUSH} must be a list of label strings")
@@ -169,8 +176,16 @@ def correction_from(annotation: Any, task: Any, config: LabelConfig, project: Op
     text = expression(task, config, label)
     if not text:
         raise AnnotationError("no referring expression for the task")
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise AnnotationError(f"the referring expression has {len(text)} characters, more than {MAX_EXPRESSION_CHARS}")
+    # the rest of the task's data stays in Label Studio: a bulk event's annotations of one task must not
+    # each store a copy of it (200 annotations x 1 MB of data were 200 MB on disk)
+    kept = {config.image_field: url}
+    written = data.get(config.expression_field) if config.expression_field else None
+    if isinstance(written, str) and written.strip() == text:  # the expression came from the task's data
+        kept[config.expression_field] = text
     correction = Correction(project, task_id, annotation_id, url, text, rles, width, height, label,
-                            _corrected_prediction(annotation, task), data)
+                            _corrected_prediction(annotation, task), kept)
     if decode:
         check_mask(correction)
     return correction
@@ -204,7 +219,9 @@ def _corrected_prediction(annotation: dict, task: dict) -> Optional[dict]:
     predictions = task.get("predictions") if isinstance(task.get("predictions"), list) else []
     version = next((p.get("model_version") for p in predictions
                     if isinstance(p, dict) and p.get("id") == parent), None)
-    return {"id": parent, "model_version": version if isinstance(version, str) else None}
+    # the task's, so shared by all its annotations: a long one is not copied into each
+    usable = isinstance(version, str) and len(version) <= MAX_VERSION_CHARS
+    return {"id": parent, "model_version": version if usable else None}
 
 
 def corrections_from_webhook(body: dict, expression_field: Optional[str] = None

@@ -59,9 +59,10 @@ def _project_task(ls, project: int, task_id: int) -> dict:
     return task
 
 
-def post_prediction(ls, task_id: int, result: list, score: float, model_version: str) -> int:
-    """One prediction on ``task_id``; its id."""
-    return ls.predictions.create(task=task_id, result=result, score=score, model_version=model_version).id
+def post_prediction(ls, task_id: int, result: list, score: Optional[float], model_version: str) -> int:
+    """One prediction on ``task_id``; its id. ``score`` None: the prediction has none (Label Studio allows it)."""
+    extra = {} if score is None else {"score": score}
+    return ls.predictions.create(task=task_id, result=result, model_version=model_version, **extra).id
 
 
 def delete_prediction(ls, prediction_id: int) -> None:

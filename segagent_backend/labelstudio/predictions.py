@@ -138,7 +138,8 @@ class Predictions:
             episode = self.host.run_clicks(image, clicks, box, mask=start)
         else:
             episode = self.host.run_clicks(image, clicks, box)
-        answer = self._prediction(episode, config, image.shape, prompt, given=len(clicks), region_id=continued.region_id)
+        answer = self._prediction(episode, config, image.shape, prompt, given=len(clicks),
+                                  region_id=continued.region_id, scored=policy or self.host.tool_scores_iou)
         if key is not None and "result" in answer:
             self.sessions.put(key, remember(continued, episode.mask, task))
         return answer
@@ -150,11 +151,12 @@ class Predictions:
         return continue_object(prompt, session, task, brushes, self.settings.max_image_pixels)
 
     def _prediction(self, episode: EpisodeResult, config: LabelConfig, shape: tuple, prompt: Optional[Prompt],
-                    given: int = 0, region_id: Optional[str] = None) -> dict:
+                    given: int = 0, region_id: Optional[str] = None, scored: bool = True) -> dict:
         """Label Studio JSON: the mask on every mask control (a brush region; polygon regions, one per part),
         and the policy's clicks on the trajectory control. Every region and the prediction carry the
-        episode's score (the policy's estimate, else the tool's IoU prediction). An empty mask is no
-        prediction: a per-task error (EMPTY_MASK), so Label Studio stores nothing."""
+        episode's score (the policy's estimate, else the tool's IoU prediction); with ``scored`` False (a tool
+        whose score does not track the mask's quality, ``Segmenter.score_estimates_iou``) none of them has a
+        ``score``. An empty mask is no prediction: a per-task error (EMPTY_MASK), so Label Studio stores nothing."""
         mask = fit_to_size(episode.mask, prompt.size if prompt else None)
         if not mask.any():
             return self.error(EMPTY_MASK, 422)
@@ -167,7 +169,12 @@ class Predictions:
             clicks = [step.click for step in episode.trajectory[given:]]
             for region in config.trajectory.regions(clicks, config.image_name, shape[1], shape[0], rotation):
                 result.append(dict(region, score=float(episode.score)))
-        return {"result": result, "score": float(episode.score), "model_version": self.host.model_version}
+        answer = {"result": result, "score": float(episode.score), "model_version": self.host.model_version}
+        if not scored:  # Label Studio takes a prediction and regions without score
+            del answer["score"]
+            for region in result:
+                region.pop("score", None)
+        return answer
 
 
 def _start_mask(mask: Optional[np.ndarray], shape: tuple) -> Optional[np.ndarray]:

@@ -12,9 +12,11 @@ or ``PolicyRefusal``; the loader turns them into what the caller sees.
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -28,6 +30,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from .. import logtext
 from .access_tokens import Credentials, TokenExchangeFailed, ca_bundle, credentials
 from .policy import LabelStudioHost, MediaPolicy, Origin, PolicyRefusal
 
@@ -44,17 +47,21 @@ class FetchFailed(Exception):
     """The download failed. ``reason``: for the server log; ``status``: the HTTP status when the
     server answered with an error; ``kind``: "http", "unreachable", "timeout", "too-large",
     "not-an-image", "refused" (a redirect the policy refuses) or "redirects"; ``label_studio``: the
-    failing hop was Label Studio's own host (the operator's server: its answer may be shown)."""
+    failing hop was Label Studio's own host (the operator's server: its answer may be shown); ``words``:
+    what happened to the connection in our words ("the connection was reset"), never an exception's text,
+    for a reply."""
 
-    def __init__(self, kind: str, reason: str, status: Optional[int] = None, label_studio: bool = False):
+    def __init__(self, kind: str, reason: str, status: Optional[int] = None, label_studio: bool = False,
+                 words: str = "the connection failed"):
         super().__init__(reason)
         self.kind, self.reason, self.status, self.label_studio = kind, reason, status, label_studio
+        self.words = words
 
 
 @dataclass(frozen=True)
 class Request:
     """One download: ``url`` (absolute http(s)), the trusted Label Studio (None: none known), its
-    ``token`` (sent only to Label Studio's media/API paths, and only while every hop so far stayed on
+    ``token`` (sent only to Label Studio's media paths, and only while every hop so far stayed on
     Label Studio's origin; a personal access token is first exchanged there for an access token),
     ``deadline``: the ``time.monotonic()`` value by which the whole download
     must be done, ``max_bytes``: the largest body accepted."""
@@ -227,7 +234,9 @@ def _authorization(creds: Credentials, guard: _Guard) -> str:
         return creds.header(timeout=guard.remaining())
     except TokenExchangeFailed as exc:
         kind = {"rejected": "http", "timeout": "timeout"}.get(exc.kind, "unreachable")
-        raise FetchFailed(kind, exc.reason, exc.status, label_studio=True) from None
+        words = "its answer to the token exchange held no access token" if exc.kind == "bad-answer" \
+            else "the token exchange failed"
+        raise FetchFailed(kind, exc.reason, exc.status, label_studio=True, words=words) from None
 
 
 def _get(session: requests.Session, guard: _Guard, url: str, headers: dict, is_ls: bool,
@@ -267,7 +276,7 @@ def _answer(response: requests.Response, guard: "_Guard", request: Request, dest
     with response:
         if response.status_code in _REDIRECTS and response.headers.get("Location"):
             target = urljoin(url, response.headers["Location"])
-            log.info("media download redirected (%d) to %s", response.status_code, _safe(target))
+            log.info("media download redirected (%d) to %s", response.status_code, logtext.url(target))
             raise _Redirect(target)
         if response.status_code >= 400:
             raise FetchFailed("http", f"HTTP {response.status_code}", response.status_code)
@@ -344,11 +353,41 @@ def _network_failure(guard: _Guard, exc: BaseException, label_studio: bool = Fal
             return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    if guard.expired or guard.remaining() <= 0 or isinstance(exc, (requests.Timeout, socket.timeout)):
-        return FetchFailed("timeout", f"timed out: {type(exc).__name__}: {exc}", label_studio=label_studio)
-    return FetchFailed("unreachable", f"{type(exc).__name__}: {exc}", label_studio=label_studio)
+    reason = f"{type(exc).__name__}: {exc}"  # for the log only (logtext.text cuts the URL's query there)
+    if guard.expired or guard.remaining() <= 0:  # the watchdog's shutdown can look like a reset: check first
+        return FetchFailed("timeout", f"the deadline passed: {reason}", label_studio=label_studio,
+                           words="no answer in time")
+    words = connection_words(exc)
+    if words is None and isinstance(exc, (requests.Timeout, socket.timeout)):
+        return FetchFailed("timeout", f"timed out: {reason}", label_studio=label_studio, words="no answer in time")
+    return FetchFailed("unreachable", reason, label_studio=label_studio, words=words or "the connection failed")
 
 
-def _safe(url: str) -> str:
-    """``url`` without its query (presigned URLs carry signatures) for the log."""
-    return url.split("?", 1)[0]
+# what an error found in an exception's chain says happened, in our words (first match wins)
+_CONNECTION_WORDS: tuple[tuple[type, str], ...] = (
+    (ConnectionRefusedError, "the connection was refused"),
+    (ConnectionResetError, "the connection was reset"),
+    (ConnectionAbortedError, "the connection was aborted"),
+    (http.client.RemoteDisconnected, "the connection closed without an answer"),
+    (http.client.IncompleteRead, "the connection closed before the answer was complete"),
+    (BrokenPipeError, "the connection closed"),
+    (socket.gaierror, "the host name does not resolve"),
+    (ssl.SSLError, "the TLS handshake failed"),
+)
+
+
+def connection_words(exc: BaseException) -> Optional[str]:
+    """What happened to the connection, read from ``exc``'s chain (requests and urllib3 wrap the socket's
+    error, sometimes only in their args); None when nothing there says."""
+    seen: set[int] = set()
+    todo: list = [exc]
+    while todo:
+        cause = todo.pop(0)
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        for kind, words in _CONNECTION_WORDS:
+            if isinstance(cause, kind):
+                return words
+        todo += [cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args]
+    return None

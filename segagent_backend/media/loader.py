@@ -11,8 +11,10 @@ Handles what Label Studio puts in task data:
   (``/tasks/<task id>/presign/?fileuri=..``, then the redirect to the storage);
 - ``http(s)://``: Label Studio's own host, or a host of SEGAGENT_MEDIA_ALLOW_HOSTS.
 
-Downloads are cached under ``MODEL_DIR/cache/media`` (a name derived from the fetched URL).
-What a caller sees never repeats what a server other than Label Studio said; the reason goes to the log.
+Downloads are cached under ``MODEL_DIR/cache/media`` (a name derived from the fetched URL), at most
+``cache_bytes`` of them: past it the least recently used go (a hit marks a file used).
+What a caller sees never repeats what a server other than Label Studio said, nor an exception's text or
+a server path; the reason goes to the log, the URL there without its query and on one line (``logtext``).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from urllib.parse import quote, unquote, urlsplit
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .. import logtext
 from ..errors import MediaError
 from .download import FetchFailed, Request, download
 from .local import OutsideRoot, local_files_param, resolve_local_file
@@ -77,16 +80,18 @@ class MediaLoader:
 
     ``cache_dir``: where downloads are kept; ``max_pixels``: largest width x height decoded;
     ``timeout``: seconds for one whole download; ``source``: the configured Label Studio (settings);
-    ``policy``: what may be fetched (default: the strict one, only Label Studio's host).
+    ``policy``: what may be fetched (default: the strict one, only Label Studio's host); ``cache_bytes``:
+    the cache's byte budget (SEGAGENT_MEDIA_CACHE_MB; None: unbounded).
     """
 
     def __init__(self, cache_dir: Path, max_pixels: int, timeout: float, source: Optional[MediaSource] = None,
-                 policy: Optional[MediaPolicy] = None):
+                 policy: Optional[MediaPolicy] = None, cache_bytes: Optional[int] = None):
         self.cache_dir = Path(cache_dir)
         self.max_pixels = max_pixels
         self.timeout = timeout
         self.source = source or MediaSource()
         self.policy = policy or MediaPolicy()
+        self.cache_bytes = cache_bytes
 
     def load(self, url: str, task_id: Optional[int] = None, source: Optional[MediaSource] = None) -> np.ndarray:
         path = self.fetch(url, task_id, source)
@@ -113,28 +118,62 @@ class MediaLoader:
             return target
         name = hashlib.sha256(target.url.encode()).hexdigest()[:32] + target.suffix
         cached = self.cache_dir / name
-        if cached.is_file():
+        if _touch(cached):
             return cached
-        request = Request(target.url, ls, trusted.access_token, time.monotonic() + self.timeout, self.policy.max_bytes)
+        path = self._download(url, target, ls, trusted.access_token, name)
+        self._prune(keep=path)
+        return path
+
+    def _download(self, url: str, target: "_Target", ls: Optional[LabelStudioHost], token: Optional[str],
+                  name: str) -> Path:
+        request = Request(target.url, ls, token, time.monotonic() + self.timeout, self.policy.max_bytes)
         try:
             try:
                 return download(request, self.policy, self.cache_dir, name)
             except FetchFailed as exc:
                 if not (target.fallback and exc.label_studio and exc.kind == "http"):
                     raise
-                log.info("media %s: %s from Label Studio, trying %s", url, exc.reason, target.fallback)
-                fallback = Request(target.fallback, ls, trusted.access_token, request.deadline, request.max_bytes)
+                log.info("media %s: %s from Label Studio, trying %s", logtext.url(url), logtext.text(exc.reason),
+                         logtext.url(target.fallback))
+                fallback = Request(target.fallback, ls, token, request.deadline, request.max_bytes)
                 try:
                     return download(fallback, self.policy, self.cache_dir, name)
                 except FetchFailed as second:  # report the first way's failure, as the SDK does
-                    log.info("media %s: the fallback failed too: %s", url, second.reason)
+                    log.info("media %s: the fallback failed too: %s", logtext.url(url), logtext.text(second.reason))
                     raise exc from None
         except PolicyRefusal as exc:
-            log.warning("media %s refused: %s", url, exc.reason)
+            log.warning("media %s refused: %s", logtext.url(url), logtext.text(exc.reason))
             raise refused(url) from None
         except FetchFailed as exc:
-            log.warning("media %s could not be fetched: %s", url, exc.reason)
+            log.warning("media %s could not be fetched: %s", logtext.url(url), logtext.text(exc.reason))
             raise self._failure(url, exc, ls) from None
+
+    def _prune(self, keep: Path) -> None:
+        """Delete the least recently used downloads until the cache fits ``cache_bytes`` (``keep``, the
+        file just fetched, stays). Files being written (``.part-*``) are not counted. Other processes may
+        prune the same folder: a file already gone is skipped."""
+        if self.cache_bytes is None:
+            return
+        files = []
+        with os.scandir(self.cache_dir) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".part-"):
+                        stat = entry.stat(follow_symlinks=False)
+                        files.append((stat.st_mtime, stat.st_size, entry.path))
+                except OSError:
+                    continue
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.cache_bytes:
+                break
+            if path == str(keep):
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            total -= size
 
     def _failure(self, url: str, exc: FetchFailed, ls: Optional[LabelStudioHost]) -> MediaError:
         """What the caller sees: Label Studio's own answers in full, anyone else's never."""
@@ -150,8 +189,11 @@ class MediaLoader:
                 hint = " (check LABEL_STUDIO_API_KEY)" if exc.status in (401, 403) else ""
                 return MediaError(
                     f"image {url!r} could not be downloaded from Label Studio: HTTP {exc.status}{hint}", 502)
-            what = "timed out" if exc.kind == "timeout" else "is unreachable"
-            return MediaError(f"image {url!r}: Label Studio at {ls.url} {what} ({exc.reason})", 502)
+            # our words only: requests' text names the internal URL, and a reset is not a timeout
+            what = f"no answer within SEGAGENT_MEDIA_TIMEOUT={self.timeout:g} s" if exc.kind == "timeout" \
+                else exc.words
+            return MediaError(f"image {url!r} could not be downloaded from Label Studio (LABEL_STUDIO_URL): {what}",
+                              502)
         return MediaError(f"image URL {url!r} could not be fetched", 502)
 
     def _target(self, url: str, task_id: Any, ls: Optional[LabelStudioHost], token: Optional[str]) -> "_Target | Path":
@@ -182,7 +224,8 @@ class MediaLoader:
                                                absolute=url)
             return _Target(url, True, suffix=_suffix(urlsplit(url).path))
         if not self.policy.host_allowed(origin):
-            log.warning("media %s refused: %s:%d is not in %s", url, origin.host, origin.port, ALLOW_HOSTS)
+            log.warning("media %s refused: %s:%d is not in %s", logtext.url(url), logtext.text(origin.host),
+                        origin.port, ALLOW_HOSTS)
             raise refused(url)
         return _Target(url, False, suffix=_suffix(urlsplit(url).path))
 
@@ -194,7 +237,7 @@ class MediaLoader:
             try:
                 found = resolve_local_file(relative, self.policy.local_files_root)
             except OutsideRoot as exc:
-                log.warning("media %s refused: %s", url, exc.reason)
+                log.warning("media %s refused: %s", logtext.url(url), logtext.text(exc.reason))
                 raise MediaError(f"image {url!r} is outside LOCAL_FILES_DOCUMENT_ROOT", 422) from None
             if found is not None:
                 return found
@@ -253,4 +296,15 @@ def load_image_file(path: str | os.PathLike, max_pixels: int, name: Optional[str
     except FileNotFoundError:
         raise MediaError(f"image {name!r} does not exist", 422) from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(f"{name!r} is not a readable image: {exc}", 422) from None
+        # PIL's message names the file's path on this server: the log may have it, the caller not
+        log.info("image %s is not readable: %s", logtext.url(name), logtext.text(exc))
+        raise MediaError(f"{name!r} is not a readable image (not a format we decode, or damaged)", 422) from None
+
+
+def _touch(path: Path) -> bool:
+    """Mark a cached file used now (the cache drops the least recently used first); False when absent."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return path.is_file()

@@ -8,7 +8,9 @@ Rules (the operator's settings, see ``MediaPolicy.from_settings``):
   host), and every address it resolves to must be public (not private, loopback, link-local,
   unspecified, multicast, reserved, shared/CGNAT or a cloud-metadata address) unless
   ``SEGAGENT_MEDIA_ALLOW_PRIVATE``. Addresses are checked after DNS resolution, at connect time.
-- The token (``Authorization: Token ...``) goes only to Label Studio's media and API paths.
+- The token (``Authorization: Token ...``) goes only to Label Studio's media paths, never to its API:
+  a task URL on ``/api/...`` is fetched without it (else anyone who may call /predict could read, and
+  trigger, Label Studio's API as the key's owner).
 """
 from __future__ import annotations
 
@@ -36,9 +38,9 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 ALLOW_HOSTS = "SEGAGENT_MEDIA_ALLOW_HOSTS"
 ALLOW_PRIVATE = "SEGAGENT_MEDIA_ALLOW_PRIVATE"
 
-# Label Studio paths (below its base path) that get the token: media and API, nothing else.
+# Label Studio paths (below its base path) that get the token: its media paths, nothing else (not /api/).
 _TOKEN_PATHS = re.compile(
-    r"^/(data/upload/|data/local-files/?$|storage-data/uploaded/?$|tasks/[1-9][0-9]*/presign/?$|api/)")
+    r"^/(data/upload/|data/local-files/?$|storage-data/uploaded/?$|tasks/[1-9][0-9]*/presign/?$)")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -172,8 +174,8 @@ class LabelStudioHost:
         return path
 
     def token_allowed(self, url: str) -> bool:
-        """Whether ``url`` is one of this Label Studio's media or API paths (the only ones the token
-        goes to); paths with dot segments never qualify."""
+        """Whether ``url`` is one of this Label Studio's media paths (the only ones the token goes to);
+        paths with dot segments never qualify."""
         if not self.owns(url):
             return False
         path = self.relative_path(url)

@@ -58,7 +58,24 @@ class InlineDispatcher:
         self.predictions = predictions
 
     def predict(self, request: PredictRequest) -> list[dict]:
-        return self.predictions.predict(request.tasks, request.label_config, request.context, request.project)
+        """The queue's deadlines here too: clicks one task at a time, automatic predictions in chunks of
+        SEGAGENT_BATCH_CHUNK, and nothing started after SEGAGENT_INTERACTIVE_DEADLINE /
+        SEGAGENT_PREDICT_DEADLINE (Label Studio has stopped waiting): those tasks get a 504 each."""
+        s = self.predictions.settings
+        seconds = s.interactive_deadline if request.interactive else s.predict_deadline
+        deadline = time.monotonic() + seconds
+        size = 1 if request.interactive else s.batch_chunk
+        tasks, results = request.tasks, []
+        for start in range(0, len(tasks), size):
+            if start and time.monotonic() > deadline:
+                var = "SEGAGENT_INTERACTIVE_DEADLINE" if request.interactive else "SEGAGENT_PREDICT_DEADLINE"
+                log.warning("request stopped after %d of %d task(s): past %s=%s s", start, len(tasks), var, seconds)
+                late = self.predictions.error(f"no answer within {var}={seconds} s: the deadline passed "
+                                              f"before this task started", 504)
+                return results + [late] * (len(tasks) - start)
+            results += self.predictions.predict(tasks[start:start + size], request.label_config, request.context,
+                                                request.project)
+        return results
 
     def health(self) -> tuple[bool, dict]:
         return True, {}
@@ -99,8 +116,9 @@ class QueueDispatcher:
         # instead of queueing a job that can only fail
         parse_context(request.context, parse_label_config(request.label_config, s.expression_field))
         kind = INTERACTIVE if request.interactive else BATCH
-        # an interactive request carries one click context for all its tasks: one job, no fan-out
-        size = len(request.tasks) if request.interactive else s.batch_chunk
+        # clicks too fan out in chunks (one click context for all of them): a request of many tasks is
+        # several jobs, each of which stops starting tasks once this process has stopped waiting
+        size = s.batch_chunk
         seconds = s.interactive_deadline if request.interactive else s.predict_deadline
         deadline = time.monotonic() + seconds
         chunks = [list(range(i, min(i + size, len(request.tasks)))) for i in range(0, len(request.tasks), size)]
@@ -192,8 +210,10 @@ class QueueDispatcher:
         return [error(f"job {job.id} failed on the worker: {reason}", 500)] * count
 
     def _give_up(self, job: Job) -> str:
-        """Cancel a job still waiting in the queue (nobody will read it); report where it was."""
+        """Cancel a job still waiting in the queue (nobody will read it), tell a running one to start no
+        further task (``jobs.caller_gone``); report where it was."""
         try:
+            self.connection.set(self.names.gone_key(job.id), "1", ex=RESULT_GRACE)
             state = job.get_status(refresh=True)
             if state in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
                 job.cancel()

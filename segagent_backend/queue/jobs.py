@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 from ..accelerator import free_accelerator_memory, is_out_of_memory
@@ -20,7 +20,7 @@ from ..media import MediaSource
 from ..model_host import ModelHost
 from ..settings import Settings
 from ..wiring import media_loader
-from .names import connect
+from .names import QueueNames, connect
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def predict(data: dict) -> list[dict]:
     """Run one chunk through the resident predictions: one Label Studio prediction per task, in order."""
     job = PredictJob.from_json(data)
     predictions = resident()
-    if job.deadline is not None and time.time() > job.deadline:
+    if caller_gone(job, predictions.settings):
         # the web process already answered with a deadline error: spend no GPU time on it
         return [predictions.error("the job started after its deadline; nobody waits for it", 504)] * len(job.tasks)
     earlier = _answered_before()
@@ -90,9 +90,35 @@ def predict(data: dict) -> list[dict]:
         return earlier
     source = worker_source(predictions.settings, job.project)
     try:
-        return predict_with_retries(predictions, job, source)
+        if job.context is None:  # automatic: the chunk (SEGAGENT_BATCH_CHUNK tasks) runs as one lockstep batch
+            return predict_with_retries(predictions, job, source)
+        # clicks: one task at a time, and none started once the caller has stopped waiting
+        results: list[dict] = []
+        for i, task in enumerate(job.tasks):
+            if i and caller_gone(job, predictions.settings):
+                log.warning("job stopped after %d of %d task(s): its caller stopped waiting", i, len(job.tasks))
+                late = predictions.error("the request's deadline passed before this task started", 504)
+                return results + [late] * (len(job.tasks) - i)
+            results += predict_with_retries(predictions, replace(job, tasks=[task]), source)
+        return results
     except RequestError as exc:  # the request's own fault (e.g. its label config): no retry helps
         return [predictions.error(exc.message, exc.status)] * len(job.tasks)
+
+
+def caller_gone(job: PredictJob, settings: Settings) -> bool:
+    """Nobody waits for ``job`` any more: its deadline passed, or the web process that queued it gave up
+    (``QueueDispatcher._give_up`` marks it in Redis, which no clock difference between machines fools)."""
+    if job.deadline is not None and time.time() > job.deadline:
+        return True
+    from rq import get_current_job
+
+    current = get_current_job()
+    if current is None:
+        return False
+    try:
+        return bool(current.connection.exists(QueueNames(settings.queue_prefix).gone_key(current.id)))
+    except Exception:  # Redis trouble: the deadline alone decides
+        return False
 
 
 def worker_source(settings: Settings, project: Any) -> MediaSource:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -46,6 +47,15 @@ class QueueNames:
         """A worker that refreshes ``alive_key`` says so here (a longer TTL), so a worker without
         liveness keys (another version, a plain ``rq worker``) is never taken for dead."""
         return f"{self.prefix}:known:{worker}"
+
+    def gone_key(self, job_id: str) -> str:
+        """Set by the web process that stopped waiting for ``job_id`` (it answered 504): the job's worker
+        checks it between tasks and leaves the rest undone."""
+        return f"{self.prefix}:gone:{job_id}"
+
+    def train_key(self, project: Optional[int]) -> str:
+        """The id of the train job of ``project``'s queued or running round (SET NX): one round per project."""
+        return f"{self.prefix}:train:{project if project is not None else 'all'}"
 
     def failover_key(self, job_id: str, worker: str) -> str:
         """SET NX lock: one re-queue of ``job_id`` per dead ``worker``, whichever web process sees it first."""

@@ -106,26 +106,93 @@ def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] 
     return plan
 
 
+#: what happened to one task of a batch job (``run``/``run_refine`` return one per task, in ``tasks``)
+WRITTEN, SKIPPED, FAILED = "written", "skipped", "failed"
+FIRST_REASONS = 5  # how many failed (and skipped) tasks a summary names with their reasons
+
+
+def outcome(task_id: Any, status: str, reason: str = "") -> dict:
+    return {"task": task_id, "outcome": status, "reason": reason}
+
+
 @dataclass
 class Progress:
-    tasks_done: int = 0
+    """Tasks, not jobs: what the finished jobs say happened to each of their tasks."""
+
+    tasks_written: int = 0
+    tasks_skipped: int = 0
     tasks_failed: int = 0
     jobs_left: int = 0
+    failures: list = field(default_factory=list)  # the first FIRST_REASONS failed tasks: {"task", "reason"}
+    skips: list = field(default_factory=list)  # the first FIRST_REASONS skipped tasks: {"task", "reason"}
+
+    @property
+    def tasks_done(self) -> int:
+        """Tasks that ended well: written, or skipped because they already held what the job writes."""
+        return self.tasks_written + self.tasks_skipped
+
+    def add(self, item: dict) -> None:
+        status = item.get("outcome")
+        if status == WRITTEN:
+            self.tasks_written += 1
+            return
+        which = self.skips if status == SKIPPED else self.failures
+        if status == SKIPPED:
+            self.tasks_skipped += 1
+        else:
+            self.tasks_failed += 1
+        if len(which) < FIRST_REASONS:
+            which.append({"task": item.get("task"), "reason": item.get("reason") or "no reason given"})
+
+
+def task_outcomes(result: Any, task_ids: list) -> list[dict]:
+    """A finished job's result -> one outcome per task. ``tasks`` when the job lists them; else the
+    older ``posted``/``skipped``/``errors`` summary; a result saying nothing per task (a job of
+    another kind) counts its tasks as written."""
+    if isinstance(result, dict) and isinstance(result.get("tasks"), list):
+        return result["tasks"]
+    if isinstance(result, dict) and {"posted", "skipped", "errors"} <= result.keys():
+        return ([outcome(t, WRITTEN) for t in result["posted"] or []]
+                + [outcome(t, SKIPPED, "already predicted") for t in result["skipped"] or []]
+                + [outcome(t, FAILED, str(r)) for t, r in (result["errors"] or {}).items()])
+    return [outcome(t, WRITTEN) for t in task_ids]
+
+
+def job_failure(job: Any, status: Any) -> str:
+    """Why a job ended without a result, in one line (its exception's last line)."""
+    if job is None:
+        return "the job's record expired from Redis before it finished"
+    if status != "failed":
+        return f"the job was {getattr(status, 'value', status)}"
+    try:
+        result = job.latest_result()
+        text = (result.exc_string if result is not None else None) or ""
+    except Exception:  # no result stream (or Redis trouble)
+        text = ""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return f"the job failed: {lines[-1]}" if lines else "the job failed (no reason recorded: see `segagent jobs`)"
 
 
 def progress(settings: Settings, plan: Plan) -> Progress:
-    """How far the plan's jobs are: tasks of finished and of failed jobs, jobs still queued or running."""
+    """How far the plan's jobs are, in tasks: what each finished job says happened to each of its tasks
+    (every task of a failed or vanished job failed, with the job's reason), and the jobs still queued
+    or running."""
     from rq.job import Job, JobStatus
 
     connection = connect(settings.redis_url, settings.redis_timeout)
     fetched = Job.fetch_many(plan.jobs, connection=connection, serializer=JSONSerializer)
     state = Progress()
+    start = 0
     for job, tasks in zip(fetched, plan.job_tasks):
+        ids, start = plan.queued[start:start + tasks] or [None] * tasks, start + tasks
         status = job.get_status() if job is not None else JobStatus.FAILED  # expired: it cannot finish now
         if status == JobStatus.FINISHED:
-            state.tasks_done += tasks
+            for item in task_outcomes(job.return_value(), ids):
+                state.add(item)
         elif status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-            state.tasks_failed += tasks
+            reason = job_failure(job, status)
+            for task_id in ids:
+                state.add(outcome(task_id, FAILED, reason))
         else:
             state.jobs_left += 1
     return state
@@ -142,7 +209,8 @@ def follow(settings: Settings, plan: Plan, interval: float = 0.5) -> Progress:
         while True:
             state = progress(settings, plan)
             bar.n = state.tasks_done + state.tasks_failed
-            bar.set_postfix(failed=state.tasks_failed, refresh=False)
+            bar.set_postfix(written=state.tasks_written, skipped=state.tasks_skipped, failed=state.tasks_failed,
+                            refresh=False)
             bar.refresh()
             if not state.jobs_left:
                 return state
@@ -205,7 +273,7 @@ def run(data: dict) -> dict:
     job = jobs.PredictJob(tasks, project.label_config, None, data["project"])
     answers = jobs.predict_with_retries(predictions, job, None) if tasks else []
     posted, errors = _post(ls, data, tasks, answers)
-    return {"posted": posted, "skipped": skipped, "errors": errors}
+    return _summary(data, posted, skipped, errors, f"already holds a prediction of {data['model_version']}")
 
 
 def run_refine(data: dict) -> dict:
@@ -233,7 +301,19 @@ def run_refine(data: dict) -> dict:
     answers = predictions.refine(tasks, project.label_config, masks, data["project"]) if tasks else []
     answers = [dict(a, model_version=version) if "result" in a else a for a in answers]
     posted, failed = _post(ls, data, tasks, answers)
-    return {"posted": posted, "skipped": skipped, "errors": errors | failed}
+    return _summary(data, posted, skipped, errors | failed, f"already holds a prediction of {version}")
+
+
+def _summary(data: dict, posted: list, skipped: list, errors: dict, skip_reason: str) -> dict:
+    """A batch job's result: the task ids posted and skipped, the errors by task id, and ``tasks``: one
+    outcome per task of the job, in the job's order (what ``segagent preannotate``/``refine`` count)."""
+    done = {**{t: outcome(t, WRITTEN) for t in posted}, **{t: outcome(t, SKIPPED, skip_reason) for t in skipped},
+            **{int(t): outcome(int(t), FAILED, str(r)) for t, r in errors.items()}}
+    tasks = [done.get(t) or outcome(t, FAILED, "no answer for this task") for t in data["task_ids"]]
+    if errors:
+        log.warning("project %s: %d of %d task(s) not written: %s", data["project"], len(errors),
+                    len(data["task_ids"]), "; ".join(f"task {t}: {r}" for t, r in list(errors.items())[:FIRST_REASONS]))
+    return {"posted": posted, "skipped": skipped, "errors": errors, "tasks": tasks}
 
 
 def source_mask(task: Any, source: str, model_version: Optional[str] = None) -> np.ndarray:
@@ -278,8 +358,9 @@ def _post(ls: Any, data: dict, tasks: list[dict], answers: list[dict]) -> tuple[
             errors[str(task["id"])] = answer["error"]
             continue
         try:
-            ls.predictions.create(task=task["id"], result=answer["result"], score=answer["score"],
-                                  model_version=answer["model_version"])
+            scored = {"score": answer["score"]} if "score" in answer else {}  # none from a tool whose score is not sent
+            ls.predictions.create(task=task["id"], result=answer["result"], model_version=answer["model_version"],
+                                  **scored)
         except Exception as exc:  # Label Studio down or refusing (the SDK already retried): stop here
             left = [t["id"] for t, a in zip(tasks[n:], answers[n:]) if "result" in a]
             # the job fails (RQ retries it; `segagent jobs` shows why); what was posted stays posted and
@@ -288,8 +369,6 @@ def _post(ls: Any, data: dict, tasks: list[dict], answers: list[dict]) -> tuple[
                                 f"{data['project']} ({describe_failure(exc)}); {len(posted)} posted before: a retry "
                                 f"of this job or the next `segagent preannotate` posts the rest") from None
         posted.append(task["id"])
-    if errors:
-        log.warning("project %s: %d task(s) not predicted: %s", data["project"], len(errors), errors)
     return posted, errors
 
 

@@ -21,14 +21,15 @@ def open_queue(settings: Settings, kind: str, connection: Optional[redis.Redis] 
 
 
 def submit(queue: Queue, function: str, payload: dict, settings: Settings, *, description: str, result_ttl: int,
-           job_timeout: Optional[int] = None, ttl: Optional[int] = None) -> Job:
+           job_timeout: Optional[int] = None, ttl: Optional[int] = None, job_id: Optional[str] = None) -> Job:
     """Enqueue ``function`` (a dotted name a worker imports) with a JSON ``payload``.
 
     ``job_timeout`` defaults to SEGAGENT_JOB_TIMEOUT; SEGAGENT_JOB_RETRIES re-queues a job whose worker
-    died or that crashed; ``ttl``: drop the job unrun when nobody picked it up within that many seconds.
+    died or that crashed; ``ttl``: drop the job unrun when nobody picked it up within that many seconds;
+    ``job_id``: an id chosen beforehand (default: a new one).
     """
     return queue.enqueue(
         function, payload, job_timeout=job_timeout or settings.job_timeout, result_ttl=result_ttl,
         failure_ttl=FAILURE_TTL, ttl=ttl, retry=Retry(max=settings.job_retries) if settings.job_retries else None,
-        description=description,
+        description=description, job_id=job_id,
     )

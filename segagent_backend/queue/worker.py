@@ -36,6 +36,32 @@ from .status import WorkerHealth
 log = logging.getLogger(__name__)
 
 
+#: The only functions a job may name. RQ imports whatever dotted name a job in Redis carries (``os.system``
+#: included), so anyone who can write to Redis could run code here; callbacks are functions too.
+ALLOWED_JOBS = frozenset({
+    "segagent_backend.queue.jobs.predict",
+    "segagent_backend.queue.jobs.noop",
+    "segagent_backend.queue.preannotate.plan",
+    "segagent_backend.queue.preannotate.run",
+    "segagent_backend.queue.preannotate.run_refine",
+    "segagent_backend.queue.training.train",
+})
+
+
+class JobRefused(Exception):
+    """A job naming a function (or callback) outside ALLOWED_JOBS: failed without importing anything."""
+
+
+def refusal(job: Job) -> Optional[str]:
+    """Why ``job`` must not run (None: it may). Reads names only: nothing is imported."""
+    callbacks = [job._success_callback_name, job._failure_callback_name, job._stopped_callback_name]
+    if job.func_name not in ALLOWED_JOBS:
+        return f"job function {str(job.func_name)[:120]!r} is not one of segagent's jobs"
+    if any(callbacks):
+        return "job callbacks are not run by segagent workers"
+    return None
+
+
 class JobTimeout(BaseException):
     """A job ran past its ``job_timeout`` (SEGAGENT_JOB_TIMEOUT).
 
@@ -85,11 +111,22 @@ class ResidentWorker(SimpleWorker):
         execution = self.prepare_execution(job)
         self._current = (job, execution)
         try:
-            self.perform_job(job, queue, execution)
+            reason = refusal(job)
+            if reason is None:
+                self.perform_job(job, queue, execution)
+            else:
+                self.refuse_job(job, queue, execution, reason)
         finally:
             self._current = None
             self.jobs_done += 1
         self.set_state(WorkerStatus.IDLE)
+
+    def refuse_job(self, job: Job, queue: Queue, execution, reason: str) -> None:
+        """Fail ``job`` unrun, not retried, its callbacks dropped unimported; say so in the log."""
+        log.error("job %s refused: %s", job.id, reason)
+        job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
+        job.retries_left = None
+        self._finalize_failure(job, queue, execution, (JobRefused, JobRefused(reason), None))
 
     # ----- health ------------------------------------------------------------------------------
     def health(self) -> WorkerHealth:
@@ -122,8 +159,9 @@ class ResidentWorker(SimpleWorker):
             pipe.execute()
 
     def start_beating(self) -> None:
-        try:  # alive before the first job can be dequeued
+        try:  # alive, and listed by /health, before the first job can be dequeued (not a half heartbeat later)
             self.publish_liveness()
+            self.publish_health()
         except redis.RedisError as exc:
             log.warning("liveness beat failed: %s", exc)
         self._beater = threading.Thread(target=self._beat, name="heartbeat", daemon=True)

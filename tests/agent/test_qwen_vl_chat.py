@@ -28,6 +28,7 @@ from segagent_backend.agent.policies.base import Observation  # noqa: E402
 from segagent_backend.agent.policies.qwen_vl_chat import QwenVLChatPolicy  # noqa: E402
 from segagent_backend.agent.protocol import QWEN_VL_CHAT_PROMPT, answer_prefix  # noqa: E402
 from segagent_backend.agent.qwen_native import preprocess_images  # noqa: E402
+from segagent_backend.agent.types import Click  # noqa: E402
 
 from tests.conftest import make_disk_image  # noqa: E402
 
@@ -101,3 +102,56 @@ def test_segagent_predict_runs_the_release_loop_on_it(folder, tmp_path):
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["model_version"] and out["stop_reason"] in ("max steps", "malformed answer", "policy stopped")
     assert len(out["trajectory"]) >= 1 or out["stop_reason"] != "max steps"
+
+
+# --- free decoding: the release's own call (SEGAGENT_DECODING=free) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def short_config_folder(folder, tmp_path_factory):
+    """The tiny checkpoint with its own generation_config.json saying max_new_tokens 6 (and sampling, as
+    Qwen-VL-Chat's says: the release overrides it with do_sample=False)."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("short-config") / folder.name
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "generation_config.json").read_text())
+    config.update(max_new_tokens=6, do_sample=True, top_p=0.3, top_k=0)
+    (copy / "generation_config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_free_decoding_is_the_releases_generate_call_answer_by_answer(short_config_folder):
+    from transformers import GenerationConfig
+
+    from segagent_backend.agent.qwen_native.tokenizer import EOD_ID
+
+    free = build_policy("qwen-vl-chat", str(short_config_folder), device="cpu", decoding="free")
+    assert free.decoding == "free" and not free.forced_prefix and not free.constrained
+    assert free.prompt("the dog") == QWEN_VL_CHAT_PROMPT.format(image="image.jpg", caption="the dog")  # ends "assistant\n"
+    obs = observations(3)
+    got = [row[0].text for row in free.propose(obs)]  # one batched, left-padded call
+    config = GenerationConfig.from_pretrained(str(short_config_folder))  # the folder's own config, as the release
+    for o, text in zip(obs, got):  # the release: one row per call, decoded with its special tokens
+        enc = free.tokenizer([free.prompt(o.expression)], return_tensors="pt")
+        out = free.model.generate(enc["input_ids"], pixel_values=free.pixels([o]).to(free.model.dtype),
+                                  generation_config=config, do_sample=False, pad_token_id=EOD_ID)
+        new = out[0, enc["input_ids"].shape[1]:].tolist()
+        assert len(new) <= 6  # the checkpoint's max_new_tokens, not ours
+        assert text == free.tokenizer.decode(new, skip_special_tokens=False)
+
+
+def test_free_answers_keep_the_release_text_up_to_the_forced_eos(policy):
+    from segagent_backend.agent.policies.base import PolicyStats
+    from segagent_backend.agent.policies.text import decode_answers
+    from segagent_backend.agent.qwen_native.tokenizer import EOD_ID, IM_END_ID
+
+    tok = policy.tokenizer
+    body = tok.encode("<ref>the red disk</ref> Current IOU: 10  Positive point: (500, 250) Current IOU: 60",
+                      add_special_tokens=False)
+    rows = [body + [IM_END_ID, EOD_ID, EOD_ID, EOD_ID], body[:5]]  # a padded row; a row cut by the budget
+    obs = observations(2)
+    (first,), (second,) = decode_answers(tok, rows, obs, 1, policy.stop_ids, False, policy.convention, PolicyStats(),
+                                         eos_id=EOD_ID)
+    assert first.text.endswith("Current IOU: 60<|im_end|><|endoftext|>") and "<ref>the red disk</ref>" in first.text
+    assert first.click == Click(40.0, 60.0, True)  # (500, 250) on 160 x 120: row 60, col 40
+    assert second.click is None and second.malformed

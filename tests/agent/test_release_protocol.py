@@ -1,4 +1,7 @@
-"""The paper's protocol as a preset: the release's selection and stop rules, strict parser, overlay arithmetic."""
+"""The paper's protocol as a preset: the release's selection and stop rules, strict parser, overlay arithmetic.
+
+The release's rule-by-rule cases (hand-written answers, expected values from its code) are in
+tests/agent/test_release_rules.py."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -28,7 +31,8 @@ def test_release_choice_on_hand_made_estimates(estimates, clicks, expected):
 
 
 class Scripted(Policy):
-    """Answers from a script: one (estimate, click) pair per call and episode; None click = stop."""
+    """Answers from a script: one (estimate, click) pair per call and episode; None click = stop. Each answer
+    carries the text the released model would write for it (the release selects by the texts)."""
 
     def __init__(self, script: Sequence[tuple[Optional[float], Optional[Click]]]):
         super().__init__()
@@ -38,7 +42,10 @@ class Scripted(Policy):
         estimate, click = self.script[self.calls]
         self.calls += 1
         self.release_flags += [o.release for o in observations]
-        return [[Answer(click, estimate)] * k for _ in observations]
+        text = f"<ref>the red disk</ref> Current IOU: {round(100 * estimate)}"
+        if click is not None:
+            text += f"  {'Positive' if click.positive else 'Negative'} point: (1, 1)"
+        return [[Answer(click, estimate, text)] * k for _ in observations]
 
 
 def run(script, max_steps=7):
@@ -71,10 +78,24 @@ def test_one_call_returns_the_mask_after_its_click():
     assert result.mask.any() and result.score == pytest.approx(0.3)
 
 
-def test_an_unreadable_answer_ends_the_release_episode():
+def test_an_unreadable_answer_ends_the_release_episode_and_is_not_scored():
     policy, result = run([(0.0, Click(80, 60, True)), (0.7, Click(90, 60, True)), (0.8, None)])
     assert policy.calls == 3 and result.stop_reason == "policy stopped"
-    assert len(result.trajectory) == 2  # argmax 2 -> the mask after click 2
+    # the release's pred_list holds the two answers that clicked: estimates [0, 70] -> argmax 1 -> the mask
+    # after click 1 (the last answer's 80 made no click, so the release never scores it)
+    assert len(result.trajectory) == 1 and result.score == pytest.approx(0.7)
+
+
+def test_the_issue_audit_case_picks_the_mask_after_two_clicks():
+    # estimates 0, 60, 80 with clicks, then 95 without one: ours used to pick the mask after 3 clicks
+    clicks = [Click(80, 60, True), Click(90, 60, True), Click(70, 60, True)]
+    policy, result = run([(0.0, clicks[0]), (0.6, clicks[1]), (0.8, clicks[2]), (0.95, None)])
+    assert policy.calls == 4 and [s.click for s in result.trajectory] == clicks[:2]
+
+
+def test_a_failure_at_the_first_step_returns_the_start_without_a_click():
+    policy, result = run([(0.5, None)])
+    assert policy.calls == 1 and result.trajectory == [] and not result.mask.any()
 
 
 def test_strict_parser_reads_what_int_reads_and_stops_on_the_rest():
@@ -85,7 +106,9 @@ def test_strict_parser_reads_what_int_reads_and_stops_on_the_rest():
     decimals = parse_answer("<ref>x</ref> Current IOU: 87  Positive point: (0.5, 0.25)", 200, 100, strict=True)
     assert decimals.click is None and decimals.malformed
     assert parse_answer("<ref>x</ref> Current IOU: 87  Positive point: (0.5, 0.25)", 200, 100).click is not None
-    bad_iou = parse_answer("<ref>x</ref> Current IOU: 8.5  Positive point: (5, 5)", 200, 100, strict=True)
+    decimal_iou = parse_answer("<ref>x</ref> Current IOU: 8.5  Positive point: (5, 5)", 200, 100, strict=True)
+    assert decimal_iou.iou_estimate == pytest.approx(0.085) and decimal_iou.click is not None  # float(), as the release
+    bad_iou = parse_answer("<ref>x</ref> Current IOU: high  Positive point: (5, 5)", 200, 100, strict=True)
     assert bad_iou.iou_estimate is None and bad_iou.click is not None
 
 

@@ -34,11 +34,22 @@ def test_report_from_records(tmp_path):
     assert "| tiny | 2.5 | 1.04 |" in text and "| vit_b | 40 | 1.1 |" in text  # ratios side by side
     assert "| speed-up | 3.25 |" in text and "| queue / in-process (p50) | 1.42 |" in text
     assert "Setup: repeats 5." in text
+    assert "Sample size: repeats 5.\n" in text and "Sample size: not recorded by this bench." in text  # beta: none
+
     assert "## delta\n\nNot run in this report: no `delta.json`" in text and "it runs in `make bench`" in text
     assert "## gamma\n\nNot run in this report: `gamma.json` has no recorded figures" in text and "rerun it" in text
     assert "Reduced sizes." in text
     assert "not in this report: `gamma`, `delta`" in text
     assert (results / "alpha.png").stat().st_size > 1000 and "](results/alpha.png)" in text
+
+
+def test_sample_size_line_names_small_samples_and_request_counts():
+    from bench.report import sample_line
+
+    assert sample_line({"setup": {"images": 2, "repeats": 1, "wall_s": 3.0}}) == \
+        "Sample size: images 2, repeats 1 (a small sample: rough figures)."
+    assert sample_line({"setup": {"clients": 8}, "figures": {"phases": {"soak": {"requests": 808}}}}) == \
+        "Sample size: clients 8, soak 808 requests."
 
 
 def test_make_bench_names_reads_the_bench_target(tmp_path):

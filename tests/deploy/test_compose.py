@@ -8,11 +8,13 @@ clean environment, so neither a developer's .env nor exported variables change w
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,11 @@ DOCKERIGNORE = REPO / ".dockerignore"
 
 SETTINGS = {var: default for var, _, default, _ in FIELDS}
 # read by compose.yaml but not settings of segagent_backend: each is marked "(compose only)" in .env.example
-COMPOSE_ONLY = {"LABEL_STUDIO_PORT", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED", "HF_TOKEN", "SEGAGENT_IMAGE",
-                "WORKER_GPU", "TRAINER_GPU"}
+COMPOSE_ONLY = {"LABEL_STUDIO_PORT", "HF_TOKEN", "SEGAGENT_IMAGE", "WORKER_GPU", "TRAINER_GPU", "REDIS_PASSWORD",
+                "BACKEND_ADDRESS", "BACKEND_MEMORY", "WORKER_MEMORY", "TRAINER_MEMORY"}
+# compose refuses to start without a Redis password; the tests give it this one unless they say otherwise
+PASSWORD = "t0ps3cret"
+REDIS_URL = f"redis://:{PASSWORD}@redis:6379/0"
 # settings compose fixes per service instead of reading them from .env
 FIXED_BY_COMPOSE = {"MODEL_DIR", "REDIS_URL"}
 SEGAGENT_SERVICES = ("backend", "worker", "trainer")
@@ -45,11 +50,13 @@ needs_compose = pytest.mark.skipif(
 # ----- helpers ---------------------------------------------------------------------------------------
 def run_config(tmp_path: Path, dotenv: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """``docker-compose config`` on a copy of compose.yaml, with ``dotenv`` as its .env and only ``env``
-    (plus PATH/HOME) in the environment."""
+    (plus PATH/HOME and REDIS_PASSWORD, which ``env`` may override or drop with None) in the environment."""
     shutil.copy(COMPOSE, tmp_path / "compose.yaml")
     if dotenv is not None:
         (tmp_path / ".env").write_text(dotenv)
-    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **(env or {})}
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "REDIS_PASSWORD": PASSWORD,
+             **(env or {})}
+    clean = {k: v for k, v in clean.items() if v is not None}
     return subprocess.run([DOCKER_COMPOSE, "-f", "compose.yaml", "config"], cwd=tmp_path, env=clean,
                           capture_output=True, text=True, timeout=60)
 
@@ -81,13 +88,18 @@ def compose_defaults() -> dict[str, str]:
 
 
 def published_ports(service: dict) -> list[tuple[str, str]]:
+    return [(published, target) for _, published, target in bound_ports(service)]
+
+
+def bound_ports(service: dict) -> list[tuple[str, str, str]]:
+    """(host address or "" for every interface, host port, container port)"""
     out = []
     for port in service.get("ports", []):
         if isinstance(port, dict):  # the long form docker-compose config prints
-            out.append((str(port.get("published")), str(port.get("target"))))
+            out.append((str(port.get("host_ip") or ""), str(port.get("published")), str(port.get("target"))))
         else:
-            host, _, target = str(port).rpartition(":")
-            out.append((host, target))
+            parts = str(port).split("/")[0].split(":")
+            out.append((parts[0] if len(parts) == 3 else "", parts[-2], parts[-1]))
     return out
 
 
@@ -127,9 +139,17 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 # ----- (a) compose.yaml validates ----------------------------------------------------------------------
 @needs_compose
-def test_config_validates_with_empty_environment(tmp_path):
+def test_config_validates_with_only_a_redis_password(tmp_path):
     proc = run_config(tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+@needs_compose
+@pytest.mark.parametrize("password", [None, ""])
+def test_config_refuses_to_run_redis_without_a_password(tmp_path, password):
+    proc = run_config(tmp_path, env={"REDIS_PASSWORD": password})
+    assert proc.returncode != 0
+    assert "set REDIS_PASSWORD in .env" in proc.stderr + proc.stdout
 
 
 @needs_compose
@@ -147,6 +167,7 @@ def test_env_example_values_reach_the_containers(tmp_path):
         assert services[name]["environment"]["SEGAGENT_SAM_MODEL"] == "facebook/sam-vit-base"
     # PORT is the host side; the container keeps serving on 9090
     assert published_ports(services["backend"]) == [("9191", "9090")]
+    assert services["backend"]["environment"]["REDIS_URL"] == REDIS_URL
     assert services["backend"]["environment"]["PORT"] == "9090"
 
 
@@ -170,12 +191,21 @@ def test_redis_is_persistent_healthchecked_and_private(config):
     assert volume_targets(redis).get("/data") == "redis-data"
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
     assert redis["restart"] == "unless-stopped"
-    assert "ports" not in redis, "Redis holds jobs and has no password: keep it off the host's ports"
+    assert "ports" not in redis, "Redis holds jobs: keep it off the host's ports"
+    # a password (issue 23 #9: anyone who reaches Redis queues jobs and announces versions), which the
+    # healthcheck's redis-cli and every client's REDIS_URL carry
+    assert command.split("--requirepass ")[1].split()[0] == PASSWORD
+    assert redis["environment"]["REDISCLI_AUTH"] == PASSWORD
+    # and on the `queue` network alone: Label Studio (on `web`) cannot even connect to it
+    assert set(redis["networks"]) == {"queue"}
+    assert set(config["services"]["label-studio"]["networks"]) == {"web"}
+    for name in SEGAGENT_SERVICES:
+        assert set(config["services"][name]["networks"]) == {"queue", "web"}
 
 
 def test_backend_is_the_web_process_in_queue_mode_without_gpu(config):
     backend = config["services"]["backend"]
-    assert backend["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert backend["environment"]["REDIS_URL"] == REDIS_URL
     assert not gpu_devices(backend), "the web process loads no model in queue mode"
     assert backend["environment"]["DEVICE"] == "cpu"
     assert published_ports(backend) == [("9090", "9090")]
@@ -193,7 +223,7 @@ def test_gpu_workers(config, name, queues):
     assert len(devices) == 1 and devices[0]["driver"] == "nvidia"
     # one named GPU: `count: 1` would give every replica GPU 0 (see compose.yaml's header)
     assert devices[0].get("device_ids") == ["0"] and "count" not in devices[0]
-    assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert service["environment"]["REDIS_URL"] == REDIS_URL
     assert service["environment"]["DEVICE"] == "cuda"
     assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
     assert "segagent" in " ".join(service["healthcheck"]["test"]), "a worker's health is its heartbeat in Redis"
@@ -227,9 +257,117 @@ def test_label_studio_is_optional_and_can_reach_the_backend(config):
     assert ls["profiles"] == ["label-studio"]
     assert published_ports(ls) == [("8080", "8080")]
     assert volume_targets(ls).get("/label-studio/data") == "label-studio-data"
-    # Label Studio 1.23.2 defaults ML_BLOCK_LOCAL_IP to true: http://backend:9090 is a private address
-    assert str(ls["environment"]["ML_BLOCK_LOCAL_IP"]).lower() == "false"
     assert ls["restart"] == "unless-stopped"
+    # the SSRF guard stays on (issue 27 #2: it is what refused the model's webhook); what lets Label
+    # Studio reach `backend` is its list, checked against Label Studio's code below
+    assert ls["environment"]["SSRF_PROTECTION_ENABLED"] == "true" and ls["environment"]["ML_BLOCK_LOCAL_IP"] == "true"
+    assert ls["environment"]["USE_DEFAULT_BANNED_SUBNETS"] == "false"
+
+
+# ----- Label Studio's SSRF settings against Label Studio's own code (issue 27 #2) -----------------------
+LS_PACKAGE = next(iter((REPO / ".venv-ls" / "lib").glob("python3*/site-packages/label_studio")), None)
+LS_PYTHON = REPO / ".venv-ls" / "bin" / "python"
+needs_label_studio = pytest.mark.skipif(LS_PACKAGE is None, reason="Label Studio is not installed in .venv-ls "
+                                                                   "(make install-labelstudio)")
+# Label Studio's settings as it reads them from the environment, and its own check of an address
+LS_GUARD = textwrap.dedent("""
+    import json, os, sys
+    env, ips = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    os.environ.clear()
+    os.environ.update(env)
+    import label_studio
+    sys.path.insert(0, os.path.dirname(label_studio.__file__))
+    from core.utils.params import get_bool_env, get_env_list
+    # the lines of label_studio/core/settings/base.py that read them
+    settings = dict(SSRF_PROTECTION_ENABLED=get_bool_env("SSRF_PROTECTION_ENABLED", True),
+                    USE_DEFAULT_BANNED_SUBNETS=get_bool_env("USE_DEFAULT_BANNED_SUBNETS", True),
+                    USER_ADDITIONAL_BANNED_SUBNETS=get_env_list("USER_ADDITIONAL_BANNED_SUBNETS", default=[]),
+                    ML_BLOCK_LOCAL_IP=get_bool_env("ML_BLOCK_LOCAL_IP", True))
+    from django.conf import settings as django_settings
+    django_settings.configure(**settings)
+    from core.utils.io import validate_ip
+    verdicts = {}
+    for ip in ips:
+        try:
+            validate_ip(ip)
+            verdicts[ip] = "allowed"
+        except Exception as exc:
+            verdicts[ip] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps({"settings": settings, "ips": verdicts}))
+    """)
+
+
+def label_studio_default_subnets() -> list[str]:
+    source = (LS_PACKAGE / "core" / "utils" / "io.py").read_text()
+    start = source.index("default_banned_subnets = [")
+    return re.findall(r"'([^']+)'", source[start:source.index("]", start)])
+
+
+@needs_compose
+@needs_label_studio
+def test_label_studio_reaches_the_backend_network_and_nothing_else_private(config):
+    base = (LS_PACKAGE / "core" / "settings" / "base.py").read_text()
+    for line in ("SSRF_PROTECTION_ENABLED = get_bool_env('SSRF_PROTECTION_ENABLED', True)",
+                 "USE_DEFAULT_BANNED_SUBNETS = get_bool_env('USE_DEFAULT_BANNED_SUBNETS', True)",
+                 "USER_ADDITIONAL_BANNED_SUBNETS = get_env_list('USER_ADDITIONAL_BANNED_SUBNETS', default=[])",
+                 "ML_BLOCK_LOCAL_IP = get_bool_env('ML_BLOCK_LOCAL_IP', True)"):
+        assert line in base, f"Label Studio no longer reads its SSRF settings as compose.yaml expects: {line}"
+    web = ipaddress.ip_network(config["networks"]["web"]["ipam"]["config"][0]["subnet"])
+    ls = config["services"]["label-studio"]
+    # the subnet is the backend's: the services that Label Studio calls are on it
+    assert "web" in ls["networks"] and "web" in config["services"]["backend"]["networks"]
+    inside = [str(web[1]), str(web[2]), str(web[web.num_addresses // 2]), str(web[-2])]
+    outside = ["127.0.0.1", "10.0.0.1", "169.254.169.254", "172.17.0.2", "192.168.1.1", "100.64.0.1",
+               str(web[0] - 1), str(web[-1] + 1), "::1", "fd00::1"]
+    for subnet in map(ipaddress.ip_network, label_studio_default_subnets()):
+        for address in (subnet[0], subnet[-1], subnet[subnet.num_addresses // 3]):
+            if address not in web:
+                outside.append(str(address))
+    env = {k: str(v) for k, v in ls["environment"].items()}
+    proc = subprocess.run([str(LS_PYTHON), "-c", LS_GUARD, json.dumps(env), json.dumps(inside + outside)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout)
+    assert answer["settings"]["SSRF_PROTECTION_ENABLED"] and answer["settings"]["ML_BLOCK_LOCAL_IP"]
+    verdicts = answer["ips"]
+    assert all(verdicts[ip] == "allowed" for ip in inside), {ip: verdicts[ip] for ip in inside}
+    allowed = [ip for ip in outside if verdicts[ip] == "allowed"]
+    assert not allowed, f"Label Studio would reach {allowed}: its list must be its default less {web} only"
+
+
+@needs_compose
+@needs_label_studio
+def test_label_studio_banned_list_is_its_default_less_the_web_subnet(config):
+    """The exact list: Label Studio's default subnets, the one that holds `web` split around it."""
+    web = ipaddress.ip_network(config["networks"]["web"]["ipam"]["config"][0]["subnet"])
+    expected = []
+    for subnet in map(ipaddress.ip_network, label_studio_default_subnets()):
+        if subnet.version == web.version and web.subnet_of(subnet):
+            expected += subnet.address_exclude(web)
+        else:
+            expected.append(subnet)
+    listed = config["services"]["label-studio"]["environment"]["USER_ADDITIONAL_BANNED_SUBNETS"].split(",")
+    assert sorted(map(ipaddress.ip_network, listed), key=str) == sorted(expected, key=str)
+
+
+# ----- deployment defaults (issue 23 #10) --------------------------------------------------------------
+def test_backend_is_published_on_this_machine_only_by_default(config):
+    assert bound_ports(config["services"]["backend"]) == [("127.0.0.1", "9090", "9090")]
+
+
+@needs_compose
+@pytest.mark.parametrize("address, expected", [("", "127.0.0.1"), ("0.0.0.0", "0.0.0.0"), ("10.1.2.3", "10.1.2.3")])
+def test_the_operator_chooses_the_backend_address(tmp_path, address, expected):
+    services = resolved(tmp_path, env={"BACKEND_ADDRESS": address})["services"]
+    assert bound_ports(services["backend"]) == [(expected, "9090", "9090")]
+
+
+@needs_compose
+def test_segagent_services_have_memory_limits(tmp_path, config):
+    limits = {name: str(config["services"][name].get("mem_limit")) for name in SEGAGENT_SERVICES}
+    assert limits == {"backend": "4g", "worker": "32g", "trainer": "64g"}
+    services = resolved(tmp_path, env={"WORKER_MEMORY": "12g"})["services"]
+    assert str(services["worker"]["mem_limit"]) == "12g"
 
 
 def test_resolved_environment_is_valid_settings(config):
@@ -237,7 +375,7 @@ def test_resolved_environment_is_valid_settings(config):
     for name in SEGAGENT_SERVICES:
         environment = {k: "" if v is None else str(v) for k, v in config["services"][name]["environment"].items()}
         settings = Settings.from_env(environment)
-        assert settings.redis_url == "redis://redis:6379/0"
+        assert settings.redis_url == REDIS_URL
         assert settings.max_steps == 7 and settings.segmenter == "grabcut"
 
 

@@ -63,7 +63,7 @@ def satisfied(requirement: Requirement, version: str) -> bool:
 def test_every_makefile_environment_has_a_lock():
     names = {lock.name for lock in LOCKS}
     assert names == {"requirements.lock", "requirements-test.lock", "requirements-labelstudio.lock",
-                     "requirements-oracle.lock"}
+                     "requirements-oracle.lock", "requirements-simpleclick-oracle.lock"}
     makefile = (REPO / "Makefile").read_text()
     for lock in LOCKS:
         assert f"-o {lock.name}" in makefile, f"`make lock` does not regenerate {lock.name}"

@@ -31,7 +31,7 @@ def test_jobs_lists_queues_in_priority_order(monkeypatch, capsys, queue_env):
 def test_jobs_says_when_redis_is_unreachable(monkeypatch, capsys):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:9/0")
     monkeypatch.setenv("SEGAGENT_REDIS_TIMEOUT", "0.5")
-    assert main(["jobs"]) == 1 and "unreachable" in capsys.readouterr().err
+    assert main(["jobs"]) == 2 and "does not answer" in capsys.readouterr().err  # one line naming REDIS_URL
 
 
 def test_web_process_in_queue_mode_does_not_need_the_weights(make_client, queue_env):

@@ -115,6 +115,9 @@ def test_refine_posts_refined_masks_once(worker, start):
     summary = preannotate.run_refine(data)
     assert summary["posted"] == [11] and list(summary["errors"]) == ["12"], summary
     assert "no brush mask in the task's predictions" in summary["errors"]["12"]
+    # one outcome per task, in the job's order: what `segagent refine` counts
+    assert [(t["task"], t["outcome"]) for t in summary["tasks"]] == [(11, "written"), (12, "failed")]
+    assert "no brush mask" in summary["tasks"][1]["reason"]
     assert np.array_equal(shown[0].mask, start) and shown[0].step == 0  # the policy starts from the brush mask
     (posted,) = FakeLabelStudio.posts
     assert posted["model_version"] == "refine-" + predictions.model_version
@@ -125,6 +128,8 @@ def test_refine_posts_refined_masks_once(worker, start):
     # a second run posts nothing twice
     again = preannotate.run_refine(data)
     assert again["skipped"] == [11] and again["posted"] == []
+    assert again["tasks"][0] == {"task": 11, "outcome": "skipped",
+                                 "reason": f"already holds a prediction of refine-{predictions.model_version}"}
     # from the annotations: task 12's submitted brush mask
     summary = preannotate.run_refine(dict(data, task_ids=[12], **{"from": "annotations"}))
     assert summary["posted"] == [12], summary

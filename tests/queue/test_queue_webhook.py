@@ -72,3 +72,66 @@ def test_the_planning_job_runs_the_planner_for_exactly_those_tasks(monkeypatch, 
     result = preannotate.plan({"project": 3, "task_ids": [11, 12]})
     assert calls == [(3, [11, 12], {"model_version": "grabcut-v1"})]
     assert result["queued"] == [11, 12] and result["model_version"] == "grabcut-v1"
+
+
+# ----- issue 23: one queued or running round per project, whoever calls (real Redis) ---------------------
+
+TRAINING = {"SEGAGENT_POLICY": "org/base-policy"}  # a hub id: the web process loads nothing, rounds may start
+
+
+def train_jobs(redis_url: str, prefix: str) -> list:
+    queue = Queue(f"{prefix}-train", connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+    return queue.get_jobs()
+
+
+def start_training(client, project: int, **headers):
+    return client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, headers=headers)
+
+
+def test_twenty_start_training_calls_from_two_web_processes_queue_one_round_per_project(queue_app, redis_url,
+                                                                                         prefix):
+    from concurrent.futures import ThreadPoolExecutor
+
+    # two web processes, one Redis; THREADS: ten calls at once per process must not be turned away as busy
+    apps = [queue_app(THREADS="16", **TRAINING), queue_app(THREADS="16", **TRAINING)]
+    calls = [(apps[i % 2], 7 if i < 10 else 8) for i in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda call: start_training(call[0].test_client(), call[1]), calls))
+    assert all(r.status_code == 200 for r in replies), [r.json for r in replies]
+    jobs = train_jobs(redis_url, prefix)
+    assert sorted(job.args[0]["project"] for job in jobs) == [7, 8]
+    by_project = {job.args[0]["project"]: job.id for job in jobs}
+    for reply, (_, project) in zip(replies, calls):  # the others name the round already queued
+        assert reply.json["training"]["job"] == by_project[project], reply.json
+    assert sum(r.json["training"]["started"] for r in replies) == 2
+
+
+def test_a_round_that_ended_lets_the_next_one_queue(queue_app, redis_url, prefix):
+    client = queue_app(**TRAINING).test_client()
+    first = start_training(client, 7).json["training"]
+    assert first["started"] and not start_training(client, 7).json["training"]["started"]
+    job = train_jobs(redis_url, prefix)[0]
+    job.cancel()  # the round ended (finished, failed or canceled alike): the project is free again
+    second = start_training(client, 7).json["training"]
+    assert second["started"] and second["job"] != first["job"]
+    assert [j.id for j in train_jobs(redis_url, prefix)] == [second["job"]]
+
+
+def test_annotations_without_a_project_queue_no_round(queue_app, redis_url, prefix):
+    from tests.service.test_webhook_limits import bulk_event
+
+    client = queue_app(SEGAGENT_TRAIN_EVERY="1", **TRAINING).test_client()
+    reply = client.post("/webhook", json=bulk_event(5, project=None))
+    assert reply.status_code == 200 and len(reply.json["recorded"]) == 5 and "training" not in reply.json
+    assert train_jobs(redis_url, prefix) == []
+
+
+def test_with_basic_auth_unauthenticated_webhooks_queue_nothing(queue_app, redis_url, prefix):
+    from tests.service.test_webhook_limits import basic
+
+    client = queue_app(BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="s3cret-pass", **TRAINING).test_client()
+    for headers in ({}, basic("ls", "wrong")):
+        assert start_training(client, 7, **headers).status_code == 401
+    assert train_jobs(redis_url, prefix) == []
+    assert start_training(client, 7, **basic("ls", "s3cret-pass")).json["training"]["started"]
+    assert len(train_jobs(redis_url, prefix)) == 1

@@ -282,3 +282,26 @@ def test_the_command_needs_label_studio_and_a_policy(monkeypatch, tmp_path, caps
     assert "SEGAGENT_POLICY" in capsys.readouterr().err
     assert main(["audit", "--project", "1", "--csv", str(tmp_path / "no-such-folder" / "a.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_failed_annotations_make_the_command_fail_naming_the_first_reasons(monkeypatch, tmp_path, capsys):
+    """An annotation whose image did not load (or whose estimate Label Studio refused) is counted failed with its
+    reason in the summary; the command says so in one line and exits with status 1."""
+    from segagent_backend.cli import main
+
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "x" * 40)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setattr(cli_audit, "PolicyJudge", lambda settings, batch: type("J", (), {"model_version": "v1",
+                                                                                        "batch": batch})())
+    rows = [cli_audit.Row(1, 11, 0.9, "audited", "audit-v1"),
+            cli_audit.Row(2, 21, None, "failed", "audit-v1", "image could not be fetched")]
+    monkeypatch.setattr(cli_audit, "audit_project", lambda *args, **kwargs: rows)
+    assert main(["audit", "--project", "1", "--json", "--csv", str(tmp_path / "a.csv")]) == 1
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["failed"] == 1 and summary["failures"] == [{"task": 2, "annotation": 21,
+                                                                "reason": "image could not be fetched"}]
+    (line,) = err.strip().splitlines()
+    assert line.startswith("segagent audit: 1 of 2 annotation(s) failed") and "task 2 annotation 21: image could" in line

@@ -340,16 +340,17 @@ def test_errors_from_other_hosts_never_say_what_the_network_said(tmp_path, other
 
 # --- Label Studio: its host, its token, task ids, /setup ----------------------------------------------
 
-def test_the_token_goes_only_to_label_studios_media_and_api_paths(tmp_path, ls, other):
+def test_the_token_goes_only_to_label_studios_media_paths(tmp_path, ls, other):
     media = loader(tmp_path, f"127.0.0.1:{port(other)}", private=True, ls_url=ls.url)
     ls.redirect_to = f"{other.url}/img.png"  # the presigned storage URL
     assert tuple(media.load("/data/upload/3/up.png", 5)[0, 0]) == (1, 2, 3)
     assert media.load("s3://bucket/a b.png", 5).shape == (6, 8, 3)  # presigned, then redirected
+    # Label Studio's host, not a media path: fetched, without the key (its API is not task media)
     assert media.load(f"{ls.url}/api/img.png").shape == (6, 8, 3)
-    assert media.load(f"{ls.url}/img.png").shape == (6, 8, 3)  # Label Studio's host, not a media path
+    assert media.load(f"{ls.url}/img.png").shape == (6, 8, 3)
     auth = {r["path"].split("?")[0]: r["auth"] for r in ls.seen}
     assert auth == {"/data/upload/3/up.png": f"Token {TOKEN}", "/tasks/5/presign/": f"Token {TOKEN}",
-                    "/api/img.png": f"Token {TOKEN}", "/img.png": None}
+                    "/api/img.png": None, "/img.png": None}
     assert parse_qs(urlsplit(ls.seen[1]["path"]).query)["fileuri"] == ["s3://bucket/a b.png"]
     # the storage (another origin, reached through Label Studio's redirect) never sees the token,
     # and neither does an allowed host, nor Label Studio when another host redirects there
@@ -426,8 +427,8 @@ def test_token_paths():
     assert ls.token_allowed("https://ls.example/prefix/data/upload/3/a.png")
     assert ls.token_allowed("https://ls.example:443/prefix/data/local-files/?d=a.png")
     assert ls.token_allowed("https://ls.example/prefix/tasks/12/presign/?fileuri=s3://b/a")
-    assert ls.token_allowed("https://ls.example/prefix/api/projects/")
-    for url in ["https://ls.example/data/upload/3/a.png", "https://ls.example/prefix/tasks/x/presign/",
+    for url in ["https://ls.example/prefix/api/projects/", "https://ls.example/prefix/api/projects/3/export",
+                "https://ls.example/prefix/api/tasks/5/","https://ls.example/data/upload/3/a.png", "https://ls.example/prefix/tasks/x/presign/",
                 "https://ls.example/prefix/data/upload/../../admin", "https://ls.example/prefix/img.png",
                 "http://ls.example/prefix/data/upload/3/a.png", "https://ls.example:8443/prefix/api/x",
                 "https://other.example/prefix/api/x"]:

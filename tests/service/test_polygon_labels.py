@@ -11,6 +11,7 @@ import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 from payloads import keypoint, predict_body
+from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
 from segagent_backend.agent.types import Click, EpisodeResult, TrajectoryStep
 from segagent_backend.labelstudio.config import ConfigError, parse_label_config
 from segagent_backend.labelstudio.control_models import PolygonLabelsModel
@@ -182,12 +183,13 @@ def test_a_click_answers_with_polygons(client, media_server, disk_image):
     regions = prediction["result"]
     assert regions and all(r["type"] == "polygonlabels" and r["from_name"] == "poly" for r in regions)
     assert all(r["value"]["polygonlabels"] == ["Apple"] for r in regions)
-    assert 0.0 < prediction["score"] <= 1.0 and all(r["score"] == prediction["score"] for r in regions)
+    assert "score" not in prediction and all("score" not in r for r in regions)  # GrabCut's score is not sent
     assert iou(rasterise(regions), truth) > 0.85
     assert LabelInterface(POLYGON_CONFIG).validate_prediction(prediction, return_errors=True) == []
 
 
-def test_brush_and_polygons_together_carry_the_same_score(client, media_server):
+def test_brush_and_polygons_together_carry_the_same_score(client, media_server, monkeypatch):
+    monkeypatch.setattr(GrabCutSegmenter, "score_estimates_iou", True)  # a tool whose score is sent
     body = predict_body(f"{media_server}/disk.png", [keypoint(50.0, 50.0, 160, 120)], config=BOTH_CONFIG)
     (prediction,) = client.post("/predict", json=body).json["results"]
     kinds = [r["type"] for r in prediction["result"]]

@@ -67,6 +67,12 @@ def test_cli_versions(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     monkeypatch.delenv("REDIS_URL", raising=False)
     (tmp_path / "trained").mkdir()
+    assert main(["versions", "register", str(tmp_path / "trained")]) == 2  # a folder holding no model
+    assert "holds no model: no config.json" in capsys.readouterr().err
+    (tmp_path / "trained" / "config.json").write_text("{}")
+    assert main(["versions", "register", str(tmp_path / "trained")]) == 2
+    assert "no weights" in capsys.readouterr().err
+    (tmp_path / "trained" / "model.safetensors").write_bytes(b"")
     assert main(["versions", "register", str(tmp_path / "trained"), "--meta", '{"base": "b", "metrics": {"x": 1}}']) == 0
     assert json.loads(capsys.readouterr().out)["version"] == "v1"
     assert main(["versions", "promote", "v1"]) == 0

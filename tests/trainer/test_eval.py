@@ -240,12 +240,14 @@ def refs(tmp_path, monkeypatch):
 @pytest.mark.usefixtures("one_torch_thread")
 def test_eval_of_a_tiny_policy_on_refcoco_layout_data(refs, tiny_qwen2_vl, monkeypatch, capsys):
     monkeypatch.setenv("SEGAGENT_POLICY", str(tiny_qwen2_vl))
+    monkeypatch.setenv("SEGAGENT_DECODING", "grammar")  # a random model decoding freely never clicks
     out = refs / "out"
     code = main(["eval", "--refs", str(refs / "refs.json"), "--images", str(refs / "images"), "--out", str(out),
                  "--protocol", "release", "--max-steps", "2", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "4 samples, release protocol, 2 steps: cIoU" in captured.out and "PRM (IoU x 100" in captured.out
+    assert "4 samples, release protocol, grammar decoding, 2 steps, ours scoring: cIoU" in captured.out
+    assert "PRM (IoU x 100" in captured.out
     for name in ("summary.json", "samples.csv", "steps.csv", "predictions.json", "iou_per_step.png"):
         assert (out / name).is_file(), name
     s = json.loads((out / "summary.json").read_text())
@@ -271,7 +273,8 @@ def test_eval_of_a_tiny_policy_on_refcoco_layout_data(refs, tiny_qwen2_vl, monke
     assert png is not None and png.shape[:2] == (480, 800)
     # the written predictions read back as the release's reader reads them
     assert main(["eval", "--predictions", str(out / "predictions.json"), "--out", str(refs / "scored")]) == 0
-    assert "4 samples (the release's mask selection): cIoU" in capsys.readouterr().out
+    assert "4 of 4 records, ours scoring, 4 scored, 0 dropped (no click) (the release's mask selection): cIoU" \
+        in capsys.readouterr().out
     scored = json.loads((refs / "scored" / "scores.json").read_text())
     assert scored["samples"] == 4 and 0.0 <= scored["ciou"] <= 1.0
 
@@ -415,3 +418,75 @@ def test_the_start_is_what_the_episode_begins_from(disk):
     assert second.start_iou == 0.0 and not second.grounded
     t = summarize_run(run.results, config, run.seconds)["text_start"]
     assert t["grounded"] == 0.5 and t["giou"] == pytest.approx(first.start_iou / 2)
+
+
+# --- scoring as the release (--release-scoring) ----------------------------------------------------------------
+
+def test_release_scoring_drops_samples_without_a_click_and_reports_both(folder):
+    from trainer.datasets import load_folder
+    from trainer.eval_run import items_from_samples
+
+    items = items_from_samples(load_folder(folder, folder, folder / "manifest.json"))
+
+    class FailsOnB(ScriptedPolicy):  # sample "b" fails at its first step: the release's pred_list stays empty
+        def propose(self, observations, k=1):
+            rows = super().propose(observations, k)
+            return [[Answer(None, None, "no idea", malformed=True)] * k if o.expression == "disk b" else r
+                    for o, r in zip(observations, rows)]
+
+    script = [(0.0, Click(28, 22)), (0.8, Click(18, 15))]
+    config = LoopConfig(max_steps=2, protocol="release")
+    run = evaluate(FailsOnB(script), GrabCutSegmenter(), items, config, scoring="release")
+    s = run.summary()
+    clicked = [r for r in run.results if r.clicks > 0]
+    assert [r.name for r in run.results if r.clicks == 0] == ["b"] and run.results[1].record["pred_list"] == []
+    assert s["scoring"] == "release" and s["samples"] == 3 and s["scored_samples"] == 2 and s["dropped_samples"] == 1
+    assert s["scores"]["ours"]["samples"] == 3 and s["scores"]["release"]["dropped"] == 1
+    assert s["giou"] == pytest.approx(np.mean([r.iou for r in clicked]))
+    assert s["scores"]["ours"]["giou"] == pytest.approx(np.mean([r.iou for r in run.results]))
+    # the written predictions, read back by the release's rules, give the same numbers
+    again = score_predictions([r.record for r in run.results], release=True)
+    assert again["samples"] == 2 and again["dropped"] == 1 and again["ciou"] == pytest.approx(s["ciou"])
+    assert again["ious"][1] is None
+    ours = evaluate(FailsOnB(script), GrabCutSegmenter(), items, config).summary()
+    assert ours["scoring"] == "ours" and ours["ciou"] == pytest.approx(s["scores"]["ours"]["ciou"])
+
+
+def test_release_scoring_reads_the_first_5000_sentences_without_png_images():
+    rows = [{"image_name": name, "height": 4, "width": 4, "gt_ann": {"caption": ["a", "b"], "segmentation": []}}
+            for name in ("x.jpg", "y.png", "z")]
+    assert [e.image_name for e in refs_from_json(rows)] == ["x.jpg", "x.jpg", "y.png", "y.png", "z.jpg", "z.jpg"]
+    assert [e.image_name for e in refs_from_json(rows, skip_png=True)] == ["x.jpg", "x.jpg", "z.jpg", "z.jpg"]
+    assert [e.name for e in refs_from_json(rows, 3, skip_png=True)] == ["x#0.0", "x#0.1", "z#2.0"]
+
+
+def test_release_scoring_on_the_command_line(tmp_path, tiny_qwen2_vl, monkeypatch, capsys):
+    import trainer.eval_run
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for n in range(3):
+        image, mask = make_disk_image(width=64, height=48, centre=(30 + n, 24), radius=10)
+        cv2.imwrite(str(tmp_path / "images" / f"im{n}.jpg"), image[:, :, ::-1])
+        rows.append({"image_name": f"im{n}.jpg", "height": 48, "width": 64,
+                     "gt_ann": {"caption": [f"object {n}"], "segmentation": mask_to_rle(mask)}})
+    rows.insert(1, dict(rows[0], image_name="skipped.png"))  # the release's loader skips it
+    (tmp_path / "refs.json").write_text(json.dumps({"data": rows}))
+    monkeypatch.setattr(trainer.eval_run, "RELEASE_MAX_SAMPLES", 2)  # the release's 5000, made small
+    monkeypatch.setenv("SEGAGENT_POLICY", str(tiny_qwen2_vl))
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    out = tmp_path / "out"
+    code = main(["eval", "--refs", str(tmp_path / "refs.json"), "--images", str(tmp_path / "images"), "--out", str(out),
+                 "--protocol", "release", "--max-steps", "1", "--no-progress", "--release-scoring"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    preds = json.loads((out / "predictions.json").read_text())
+    assert [p["img_path"] for p in preds] == ["im0.jpg", "im1.jpg"]  # .png skipped, then the first 2
+    assert s["scoring"] == "release" and s["samples"] == 2 and s["truncated"] is True and s["truncated_samples"] == 1
+    assert s["decoding"] == "free"  # the release protocol decodes freely by default
+    no_click = sum(not p["pred_list"] for p in preds)
+    assert s["dropped_samples"] == no_click and s["scored_samples"] == 2 - no_click
+    assert s["scores"]["ours"]["samples"] == 2
+    assert "(the first 2: 1 left out), release protocol, free decoding, 1 steps, release scoring" in printed
+    assert f"release: {2 - no_click} scored, {no_click} dropped (no click)" in printed

@@ -187,17 +187,18 @@ class HFVLMPolicy(TextAnswerPolicy):
 
     k == 1: greedy; k > 1: multinomial sampling at ``temperature`` (top-k/top-p off, whatever the
     checkpoint's generation config says: tree search needs real samples). ``constrained`` (default:
-    on when ``forced_prefix``) needs the forced prefix: the grammar starts after the echo.
+    on when ``forced_prefix``) needs the forced prefix: the grammar starts after the echo. ``decoding``
+    ``free``: neither (the model writes its whole answer, with the echo's tokens in its budget).
     """
 
     kind = "hf-vlm"
 
     def __init__(self, model, processor, convention: CoordinateConvention = SEGAGENT_QWEN, max_new_tokens: int = 24,
                  forced_prefix: bool = True, temperature: float = 1.0, constrained: Optional[bool] = None,
-                 name: Optional[str] = None, compact_literals: bool = True):
+                 name: Optional[str] = None, compact_literals: bool = True, decoding: Optional[str] = None):
         name = name or Path(str(getattr(model.config, "_name_or_path", "") or model.config.model_type)).name
         super().__init__(processor.tokenizer, name, convention, max_new_tokens, forced_prefix, temperature,
-                         constrained, compact_literals)
+                         constrained, compact_literals, decoding)
         self.model, self.processor = model, processor
         self.tokenizer.padding_side = "left"  # generation continues from the last position of every row
         self.stop_ids = self._stop_ids()

@@ -9,6 +9,11 @@ release's stop words <|im_end|> and <|im_start|>.
 
 The released model always answers with a click: its grammar has no stop (``allow_stop = False``); an
 answer it cannot finish as a click is malformed, which ends the episode under the ``release`` protocol.
+
+Decoding (``decoding``, SEGAGENT_DECODING): ``free`` is the release's own call, nothing forced or masked:
+the checkpoint's ``generation_config.json`` (greedy: ``do_sample=False``; its ``max_new_tokens``, eos and
+pad), the stop words, and the answer decoded with its special tokens up to the forced <|endoftext|>.
+``grammar``: the echo is forced and the rest constrained to the answer grammar (canonical tokens only).
 """
 from __future__ import annotations
 
@@ -36,12 +41,15 @@ class QwenVLChatPolicy(TextAnswerPolicy):
 
     def __init__(self, model, tokenizer, convention: CoordinateConvention = SEGAGENT_QWEN, max_new_tokens: int = 24,
                  forced_prefix: bool = True, temperature: float = 1.0, constrained: Optional[bool] = None,
-                 name: Optional[str] = None, compact_literals: bool = True):
+                 name: Optional[str] = None, compact_literals: bool = True, decoding: Optional[str] = None,
+                 generation_config=None):
         source = getattr(model, "name_or_path", "") or "qwen-vl-chat"
         super().__init__(tokenizer, name or Path(str(source)).name, convention, max_new_tokens, forced_prefix,
-                         temperature, constrained, compact_literals)
+                         temperature, constrained, compact_literals, decoding)
         self.model = model
         self.stop_ids = [IM_END_ID, IM_START_ID, EOD_ID]
+        #: free decoding's config: the checkpoint's generation_config.json (default: the model's)
+        self.generation_config = generation_config if generation_config is not None else model.generation_config
         tokenizer.padding_side = "left"
 
     @classmethod
@@ -49,7 +57,20 @@ class QwenVLChatPolicy(TextAnswerPolicy):
                         **kwargs) -> "QwenVLChatPolicy":
         model, tokenizer = load_qwen_vl_chat_native(path, device=device, dtype=dtype)
         kwargs.setdefault("name", Path(str(path)).name)
+        kwargs.setdefault("generation_config", checkpoint_generation_config(path))
         return cls(model, tokenizer, **kwargs)
+
+    @property
+    def free(self) -> bool:
+        """The release's decoding: nothing forced, nothing masked."""
+        return not self.forced_prefix and not self.constrained
+
+    def release_eos_id(self) -> Optional[int]:
+        return self._eos() if self.free else None
+
+    def _eos(self) -> int:
+        eos = getattr(self.generation_config, "eos_token_id", None)
+        return EOD_ID if eos is None else int(eos[0] if isinstance(eos, (list, tuple)) else eos)
 
     def prompt(self, expression: str, head: Optional[str] = None) -> str:
         """The released hand-built ChatML prompt (+ the forced prefix, or a re-fed ``<ref>..</ref><box>..</box>``
@@ -69,9 +90,13 @@ class QwenVLChatPolicy(TextAnswerPolicy):
         enc = self.tokenizer([self.prompt(o.expression, o.answer_head) for o in observations], return_tensors="pt",
                              padding="longest")
         prompt_len = enc["input_ids"].shape[1]
-        kwargs = dict(max_new_tokens=self.max_new_tokens + self.echo_tokens(observations), num_return_sequences=k,
-                      pad_token_id=EOD_ID, eos_token_id=self.stop_ids)
-        kwargs.update(self.sampling_kwargs(k))
+        if self.free:  # the release's call: its config (max_new_tokens, eos), greedy, the stop words
+            kwargs = dict(generation_config=self.generation_config, num_return_sequences=k, pad_token_id=EOD_ID)
+            kwargs.update(dict(do_sample=False) if k == 1 else self.sampling_kwargs(k))
+        else:
+            kwargs = dict(max_new_tokens=self.max_new_tokens + self.echo_tokens(observations), num_return_sequences=k,
+                          pad_token_id=EOD_ID, eos_token_id=self.stop_ids)
+            kwargs.update(self.sampling_kwargs(k))
         if self.constrained:
             from transformers import LogitsProcessorList
 
@@ -79,3 +104,13 @@ class QwenVLChatPolicy(TextAnswerPolicy):
         out = self.model.generate(enc["input_ids"], attention_mask=enc["attention_mask"],
                                   pixel_values=self.pixels(observations).to(self.model.dtype), **kwargs)
         return self.decoded(out[:, prompt_len:].tolist(), observations, k, start)
+
+
+def checkpoint_generation_config(path: Union[str, Path]):
+    """The folder's ``generation_config.json`` as a transformers GenerationConfig (JSON only, no code), or
+    None when the folder has none (the model's default config is used then)."""
+    if not (Path(path) / "generation_config.json").is_file():
+        return None
+    from transformers import GenerationConfig
+
+    return GenerationConfig.from_pretrained(str(path))

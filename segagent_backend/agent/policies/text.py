@@ -12,14 +12,29 @@ from .canonical import NotCanonicalError, answer_processor
 from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
 
 
+DECODINGS = ("free", "grammar")
+
+
+def decoding_flags(decoding: Optional[str], forced_prefix: bool, constrained: Optional[bool]) -> tuple[bool, Optional[bool]]:
+    """(forced_prefix, constrained) for ``decoding``: ``free`` = neither (the model writes its whole answer,
+    nothing forced or masked, as the release decodes), ``grammar`` = both; None keeps the two flags given."""
+    if decoding is None:
+        return forced_prefix, constrained
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
+    return (False, False) if decoding == "free" else (True, True)
+
+
 class TextAnswerPolicy(Policy):
     """A policy that writes SegAgent answers as text with a tokenizer.
 
     ``forced_prefix``: the answer's echo ``<ref>CAPTION</ref> Current IOU: `` is part of the prompt, so
     the model writes only the estimate and the click. ``constrained`` (default: on with the forced
-    prefix, which it needs) restricts generation to the answer grammar. k == 1 is greedy; k > 1
-    samples at ``temperature`` with top-k/top-p off (tree search needs real samples). Subclasses
-    set ``self.stop_ids`` (end-of-turn ids) before the grammar is first used.
+    prefix, which it needs) restricts generation to the answer grammar. ``decoding`` (``free`` or
+    ``grammar``, SEGAGENT_DECODING) sets both at once: free decoding forces and masks nothing, so the
+    model only ever writes token sequences it chose itself. k == 1 is greedy; k > 1 samples at
+    ``temperature`` with top-k/top-p off (tree search needs real samples). Subclasses set
+    ``self.stop_ids`` (end-of-turn ids) before the grammar is first used.
     """
 
     stop_ids: list[int]
@@ -29,8 +44,9 @@ class TextAnswerPolicy(Policy):
 
     def __init__(self, tokenizer, name: str, convention: CoordinateConvention = SEGAGENT_QWEN,
                  max_new_tokens: int = 24, forced_prefix: bool = True, temperature: float = 1.0,
-                 constrained: Optional[bool] = None, compact_literals: bool = True):
+                 constrained: Optional[bool] = None, compact_literals: bool = True, decoding: Optional[str] = None):
         super().__init__()
+        forced_prefix, constrained = decoding_flags(decoding, forced_prefix, constrained)
         constrained = forced_prefix if constrained is None else constrained
         if constrained and not forced_prefix:
             raise ValueError("constrained decoding starts after the forced prefix: set forced_prefix=True")
@@ -42,6 +58,11 @@ class TextAnswerPolicy(Policy):
     @property
     def model_version(self) -> str:
         return self._name
+
+    @property
+    def decoding(self) -> str:
+        """``grammar`` when generation is constrained to the answer grammar, else ``free``."""
+        return "grammar" if self.constrained else "free"
 
     def grammar(self):
         """The canonical-token grammar, built on first use (encodes every field value once, ~0.1-1 s).
@@ -66,6 +87,11 @@ class TextAnswerPolicy(Policy):
         only the release's re-fed ``<ref>..</ref><box>..</box>`` after an answer with a box."""
         return answer_prefix(expression, head) if self.forced_prefix else (head or "")
 
+    def release_eos_id(self) -> Optional[int]:
+        """The eos after which free answers are cut and decoded with their special tokens, as the release
+        reads its answers; None (the default): answers are decoded without special tokens."""
+        return None
+
     def sampling_kwargs(self, k: int) -> dict:
         if k == 1:
             return dict(do_sample=False, temperature=None, top_k=None, top_p=None)
@@ -83,7 +109,7 @@ class TextAnswerPolicy(Policy):
         """One ``propose`` call's generated ids (prompt removed) -> its answers, counted in ``stats`` with
         the seconds since ``started`` (``time.perf_counter()``)."""
         result = decode_answers(self.tokenizer, rows, observations, k, self.stop_ids, self.forced_prefix,
-                                self.convention, self.stats)
+                                self.convention, self.stats, self.release_eos_id())
         self.stats.calls += 1
         self.stats.answers += len(observations) * k
         self.stats.seconds += time.perf_counter() - started
@@ -92,12 +118,16 @@ class TextAnswerPolicy(Policy):
 
 def decode_answers(tokenizer, rows: list[list[int]], observations: Sequence[Observation], k: int,
                    stop_ids: Sequence[int], forced_prefix: bool, convention: CoordinateConvention,
-                   stats) -> list[list[Answer]]:
+                   stats, eos_id: Optional[int] = None) -> list[list[Answer]]:
     """Generated ids (``len(observations) * k`` rows grouped by observation, prompt removed) -> answers.
 
     Each row is cut at its first stop id; generated tokens (stop included, padding excluded) and
     malformed answers are added to ``stats``. A row cut by the token budget without a click is
     malformed: it is not a deliberate stop.
+
+    ``eos_id`` (the release's text): each row is instead cut just after its first ``eos_id`` and decoded
+    with its special tokens, as the release decodes its one-row ``generate`` (``skip_special_tokens=False``:
+    ``...<|im_end|><|endoftext|>``; the rest of a batched row is padding).
     """
     stops = set(stop_ids)
     result: list[list[Answer]] = []
@@ -108,7 +138,11 @@ def decode_answers(tokenizer, rows: list[list[int]], observations: Sequence[Obse
         for ids in rows[i * k:(i + 1) * k]:
             end = next((j for j, t in enumerate(ids) if t in stops), None)
             stats.generated_tokens += len(ids) if end is None else end + 1
-            text = prefix + tokenizer.decode(ids[:end], skip_special_tokens=True)
+            if eos_id is None:
+                text = prefix + tokenizer.decode(ids[:end], skip_special_tokens=True)
+            else:
+                cut = next((j + 1 for j, t in enumerate(ids) if t == eos_id), len(ids))
+                text = prefix + tokenizer.decode(ids[:cut], skip_special_tokens=False)
             answer = parse_answer(text, width, height, convention, strict=obs.release)
             if end is None and answer.click is None:
                 answer = replace(answer, malformed=True)

@@ -21,8 +21,9 @@ def build_segmenter(
     sam_model: Optional[str] = None,
     device: str = "auto",
     grabcut_max_side: int = 512,
+    simpleclick_checkpoint: Optional[str] = None,
 ) -> Segmenter:
-    """The tool named ``kind`` (``grabcut``, ``sam`` or ``hf-sam``), loaded once, sharing ``cache``.
+    """The tool named ``kind`` (``grabcut``, ``sam``, ``hf-sam`` or ``simpleclick``), loaded once, sharing ``cache``.
 
     ``device``: auto (CUDA when available), cpu, cuda or cuda:N. Raises ModelLoadError (from
     ``agent.loading``) naming the weights and the reason when they cannot be loaded.
@@ -39,4 +40,10 @@ def build_segmenter(
         from .hf_sam import HFSamSegmenter
 
         return HFSamSegmenter.from_pretrained(sam_model, device=device, cache=cache)
-    raise ValueError(f"unknown segmenter {kind!r}: use grabcut, sam or hf-sam")
+    if kind == "simpleclick":
+        from .simpleclick import SimpleClickSegmenter
+
+        if not simpleclick_checkpoint:
+            raise ValueError("the simpleclick segmenter needs a checkpoint (SEGAGENT_SIMPLECLICK_CHECKPOINT)")
+        return SimpleClickSegmenter.from_checkpoint(simpleclick_checkpoint, device=device, cache=cache)
+    raise ValueError(f"unknown segmenter {kind!r}: use grabcut, sam, hf-sam or simpleclick")

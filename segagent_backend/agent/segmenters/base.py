@@ -25,6 +25,10 @@ class Segmenter(ABC):
 
     #: distinguishes cache entries of different models sharing one cache
     cache_namespace: str = "segmenter"
+    #: whether ``Segmentation.score`` estimates the mask's IoU (tracks its quality: Spearman >= 0.5 against the
+    #: true IoU in ``bench/score_quality.py``). Off: a prediction made by this tool alone is sent to Label Studio
+    #: without ``score`` (``labelstudio.predictions``). On for the SAM family (their IoU head is trained for it).
+    score_estimates_iou: bool = True
 
     def __init__(self, cache: Optional[EmbeddingCache] = None):
         self.cache = cache if cache is not None else EmbeddingCache(256 * 2**20)
