@@ -55,6 +55,7 @@ bench: install    # every bench, even after one fails (the report names those wi
 	-$(PY) -m bench.click_cost
 	-$(PY) -m bench.click_used
 	-$(PY) -m bench.grabcut_noc
+	-$(PY) -m bench.grabcut_speed
 	-$(PY) -m bench.score_quality
 	-$(PY) -m bench.hf_sam_family
 	-$(PY) -m bench.text_start

@@ -226,3 +226,156 @@ def test_person1_face_then_shirt_adds_the_shirt(grabcut_dir):
     assert before < 0.6
     assert after >= 0.68 and after > before + 0.1, (before, after)
     assert second.mask[PERSON1_SHIRT[1], PERSON1_SHIRT[0]]
+
+
+# --- cost: the graph cut's region and resolution, the edge-aware upsampling, the step cache -------------
+
+def _spy_grabcut(monkeypatch):
+    """Record (image shape, mode) of every cv2.grabCut call."""
+    import cv2
+
+    calls = []
+    real = cv2.grabCut
+
+    def spy(image, mask, rect, bgd, fgd, iterations, mode):
+        calls.append((image.shape[:2], mode))
+        return real(image, mask, rect, bgd, fgd, iterations, mode)
+
+    monkeypatch.setattr(cv2, "grabCut", spy)
+    return calls
+
+
+def test_graph_cut_runs_at_a_resolution_bounded_in_pixels_and_on_a_window(monkeypatch):
+    import cv2
+
+    image, disk, _ = _scene(800, 600)  # the disk: centre (70, 75), radius 35, in a corner of the image
+    calls = _spy_grabcut(monkeypatch)
+    seg = GrabCutSegmenter(max_side=800, gc_pixels=60_000, first_gc_pixels=100_000)
+    seg.set_image(image)
+    first = seg.segment([Click(70, 75)])
+    (h, w), mode = calls[0]
+    assert h * w <= 100_000 * 1.02 and mode == cv2.GC_INIT_WITH_MASK  # the whole image, downscaled
+    assert iou(first.mask, disk) > 0.9
+    second = seg.segment([Click(70, 75), Click(70, 44)], prev_logits=first.logits)
+    (h2, w2), _ = calls[1]
+    assert max(h2, w2) <= 240 and h2 * w2 < 0.75 * h * w  # the window around mask and clicks, not the image
+    assert iou(second.mask, disk) > 0.9
+    assert h2 * w2 <= 60_000 * 1.02
+    unbounded = GrabCutSegmenter(max_side=800, gc_pixels=0, first_gc_pixels=0)
+    unbounded.set_image(image)
+    unbounded.segment([Click(70, 75)])
+    assert calls[-1][0] == (600, 800)
+
+
+def test_edge_aware_upsampling_puts_the_boundary_on_the_image_edge():
+    import cv2
+
+    from segagent_backend.agent.segmenters.grabcut import _grey, upsample_edge_aware
+
+    H, W = 120, 160
+    yy, xx = np.mgrid[:H, :W]
+    truth = (xx >= 61) & (yy >= 33) & (yy < 90)  # edges off the 4x grid of the low-res mask
+    image = np.where(truth[..., None], 200, 40).astype(np.uint8).repeat(3, axis=2)
+    small = cv2.resize(truth.astype(np.float32), (W // 4, H // 4), interpolation=cv2.INTER_AREA) >= 0.5
+    bilinear = cv2.resize(small.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) >= 0.5
+    guided = upsample_edge_aware(small, (H, W), lambda y0, y1, x0, x1: _grey(image[y0:y1, x0:x1]))
+    assert iou(bilinear, truth) < 0.97
+    assert iou(guided, truth) > 0.995, iou(guided, truth)
+    # on a flat image there is no edge to follow: the bilinear boundary stays (no blocks, no leak)
+    flat = upsample_edge_aware(small, (H, W), lambda y0, y1, x0, x1: np.full((y1 - y0, x1 - x0), 0.5, np.float32))
+    assert iou(flat, bilinear) > 0.97
+
+
+def test_the_returned_mask_follows_the_images_edges_at_full_size():
+    image, disk, _ = _scene(800, 600)
+    seg = GrabCutSegmenter(max_side=200)  # the state 4x coarser than the image
+    seg.set_image(image)
+    out = seg.segment([Click(70, 75)])
+    assert out.mask.shape == (600, 800) and max(out.logits.shape) == 200
+    plain = GrabCutSegmenter(max_side=200, guided_eps=0)  # bilinear upsampling of the same state
+    plain.set_image(image)
+    assert iou(out.mask, disk) > iou(plain.segment([Click(70, 75)]).mask, disk)
+
+
+def test_the_next_click_starts_from_the_colour_models_in_the_state(monkeypatch, scene):
+    import cv2
+
+    image, disk, square = scene
+    calls = _spy_grabcut(monkeypatch)
+    seg = GrabCutSegmenter(reuse_models=True)  # off by default: it cost NoC@90 on the GrabCut set
+    seg.set_image(image)
+    first = seg.segment([Click(70, 75)])
+    assert first.logits.models is not None and first.logits.dtype == np.uint8
+    # the window proposal of each later call (its first GrabCut)
+    n = len(calls)
+    seg.segment([Click(70, 75), Click(160, 75)], prev_logits=first.logits)
+    assert calls[n][1] == cv2.GC_EVAL  # no k-means initialisation
+    n = len(calls)
+    seg.segment([Click(70, 75), Click(160, 75)], prev_logits=np.asarray(first.logits))  # a plain array: no models
+    assert calls[n][1] == cv2.GC_INIT_WITH_MASK
+    fresh = GrabCutSegmenter(reuse_models=False)
+    fresh.set_image(image)
+    n = len(calls)
+    fresh.segment([Click(70, 75), Click(160, 75)], prev_logits=first.logits)
+    assert calls[n][1] == cv2.GC_INIT_WITH_MASK
+
+
+def test_the_step_cache_carries_the_models_to_the_next_request(monkeypatch, scene):
+    import cv2
+
+    from segagent_backend.agent.episode import StepCache, run_given_clicks, run_given_clicks_stepwise
+
+    image, _, _ = scene
+    clicks = [Click(70, 75), Click(60, 60), Click(160, 75, False)]
+    cache = StepCache()
+    tool = GrabCutSegmenter(reuse_models=True)
+    run_given_clicks_stepwise(tool, image, clicks[:2], cache=cache)  # request 1: two clicks
+    calls = _spy_grabcut(monkeypatch)
+    stepwise = run_given_clicks_stepwise(tool, image, clicks, cache=cache)  # request 2: one more
+    assert [mode for _, mode in calls] == [cv2.GC_EVAL] * len(calls) and len(calls) >= 1
+    tool.set_image(image)
+    assert np.array_equal(stepwise.mask, run_given_clicks(tool, clicks).mask)  # same as a replay
+
+
+def test_a_grown_window_is_where_the_next_click_starts(monkeypatch):
+    # a long bar: a click on its middle gives a mask whose window the bar runs out of
+    rng = np.random.default_rng(0)
+    image = np.clip(np.full((150, 400, 3), (60, 120, 70), np.float64) + rng.normal(0, 8, (150, 400, 3)), 0, 255)
+    bar = np.zeros((150, 400), bool)
+    bar[65:85, 20:380] = True
+    image[bar] = (200, 40, 40)
+    image = image.astype(np.uint8)
+    seg = GrabCutSegmenter(gc_pixels=0, first_gc_pixels=0)
+    seg.set_image(image)
+    start = np.zeros_like(bar)
+    start[65:85, 180:220] = True  # the middle of the bar only
+    out = seg.segment([Click(240, 75)], prev_logits=seg.mask_prior(start))  # 20 px right of it
+    assert out.logits.roi is not None  # it grew, and says so to the next call
+    x0, x1, _, _ = out.logits.roi
+    assert x1 - x0 > 40 + 2 * 48
+    calls = _spy_grabcut(monkeypatch)
+    seg.segment([Click(240, 75), Click(150, 75)], prev_logits=out.logits)
+    assert calls[0][0][1] >= x1 - x0  # the next window starts at least as wide
+    assert iou(out.mask, bar) > iou(start, bar)
+
+
+def test_the_window_grows_on_the_sides_the_object_touches():
+    seg = GrabCutSegmenter(margin=0.5, min_roi=10)
+    touching = np.zeros((20, 40), bool)
+    touching[5:10, -1] = True  # the right side only
+    assert seg._grown((10, 50, 10, 30), touching, (100, 100)) == (10, 70, 10, 30)
+    assert seg._grown((10, 50, 10, 30), np.zeros((20, 40), bool), (100, 100)) == (10, 50, 10, 30)
+    assert seg._grown((0, 100, 0, 100), np.ones((100, 100), bool), (100, 100)) == (0, 100, 0, 100)  # the image's own sides
+
+
+def test_a_lone_negative_click_on_a_start_mask_removes_only_its_side():
+    from segagent_backend.agent.episode import run_given_clicks_stepwise
+
+    from tests.conftest import make_disk_image
+
+    image, truth = make_disk_image()  # a 30 px disk centred at (80, 60), uniform colour
+    out = run_given_clicks_stepwise(GrabCutSegmenter(), image, [Click(100, 60, False)], mask=truth)
+    assert not out.mask[60, 100]  # the click's pixel is gone
+    assert out.mask[truth].mean() > 0.6, out.mask.sum()  # the mask far from the click stays (was 466 of 2821)
+    assert out.mask[60, 60] and out.mask[60, 80]
+    assert not (out.mask & ~truth).any()

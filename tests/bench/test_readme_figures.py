@@ -42,6 +42,20 @@ def sentences(r: dict) -> dict[str, list[str]]:
             f"{fmt(published['NoC@85'])} and {fmt(published['NoC@90'])}) at {fmt(ours['s/click'])} s a click",
             f"GrabCut (about {fmt(ours['s/click'])} s a click on 2 CPU cores",
             f"NoC@85 {fmt(ours['NoC@85'])}, NoC@90 {fmt(ours['NoC@90'])} on the first "]
+    if "grabcut_speed" in r:
+        sets, ratio = r["grabcut_speed"]["sets"], r["grabcut_speed"]["after / before"]
+        line = []
+        for name in ("854x480", "native", "1920x1080"):
+            after, before = sets[f"{name} all after"], sets[f"{name} all before"]
+            line.append(f"{fmt(after['p50_ms'])} ms at the median against {fmt(before['p50_ms'])} ms "
+                        f"({fmt(ratio[name]['p50 after/before'])}x)")
+            if name != "1920x1080":
+                line[-1] += f", NoC@90 {fmt(after['noc90'])} ({fmt(after['noc90'] - before['noc90'])} more)"
+        d = sets["854x480 all after"]
+        out["grabcut_speed"] = [f"at 854x480 a click takes {line[0]}; at the images' own sizes {line[1]}; "
+                                f"at 1920x1080 {line[2]}",
+                                f"at 854x480 a click takes {fmt(d['p50_ms'])} ms at the median, "
+                                f"{fmt(ratio['854x480']['p50 after/before'])}x the earlier tool's"]
     if "click_used" in r:
         person = r["click_used"]["person1"]["new"]
         out["click_used"] = [f"IoU {fmt(person['face'])} -> {fmt(person['face_then_shirt'])}"]

@@ -257,6 +257,7 @@ def retrieve_predictions(screen: Screen, project: int) -> None:
     page.get_by_label("Select all rows").check()
     page.get_by_role("button", name=re.compile("Actions")).click()
     page.get_by_text("Retrieve Predictions").click()
+    page.get_by_text("Please confirm your action").wait_for()
     with page.expect_response(lambda r: "/api/dm/actions" in r.url and r.request.method == "POST"):
-        page.get_by_role("button", name="OK", exact=True).click()  # the confirmation dialog
+        page.locator("button:visible", has_text=re.compile(r"^\s*OK\s*$")).last.click()  # the confirmation
     page.wait_for_timeout(1000)

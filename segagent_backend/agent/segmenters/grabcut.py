@@ -35,8 +35,22 @@ start mask initialises GrabCut's labels as probable object (``GC_PR_FGD``; proba
 ``GC_PR_BGD`` elsewhere) instead of the clicks' disks alone, so the colour model knows the object
 even when every click is negative.
 
-The mask handed back is upsampled to the original size; ``logits`` carries the working-resolution
-mask as the state for the next call ((h, w) uint8: bit 0 the mask, bit 1 the start mask, if any).
+A lone negative click (no positive click: a start mask or a box refined) that GrabCut will not act on
+cuts by geometry against the mask's own core (its innermost pixel away from the click) instead of
+against positive clicks, so it removes the click's side of the object, not most of it.
+
+Cost (figures: ``bench/grabcut_speed.py``): every GrabCut runs on a region of interest (the whole
+working image for a first call, the window around mask and clicks for a later one, grown on the sides
+the object runs into) downscaled to at most ``gc_pixels`` pixels; its mask comes back to the working
+size by a guided filter on the image (:func:`upsample_edge_aware`: only a band around the boundary
+moves, onto the image's edges), and the working mask comes back to the original size the same way. The
+state carries to the next click (through the step cache) the window a call had to grow and the colour
+models of its GrabCut; starting GrabCut from those models (``reuse_models``, no k-means) cost NoC@90 on the
+GrabCut set and is off by default.
+
+The mask handed back is at the original size; ``logits`` carries the working-resolution mask as the
+state for the next call (a :class:`GrabCutState`: (h, w) uint8, bit 0 the mask, bit 1 the start mask,
+if any, with the colour models of the call's GrabCut as ``.models``; the step cache keeps it per step).
 """
 from __future__ import annotations
 
@@ -78,6 +92,63 @@ def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
     return labels == labels[y, x]
 
 
+class GrabCutState(np.ndarray):
+    """The ``logits`` a call hands on: the (h, w) uint8 working mask (bits ``MASK`` | ``PRIOR``) that also
+    carries ``models``, the colour models (background, foreground GMMs: two (1, 65) float64 arrays) of the
+    call's last window GrabCut, for the next call of the episode to start from (through the step cache,
+    which keeps each step's logits). A plain uint8 array is a state without models."""
+
+    models: Optional[tuple[np.ndarray, np.ndarray]] = None
+    roi: Optional[tuple[int, int, int, int]] = None  # a window the call had to grow: the next starts from it
+
+    def __array_finalize__(self, obj) -> None:
+        self.models = getattr(obj, "models", None)
+        self.roi = getattr(obj, "roi", None)
+
+
+def _grey(bgr_or_rgb: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 -> (h, w) float32 grey in [0, 1] (the guide of the edge-aware upsampling; the
+    channel order does not matter much for a guide, RGB2GRAY weights are used either way)."""
+    return cv2.cvtColor(bgr_or_rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) * np.float32(1 / 255)
+
+
+def upsample_edge_aware(mask: np.ndarray, size: tuple[int, int], guide, eps: float = 1e-3,
+                        radius: float = 1.0) -> np.ndarray:
+    """(h, w) bool ``mask`` -> (H, W) = ``size`` bool with its boundary moved onto the image's edges: the
+    bilinear upsampling of the mask, guided-filtered (He et al.) by the image's grey and thresholded at 0.5,
+    only in a band around the bilinear boundary (``radius`` x the upsampling factor wide, at least 2
+    pixels); elsewhere the bilinear mask as is. ``guide(y0, y1, x0, x1)``: the (y1-y0, x1-x0) float32 grey
+    in [0, 1] of that crop of the full-size image; only the band's bounding box (+ the filter's reach) is
+    asked for and filtered, so the cost follows the boundary's extent, not the image's."""
+    h, w = mask.shape
+    H, W = size
+    if (h, w) == (H, W):
+        return mask.copy()
+    soft = cv2.resize(mask.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+    out = soft >= 0.5
+    edge = (soft > 0.0) & (soft < 1.0)
+    ys, xs = np.nonzero(edge)
+    if len(ys) == 0:
+        return out
+    r = int(max(2, round(radius * max(H / h, W / w))))
+    y0, y1 = max(0, ys.min() - 2 * r), min(H, ys.max() + 2 * r + 1)
+    x0, x1 = max(0, xs.min() - 2 * r), min(W, xs.max() + 2 * r + 1)
+    I, P = guide(y0, y1, x0, x1), soft[y0:y1, x0:x1]
+    k = (2 * r + 1, 2 * r + 1)
+
+    def box(a: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(a, -1, k, borderType=cv2.BORDER_REFLECT)
+
+    mean_i, mean_p = box(I), box(P)
+    a = (box(I * P) - mean_i * mean_p) / (box(I * I) - mean_i * mean_i + np.float32(eps))
+    b = mean_p - a * mean_i
+    q = box(a) * I + box(b)
+    band = cv2.dilate(edge[y0:y1, x0:x1].astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, k)) > 0
+    sub = out[y0:y1, x0:x1]
+    sub[band] = q[band] >= 0.5
+    return out
+
+
 class GrabCutSegmenter(Segmenter):
     """OpenCV GrabCut seeded by clicks and/or a box, refined locally click by click.
 
@@ -116,6 +187,7 @@ class GrabCutSegmenter(Segmenter):
     def _use(self, embedding: object, image: np.ndarray) -> None:
         assert isinstance(embedding, _Embedding)
         self._emb = embedding
+        self._image = image  # the original (RGB): the guide of the last upsampling
 
     # --- geometry helpers --------------------------------------------------------------------
     def _to_work(self, x: float, y: float) -> tuple[int, int]:
@@ -128,12 +200,16 @@ class GrabCutSegmenter(Segmenter):
         return min(max(xw, 0), w - 1), min(max(yw, 0), h - 1)
 
     def _to_original(self, work_mask: np.ndarray) -> np.ndarray:
-        """(h, w) bool working mask -> (H, W) bool mask (bilinear upsampling, threshold 0.5)."""
+        """(h, w) bool working mask -> (H, W) bool mask: edge-aware upsampling guided by the original image
+        (:func:`upsample_edge_aware`; bilinear, threshold 0.5, where ``guided_eps`` <= 0)."""
         H, W = self.image_size
         if work_mask.shape == (H, W):
             return work_mask.copy()
-        up = cv2.resize(work_mask.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-        return up >= 0.5
+        if self.p.guided_eps <= 0:
+            return cv2.resize(work_mask.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) >= 0.5
+        image = self._image
+        return upsample_edge_aware(work_mask, (H, W), lambda y0, y1, x0, x1: _grey(image[y0:y1, x0:x1]),
+                                   self.p.guided_eps, self.p.guided_radius)
 
     def _to_work_mask(self, mask: np.ndarray) -> np.ndarray:
         """(H, W) bool mask -> (h, w) bool working mask (area-weighted, threshold 0.5)."""
@@ -152,18 +228,59 @@ class GrabCutSegmenter(Segmenter):
         work = self._to_work_mask(self._check_prior(mask))
         return work.astype(np.uint8) * np.uint8(MASK | PRIOR)
 
-    def _grabcut(self, image: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
-        """Run GrabCut from ``labels`` ((h, w) uint8 GC_* values); return the object mask (bool)."""
+    def _grabcut(self, window: tuple[int, int, int, int], labels: np.ndarray, iterations: int,
+                 models: Optional[tuple[np.ndarray, np.ndarray]] = None, pixels: Optional[int] = None,
+                 ) -> tuple[np.ndarray, Optional[tuple[np.ndarray, np.ndarray]]]:
+        """Run GrabCut on the working image's ``window`` ((x0, x1, y0, y1)) from ``labels`` ((y1-y0, x1-x0)
+        uint8 GC_* values); return the window's object mask (bool) and the colour models it ended with
+        (None when it did not run).
+
+        The cut runs at most at ``gc_pixels`` pixels: a larger window is downscaled (the image by area,
+        the labels by nearest, a sure label kept wherever it covers part of a cell), and the mask comes
+        back by :func:`upsample_edge_aware` guided by the working image. ``models`` (a previous call's,
+        ``reuse_models``): GrabCut starts from them (``GC_EVAL``) instead of a k-means initialisation.
+        ``pixels``: the bound instead of ``gc_pixels``."""
         has_fg = np.any((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
         has_bg = np.any((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD))
         if not (has_fg and has_bg):  # GrabCut needs samples of both models
-            return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+            return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD), None
+        emb = self._emb
+        assert emb is not None
+        x0, x1, y0, y1 = window
+        image = emb.image[y0:y1, x0:x1]
+        hh, ww = labels.shape
+        pixels = self.p.gc_pixels if pixels is None else pixels
+        s = 1.0 if pixels <= 0 else min(1.0, float(np.sqrt(pixels / (hh * ww))))
+        if s < 1.0:
+            size = (max(1, round(ww * s)), max(1, round(hh * s)))
+            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            cut = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+            for value in (cv2.GC_BGD, cv2.GC_FGD):  # a click's sure disk survives the downscaling
+                cut[cv2.resize((labels == value).astype(np.uint8) * np.uint8(255), size,
+                               interpolation=cv2.INTER_AREA) > 0] = value
+            if not (np.any((cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)) and np.any((cut == cv2.GC_BGD) | (cut == cv2.GC_PR_BGD))):
+                small, cut, s = image, labels.copy(), 1.0
+        else:
+            small, cut = image, labels.copy()
         cv2.setRNGSeed(self.p.seed)  # k-means in the GMM init draws from OpenCV's RNG: keep runs repeatable
-        bgd = np.zeros((1, 65), np.float64)
-        fgd = np.zeros((1, 65), np.float64)
-        labels = labels.copy()
-        cv2.grabCut(image, labels, None, bgd, fgd, max(1, iterations), cv2.GC_INIT_WITH_MASK)
-        return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+        if models is not None and self.p.reuse_models:
+            bgd, fgd = models[0].copy(), models[1].copy()
+            mode = cv2.GC_EVAL
+        else:
+            bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+            mode = cv2.GC_INIT_WITH_MASK
+        cv2.grabCut(np.ascontiguousarray(small), cut, None, bgd, fgd, max(1, iterations), mode)
+        mask = (cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)
+        if s < 1.0:
+            if self.p.guided_eps > 0:
+                mask = upsample_edge_aware(mask, (hh, ww), lambda a, b, c, d: _grey(image[a:b, c:d]),
+                                           self.p.guided_eps, self.p.guided_radius)
+            else:
+                mask = cv2.resize(mask.astype(np.float32), (ww, hh), interpolation=cv2.INTER_LINEAR) >= 0.5
+            # what the annotator said is kept at the working size, whatever the coarser cut made of it
+            mask[labels == cv2.GC_FGD] = True
+            mask[labels == cv2.GC_BGD] = False
+        return mask, (bgd, fgd)
 
     def _seed_radius(self, x: int, y: int, cap: float = np.inf, first: bool = False) -> int:
         """Radius of the probable-object disk of a positive click at working pixel (x, y), in
@@ -204,27 +321,32 @@ class GrabCutSegmenter(Segmenter):
         if not points and box is None:
             return Segmentation(np.zeros((H, W), bool), np.zeros((h, w), np.uint8), 0.0)
 
-        prev = prior = None
+        prev = prior = models = roi = None
         if prev_logits is not None and np.shape(prev_logits) == (h, w):
+            models = getattr(prev_logits, "models", None)
+            roi = getattr(prev_logits, "roi", None)
             state = np.asarray(prev_logits).astype(np.uint8)
             prev = (state & MASK) > 0
             prior = (state & PRIOR) > 0
             prior = prior if prior.any() else None
         if prev is None or not prev.any() or not self.p.local or not points:
             # a start mask seeds a from-scratch GrabCut only while something of the mask is left
-            work, raw = self._first(points, box, prior if prev is not None and prev.any() else None)
+            work, raw, models = self._first(points, box, prior if prev is not None and prev.any() else None)
+            roi = None
         else:
-            work, raw = self._refine(prev, points, prior)
+            work, raw, models, roi = self._refine(prev, points, prior, models, roi)
         inter = np.count_nonzero(work & raw)
         union = np.count_nonzero(work | raw)
         score = 1.0 if union == 0 else inter / union
         state = work.astype(np.uint8) | (prior.astype(np.uint8) * np.uint8(PRIOR) if prior is not None else 0)
-        return Segmentation(self._to_original(work), state.astype(np.uint8), float(score))
+        state = state.astype(np.uint8).view(GrabCutState)
+        state.models, state.roi = models, roi
+        return Segmentation(self._to_original(work), state, float(score))
 
     def _first(self, points: list[tuple[int, int, bool]], box: Optional[Box],
-               prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+               prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, Optional[tuple]]:
         """Segment from scratch (``prior``: a start mask, (h, w) bool, as probable object); returns
-        (kept mask, raw GrabCut mask), both (h, w) bool."""
+        (kept mask, raw GrabCut mask), both (h, w) bool, and GrabCut's colour models."""
         emb = self._emb
         assert emb is not None
         h, w = emb.image.shape[:2]
@@ -243,9 +365,9 @@ class GrabCutSegmenter(Segmenter):
         if prior is not None:
             labels[prior & (labels != cv2.GC_BGD)] = cv2.GC_PR_FGD
         self._paint_clicks(labels, points)
-        raw = self._grabcut(emb.image, labels, self.p.iterations)
+        raw, models = self._grabcut((0, w, 0, h), labels, self.p.iterations, pixels=self.p.first_gc_pixels)
         if not self.p.local or box is not None:
-            return raw, raw
+            return raw, raw, models
         # keep what the positive clicks point at (and what overlaps the start mask)
         keep = np.zeros_like(raw)
         _, comp = cv2.connectedComponents(raw.astype(np.uint8), connectivity=8)
@@ -255,7 +377,7 @@ class GrabCutSegmenter(Segmenter):
         if prior is not None:
             for label in np.unique(comp[raw & prior]):
                 keep |= comp == label
-        return keep, raw
+        return keep, raw, models
 
     def _closer_to(self, x: int, y: int, points, window: tuple[int, int, int, int]) -> np.ndarray:
         """Window pixels ((y1-y0, x1-x0) bool) at least ``fallback_ratio`` times closer to (x, y)
@@ -293,7 +415,7 @@ class GrabCutSegmenter(Segmenter):
         labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
         _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD)
         self._paint_clicks(labels, [p for p in points[:-1] if not p[2]] + [points[-1]], offset=(x0, y0))
-        return self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.p.refine_iterations)
+        return self._grabcut(window, labels, self.p.refine_iterations)[0]
 
     def _add_own_region(self, added: np.ndarray, prev: np.ndarray, sub_prev: np.ndarray,
                         points: list[tuple[int, int, bool]], window: tuple[int, int, int, int], radius: int,
@@ -325,9 +447,12 @@ class GrabCutSegmenter(Segmenter):
         return added
 
     def _refine(self, prev: np.ndarray, points: list[tuple[int, int, bool]],
-                prior: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+                prior: Optional[np.ndarray] = None, models: Optional[tuple] = None,
+                roi: Optional[tuple[int, int, int, int]] = None) -> tuple[np.ndarray, np.ndarray, Optional[tuple], Optional[tuple]]:
         """Change ``prev`` ((h, w) bool) only around the newest click (``prior``: the start mask, (h, w)
-        bool, seeds GrabCut as probable object); returns (mask, raw GrabCut)."""
+        bool, seeds GrabCut as probable object; ``models``: the previous call's colour models; ``roi``:
+        the window the previous call grew to); returns (mask, raw GrabCut, the window GrabCut's colour
+        models, the window if it was grown here or came grown, else None)."""
         emb = self._emb
         assert emb is not None
         h, w = emb.image.shape[:2]
@@ -336,23 +461,36 @@ class GrabCutSegmenter(Segmenter):
         target = ~prev if positive else prev
         dist = cv2.distanceTransform(np.pad(target.astype(np.uint8), 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
         d = float(dist[y + 1, x + 1])
-        x0, x1, y0, y1 = self._window(prev, points)
-        sub_prev = prev[y0:y1, x0:x1]
         r0 = int(round(self.p.object_radius * min(h, w)))
-        # seed like a first call: colour models from the clicks, not from a possibly wrong previous
-        # mask (seeding from the mask lets its colour model swallow the new click)
-        labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
-        if prior is not None:  # a given start mask: a better colour model of the object than clicks alone
-            labels[prior[y0:y1, x0:x1]] = cv2.GC_PR_FGD
-        first = next((i for i, p in enumerate(points) if p[2]), -1)
-        for i, (px, py, ppos) in enumerate(points[:-1]):
-            if ppos:
-                _disk(labels, px - x0, py - y0, self._seed_radius(px, py, first=i == first), cv2.GC_PR_FGD)
         # the neighbourhood the click asks to flip is probably of the click's label
         radius = self._seed_radius(x, y, self.p.flip_factor * d) if positive else int(min(self.p.flip_factor * d, r0))
-        _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD if positive else cv2.GC_PR_BGD)
-        self._paint_clicks(labels, points, offset=(x0, y0))
-        raw_sub = self._grabcut(np.ascontiguousarray(emb.image[y0:y1, x0:x1]), labels, self.p.refine_iterations)
+        first = next((i for i, p in enumerate(points) if p[2]), -1)
+
+        def propose(window: tuple[int, int, int, int]) -> tuple[np.ndarray, Optional[tuple]]:
+            x0, x1, y0, y1 = window
+            # seed like a first call: colour models from the clicks, not from a possibly wrong previous
+            # mask (seeding from the mask lets its colour model swallow the new click)
+            labels = np.full((y1 - y0, x1 - x0), cv2.GC_PR_BGD, np.uint8)
+            if prior is not None:  # a given start mask: a better colour model of the object than clicks alone
+                labels[prior[y0:y1, x0:x1]] = cv2.GC_PR_FGD
+            for i, (px, py, ppos) in enumerate(points[:-1]):
+                if ppos:
+                    _disk(labels, px - x0, py - y0, self._seed_radius(px, py, first=i == first), cv2.GC_PR_FGD)
+            _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD if positive else cv2.GC_PR_BGD)
+            self._paint_clicks(labels, points, offset=(x0, y0))
+            return self._grabcut(window, labels, self.p.refine_iterations, models)
+
+        window = self._window(prev, points)
+        if roi is not None and self.p.grow_roi:  # the previous click had to grow its window: start there
+            window = (min(window[0], roi[0]), max(window[1], roi[1]), min(window[2], roi[2]), max(window[3], roi[3]))
+        raw_sub, models = propose(window)
+        if self.p.grow_roi:
+            grown = self._grown(window, raw_sub, (h, w))
+            if grown != window:  # the object runs out of the window: look again in a larger one
+                window = roi = grown
+                raw_sub, models = propose(window)
+        x0, x1, y0, y1 = window
+        sub_prev = prev[y0:y1, x0:x1]
         raw = prev.copy()
         raw[y0:y1, x0:x1] = raw_sub
 
@@ -374,12 +512,44 @@ class GrabCutSegmenter(Segmenter):
             if self.p.geometric_fallback and np.count_nonzero(removed) < 2 * np.pi * self.p.sure_radius**2:
                 # GrabCut kept the region (same colours as the object: a look-alike neighbour):
                 # cut by geometry instead: the part of the mask near the click that is clearly
-                # closer to it than to any positive click
-                removed = _component_at(sub_prev & near & self._closer_to(x, y, points, (x0, x1, y0, y1)), cx, cy)
+                # closer to it than to any positive click (without one: than to the mask's own core)
+                anchors = points if any(p[2] for p in points) else points + self._core(prev, x, y, d)
+                removed = _component_at(sub_prev & near & self._closer_to(x, y, anchors, (x0, x1, y0, y1)), cx, cy)
             out[y0:y1, x0:x1] &= ~removed
         # the clicks are facts: their sure disks hold whatever GrabCut said
         disks = np.full((h, w), 255, np.uint8)
         self._paint_clicks(disks, points)
         out |= disks == cv2.GC_FGD
         out &= disks != cv2.GC_BGD
-        return out, raw
+        return out, raw, models, roi
+
+    def _core(self, prev: np.ndarray, x: int, y: int, d: float) -> list[tuple[int, int, bool]]:
+        """Where the mask is evidence of the object when no positive click says where it is (a start mask
+        or a box refined by negative clicks alone): the mask's innermost pixel outside the disk of
+        radius ``fallback_ratio`` x ``d`` around the click (x, y), as a positive pseudo-click; none when
+        the mask has nothing outside that disk."""
+        rest = prev.astype(np.uint8)
+        _disk(rest, x, y, int(np.ceil(self.p.fallback_ratio * d)), 0)
+        if not rest.any():
+            return []
+        inner = cv2.distanceTransform(np.pad(rest, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        cy, cx = np.unravel_index(int(np.argmax(inner)), inner.shape)
+        return [(int(cx), int(cy), True)]
+
+    def _grown(self, window: tuple[int, int, int, int], raw_sub: np.ndarray,
+               shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``window`` with every side the proposal ``raw_sub`` touches (and the image does not end at) moved
+        out by ``margin`` x the window's size (at least ``min_roi``); the same window when none is touched."""
+        x0, x1, y0, y1 = window
+        h, w = shape
+        gx = int(max(self.p.min_roi, self.p.margin * (x1 - x0)))
+        gy = int(max(self.p.min_roi, self.p.margin * (y1 - y0)))
+        if x0 > 0 and raw_sub[:, 0].any():
+            x0 = max(0, x0 - gx)
+        if x1 < w and raw_sub[:, -1].any():
+            x1 = min(w, x1 + gx)
+        if y0 > 0 and raw_sub[0, :].any():
+            y0 = max(0, y0 - gy)
+        if y1 < h and raw_sub[-1, :].any():
+            y1 = min(h, y1 + gy)
+        return x0, x1, y0, y1

@@ -33,6 +33,23 @@ class GrabCutParams:
             (above): on when the proposal added less than ``own_ratio`` x the area of the click's
             probable-object disk; the part added is at most ``own_max`` x the previous mask's area.
         seed: OpenCV RNG seed set before every GrabCut call (its GMM init uses k-means).
+        gc_pixels: the graph cut's own resolution, bounded in pixels: each GrabCut runs on its region
+            of interest (the whole working image for a first call, the window around mask and clicks
+            for a later one) downscaled to at most this many pixels; its mask comes back to the
+            region's size by an edge-aware (guided-filter) upsampling. 0 = no bound (the region at
+            working size).
+        first_gc_pixels: the same bound for a first call (no mask yet: the whole working image), which
+            sets the object's extent for every later click; 0 = no bound.
+        guided_eps, guided_radius: the guided filter of every upsampling (working -> original, graph
+            cut -> working): regularisation on the [0, 1] grey guide, and radius in multiples of the
+            upsampling factor (at least 2 pixels); only a band of that radius around the bilinear
+            boundary can change.
+        reuse_models: a later call's window GrabCut starts from the colour models (GMMs) the previous
+            call left in its state (``GC_EVAL``) instead of a k-means initialisation.
+        grow_roi: when a later call's window proposal touches a side of the window that is not the
+            image's, that side moves out by ``margin`` x the window's size (at least ``min_roi``) and
+            GrabCut runs once more on the larger window; the next call of the episode starts from at
+            least that grown window (kept in the state: the step cache carries it).
     """
 
     max_side: int = 512
@@ -58,6 +75,12 @@ class GrabCutParams:
     own_region: bool = True
     own_ratio: float = 0.5
     own_max: float = 1.0
+    gc_pixels: int = 40_000
+    first_gc_pixels: int = 150_000
+    guided_eps: float = 1e-3
+    guided_radius: float = 1.0
+    reuse_models: bool = False
+    grow_roi: bool = True
 
     def __post_init__(self):
         if self.max_side < 16:
