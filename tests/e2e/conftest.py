@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
 from servers import REPO, serve_backend, start_label_studio, stop
@@ -51,3 +52,16 @@ def label_studio(label_studio_bin, files_root, tmp_path_factory):
     server, proc = start_label_studio(label_studio_bin, files_root, tmp_path_factory.mktemp("ls-data"))
     yield server
     stop(proc)
+
+
+@pytest.fixture(scope="module")
+def pat(label_studio):
+    """A PAT of the e2e user, made with its legacy token; revoked afterwards so another can be made."""
+    url, token = label_studio
+    legacy = {"Authorization": f"Token {token}"}
+    made = requests.post(f"{url}/api/token/", headers=legacy, timeout=30)
+    assert made.status_code == 201, made.text[:500]
+    pat = made.json()["token"]
+    yield pat
+    revoked = requests.post(f"{url}/api/token/blacklist/", json={"refresh": pat}, headers=legacy, timeout=30)
+    assert revoked.status_code == 204, revoked.text[:500]

@@ -1,7 +1,7 @@
 """The annotator's screen: Label Studio 1.23's own labeling screen in a real browser, as the README says to use it.
 
 Debian's chromium, driven by Playwright (``executable_path``: browsers cannot be downloaded here), against the
-suite's hermetic Label Studio and the GrabCut backend. The project uses the README's label config, its tasks
+suite's hermetic Label Studio and the GrabCut backend, whose key is a personal access token. The project uses the README's label config, its tasks
 are JSON with the image URL and ``expression``; on the labeling screen Auto-Annotation goes on and the smart
 tools come from the Auto-Detect flyout. Masks are checked from what Label Studio stored, against the image's
 ground truth. Every request that leaves 127.0.0.1 is aborted. Screenshots go to the test's temporary folder,
@@ -49,6 +49,14 @@ def browser():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def backend_server(label_studio, pat, tmp_path_factory):
+    """The GrabCut backend with a personal access token as its key (what Label Studio 1.23 issues by default)."""
+    url, proc = serve_backend((label_studio[0], pat), tmp_path_factory.mktemp("models"))
+    yield url, proc
+    stop(proc)
 
 
 @pytest.fixture(scope="module")

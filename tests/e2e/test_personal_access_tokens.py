@@ -25,19 +25,6 @@ IMAGE = {"image": "/data/local-files/?d=images/disk.png", "expression": "the red
 
 
 @pytest.fixture(scope="module")
-def pat(label_studio):
-    """A PAT of the e2e user, made with its legacy token; revoked afterwards so another can be made."""
-    url, token = label_studio
-    legacy = {"Authorization": f"Token {token}"}
-    made = requests.post(f"{url}/api/token/", headers=legacy, timeout=30)
-    assert made.status_code == 201, made.text[:500]
-    pat = made.json()["token"]
-    yield pat
-    revoked = requests.post(f"{url}/api/token/blacklist/", json={"refresh": pat}, headers=legacy, timeout=30)
-    assert revoked.status_code == 204, revoked.text[:500]
-
-
-@pytest.fixture(scope="module")
 def pat_backend(label_studio, pat, tmp_path_factory):
     """The backend with the default tools and the PAT as LABEL_STUDIO_API_KEY."""
     url, proc = serve_backend((label_studio[0], pat), tmp_path_factory.mktemp("models"))
