@@ -103,3 +103,22 @@ def serve_backend(label_studio, model_dir: Path, **settings):
     return backend_url, proc
 
 
+
+
+def assert_click_covers_the_disk(label_studio, ml_id: int, task_id: int, truth) -> None:
+    """A positive smart click at the image's centre, relayed by Label Studio's interactive API as its screen
+    sends it: the answer is one brush region covering the disk (``truth``: (H, W) bool) at IoU > 0.85."""
+    from label_studio_sdk.converter.brush import decode_rle
+
+    url, token = label_studio
+    click = {"original_width": 160, "original_height": 120, "image_rotation": 0, "id": "c1",
+             "from_name": "click", "to_name": "image", "type": "keypointlabels", "origin": "manual",
+             "is_positive": True, "value": {"x": 50.0, "y": 50.0, "width": 0.3, "keypointlabels": ["Disk"]}}
+    reply = requests.post(f"{url}/api/ml/{ml_id}/interactive-annotating", timeout=60,
+                          headers={"Authorization": f"Token {token}"},
+                          json={"task": task_id, "context": {"result": [click]}})
+    assert reply.status_code == 200 and "errors" not in reply.json(), reply.text[:2000]
+    (region,) = reply.json()["data"]["result"]
+    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Disk"]
+    mask = decode_rle(region["value"]["rle"]).reshape(120, 160, 4)[:, :, 3] > 127
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.85

@@ -21,7 +21,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-from servers import CONFIG, REPO, serve_backend, stop
+from servers import CONFIG, REPO, assert_click_covers_the_disk, serve_backend, stop
 
 
 
@@ -60,19 +60,7 @@ def test_label_studio_connects_to_the_backend(project):
 
 def test_interactive_click_through_label_studio(project, label_studio, disk_image):
     _, _, task, ml = project
-    url, token = label_studio
-    click = {"original_width": 160, "original_height": 120, "image_rotation": 0, "id": "c1",
-             "from_name": "click", "to_name": "image", "type": "keypointlabels", "origin": "manual",
-             "is_positive": True, "value": {"x": 50.0, "y": 50.0, "width": 0.3, "keypointlabels": ["Disk"]}}
-    reply = requests.post(f"{url}/api/ml/{ml.id}/interactive-annotating", timeout=60,
-                          headers={"Authorization": f"Token {token}"},
-                          json={"task": task.id, "context": {"result": [click]}})
-    assert reply.status_code == 200 and "errors" not in reply.json(), reply.text[:2000]
-    (region,) = reply.json()["data"]["result"]
-    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Disk"]
-    mask = decode_rle(region["value"]["rle"]).reshape(120, 160, 4)[:, :, 3] > 127
-    truth = disk_image[1]
-    assert (mask & truth).sum() / (mask | truth).sum() > 0.85
+    assert_click_covers_the_disk(label_studio, ml.id, task.id, disk_image[1])
 
 
 def test_automatic_predictions_store_nothing_without_a_policy(project, backend):

@@ -15,11 +15,10 @@ import uuid
 
 import pytest
 import requests
-from label_studio_sdk.converter.brush import decode_rle
 
 from segagent_backend.labelstudio.client import label_studio as sdk_client
 from segagent_backend.settings import Settings
-from servers import CONFIG, REPO, serve_backend, stop
+from servers import CONFIG, REPO, assert_click_covers_the_disk, serve_backend, stop
 
 IMAGE = {"image": "/data/local-files/?d=images/disk.png", "expression": "the red disk"}
 
@@ -60,23 +59,11 @@ def test_interactive_click_downloads_the_image_with_a_pat(label_studio, pat, pat
                                                           tmp_path):
     """Label Studio relays a smart click; the backend downloads the local-files image from Label Studio with
     an access token of its PAT (``Bearer <PAT>`` got 401, and the click a 502) and answers a mask."""
-    url, token = label_studio
     ls = pat_sdk(label_studio, pat, tmp_path)  # project, storage, task and connection: SDK calls with the PAT
     project, (task,) = make_project(ls, files_root, "segagent e2e pat")
     ml = ls.ml.create(url=pat_backend, project=project.id, is_interactive=True, title="segagent")
     assert ls.ml.get(id=ml.id).state == "CO"
-    click = {"original_width": 160, "original_height": 120, "image_rotation": 0, "id": "c1",
-             "from_name": "click", "to_name": "image", "type": "keypointlabels", "origin": "manual",
-             "is_positive": True, "value": {"x": 50.0, "y": 50.0, "width": 0.3, "keypointlabels": ["Disk"]}}
-    reply = requests.post(f"{url}/api/ml/{ml.id}/interactive-annotating", timeout=60,
-                          headers={"Authorization": f"Token {token}"},
-                          json={"task": task, "context": {"result": [click]}})
-    assert reply.status_code == 200 and "errors" not in reply.json(), reply.text[:2000]
-    (region,) = reply.json()["data"]["result"]
-    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Disk"]
-    mask = decode_rle(region["value"]["rle"]).reshape(120, 160, 4)[:, :, 3] > 127
-    truth = disk_image[1]
-    assert (mask & truth).sum() / (mask | truth).sum() > 0.85
+    assert_click_covers_the_disk(label_studio, ml.id, task, disk_image[1])
 
 
 def test_preannotate_with_a_pat(label_studio, pat, files_root, redis_url, tmp_path, tiny_qwen2_vl):
