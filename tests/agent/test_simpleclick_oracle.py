@@ -7,7 +7,9 @@ process with the oracle environment (scripts/oracle-env-simpleclick). It builds 
 the release's training does (config with the head's ``CrossEntropyLoss`` object), and records the probability
 map, the mask and the zoom-in region after every click of one sequence, plus one direct network call. Here the
 same files load through the production loader (the restricted unpickler) and the native tool replays the
-clicks: every figure must agree to the bit (same torch, same CPU, same operations in the same order).
+clicks: every figure must agree to float rounding (ATOL: on this machine's CPU torch they agree to the bit; a
+CUDA build of torch running on the CPU differed by 1.2e-7), every mask pixel that rounding cannot move across
+the threshold exactly, every zoom-in region exactly.
 
 Model ``a``: ViT depth 8, patch 16, trained at 224 (its position embedding is interpolated to 448), disks,
 previous mask, head x1; its classifier bias is set so that masks are small and the zoom-in crops (and moves:
@@ -59,6 +61,8 @@ MODELS = [
          head=dict(HEAD, in_channels=[8, 16, 32, 64], upsample="x4", channels=16)),
 ]
 #: (row, col, positive): the 3rd click lands inside the zoomed region, the 5th outside it (a new region)
+ATOL = 1e-5
+THRESHOLD = 0.49  # the release's prob_thresh
 CLICKS = [[200, 300, 1], [60, 60, 0], [210, 350, 1], [330, 500, 0], [30, 540, 1]]
 
 
@@ -95,7 +99,7 @@ def test_the_network_matches_on_one_call(oracle, name):
                                    448, 448, model.cfg.norm_radius, model.cfg.use_disks) for row in pts])
     with torch.inference_mode():
         logits = model(x[:, :3], maps, x[:, 3:] if model.with_prev_mask else None).numpy()
-    np.testing.assert_array_equal(logits, ref["net_logits"])
+    np.testing.assert_allclose(logits, ref["net_logits"], rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", ["a", "b"])
@@ -111,8 +115,10 @@ def test_probabilities_masks_and_zoom_regions_match_over_the_clicks(oracle, name
         state = out.logits
         got = ClickState.unpack(state, *image.shape[:2])
         assert got.roi == tuple(ref["rois"][step]), f"click {step + 1}: zoom-in region"
-        np.testing.assert_array_equal(got.probs.numpy(), ref["probs"][step], err_msg=f"click {step + 1}: probabilities")
-        np.testing.assert_array_equal(out.mask, ref["masks"][step], err_msg=f"click {step + 1}: mask")
+        probs = got.probs.numpy()
+        np.testing.assert_allclose(probs, ref["probs"][step], rtol=0, atol=ATOL, err_msg=f"click {step + 1}: probabilities")
+        decided = np.abs(ref["probs"][step] - THRESHOLD) > ATOL  # pixels float noise cannot move across 0.49
+        np.testing.assert_array_equal(out.mask[decided], ref["masks"][step][decided], err_msg=f"click {step + 1}: mask")
     if name == "a":  # the sequence exercised the zoom-in: a crop, kept, then replaced
         rois = [tuple(r) for r in ref["rois"]]
         whole = (0, image.shape[0] - 1, 0, image.shape[1] - 1)
