@@ -34,7 +34,6 @@ import json
 import os
 import sys
 import time
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -47,7 +46,7 @@ from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
 from segagent_backend.agent.types import Click
 from trainer.datasets import grabcut_names, load_grabcut
 
-from .common import grabcut_root, record
+from .common import grabcut_root, map_jobs, record
 
 
 #: person1.jpg (600 x 450): the face (between nose and mouth, skin) and the shirt (the red front,
@@ -219,11 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         jobs += [("person1", c, args.old, str(root), "person1", args.max_clicks) for c in configs]
 
     start = time.perf_counter()
-    if args.workers <= 1:
-        results = [_work(j) for j in jobs]
-    else:
-        with get_context("spawn").Pool(args.workers) as pool:
-            results = pool.map(_work, jobs, chunksize=1)
+    results = map_jobs(_work, jobs, args.workers)
     wall = time.perf_counter() - start
 
     summaries = {}

@@ -87,6 +87,17 @@ class Timed:
 
 # ----- figures for bench/REPORT.md (``python -m bench.report``) ---------------------------------------
 
+def map_jobs(work, jobs: list, workers: int) -> list:
+    """``[work(j) for j in jobs]``, in order; over ``workers`` spawned processes when more than one (spawn:
+    no forked torch/OpenCV state; ``work`` must be a module-level function)."""
+    if workers <= 1:
+        return [work(j) for j in jobs]
+    from multiprocessing import get_context
+
+    with get_context("spawn").Pool(workers) as pool:
+        return pool.map(work, jobs, chunksize=1)
+
+
 def results_dir() -> Path:
     """Where ``record`` writes: $SEGAGENT_BENCH_RESULTS, else bench/results."""
     import os

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,7 +22,7 @@ from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
 from trainer.datasets import grabcut_names, load_grabcut
 from trainer.evaluation import NocRun, run_noc, summarize
 
-from .common import grabcut_root, record
+from .common import grabcut_root, map_jobs, record
 
 
 PUBLISHED_GRAPH_CUT = {"noc85": 7.98, "noc90": 10.00}
@@ -57,11 +56,7 @@ def run_bench(root: Path, names: Sequence[str], configs: Sequence[str], workers:
               max_clicks: int, stop_iou: Optional[float]) -> dict[str, list[NocRun]]:
     """All (config, image) runs; returns the runs per configuration in ``names`` order."""
     jobs = [(c, str(root), n, max_clicks, stop_iou) for n in names for c in configs]
-    if workers <= 1:
-        results = [_work(j) for j in jobs]
-    else:
-        with get_context("spawn").Pool(workers) as pool:
-            results = pool.map(_work, jobs, chunksize=1)
+    results = map_jobs(_work, jobs, workers)
     runs: dict[str, list[NocRun]] = {c: [] for c in configs}
     for r in results:
         runs[r["config"]].append(NocRun(r["name"], r["ious"], [], r["seconds"], r["calls"]))

@@ -27,13 +27,12 @@ import os
 import sys
 import tempfile
 import time
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .common import grabcut_root, record
+from .common import grabcut_root, map_jobs, record
 
 TRACKS = 0.5  # a score whose Spearman with IoU is below this is not sent to Label Studio
 
@@ -175,11 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             checkpoint = str(make_tiny_sam_checkpoint(Path(tmp) / "tiny_sam.pth"))
         jobs = [(t, str(root), n, args.max_clicks, checkpoint) for n in names for t in tools]
-        if args.workers <= 1:
-            results = [_work(j) for j in jobs]
-        else:
-            with get_context("spawn").Pool(args.workers) as pool:
-                results = pool.map(_work, jobs, chunksize=1)
+        results = map_jobs(_work, jobs, args.workers)
     wall = time.perf_counter() - started
 
     summaries = {t: summarize([r for r in results if r["tool"] == t], args.max_clicks) for t in tools}

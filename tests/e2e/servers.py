@@ -104,6 +104,16 @@ def serve_backend(label_studio, model_dir: Path, **settings):
 
 
 
+DISK_TASK = {"image": "/data/local-files/?d=images/disk.png", "expression": "the red disk"}
+
+
+def disk_project(ls, files_root: Path, title: str, tasks: int = 1):
+    """A project with CONFIG, local-files storage on ``files_root/images`` and ``tasks`` tasks of the disk
+    image (made with the SDK client ``ls``): (project, task ids)."""
+    project = ls.projects.create(title=title, label_config=CONFIG)
+    ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
+    return project, [ls.tasks.create(project=project.id, data=DISK_TASK).id for _ in range(tasks)]
+
 
 def assert_click_covers_the_disk(label_studio, ml_id: int, task_id: int, truth) -> None:
     """A positive smart click at the image's centre, relayed by Label Studio's interactive API as its screen

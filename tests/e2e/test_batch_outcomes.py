@@ -18,14 +18,7 @@ import redis
 from label_studio_sdk import LabelStudio
 from rq import Queue
 
-from servers import REPO
-
-CONFIG = (
-    '<View><Image name="image" value="$image"/><Text name="expression" value="$expression"/>'
-    '<BrushLabels name="mask" toName="image"><Label value="Disk"/></BrushLabels>'
-    '<KeyPointLabels name="click" toName="image" smart="true"><Label value="Disk" smart="true"/></KeyPointLabels>'
-    '</View>'
-)
+from servers import REPO, disk_project
 
 
 @pytest.fixture
@@ -33,10 +26,7 @@ def queue_project(label_studio, files_root, redis_url, tmp_path):
     """(Label Studio client, project, task ids, the commands' environment: no policy, no text model)."""
     url, token = label_studio
     ls = LabelStudio(base_url=url, api_key=token)
-    project = ls.projects.create(title="segagent batch outcomes", label_config=CONFIG)
-    ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
-    ids = [ls.tasks.create(project=project.id, data={"image": "/data/local-files/?d=images/disk.png",
-                                                     "expression": "the red disk"}).id for _ in range(3)]
+    project, ids = disk_project(ls, files_root, "segagent batch outcomes", tasks=3)
     prefix = f"e2eout{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGAGENT_")}
     env |= {"REDIS_URL": redis_url, "SEGAGENT_QUEUE_PREFIX": prefix, "LABEL_STUDIO_URL": url,

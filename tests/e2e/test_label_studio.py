@@ -21,7 +21,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-from servers import CONFIG, REPO, assert_click_covers_the_disk, serve_backend, stop
+from servers import CONFIG, REPO, DISK_TASK, assert_click_covers_the_disk, disk_project, serve_backend, stop
 
 
 
@@ -40,8 +40,7 @@ def make_project(label_studio, backend_url: str, files_root: Path, title: str):
     ls = LabelStudio(base_url=url, api_key=token)
     project = ls.projects.create(title=title, label_config=CONFIG)
     ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
-    task = ls.tasks.create(project=project.id, data={"image": "/data/local-files/?d=images/disk.png",
-                                                   "expression": "the red disk"})
+    task = ls.tasks.create(project=project.id, data=DISK_TASK)
     ml = ls.ml.create(url=backend_url, project=project.id, is_interactive=True, title="segagent")
     return ls, project, task, ml
 
@@ -127,10 +126,7 @@ def test_preannotate_a_project_through_queue_workers(label_studio, files_root, r
 
     url, token = label_studio
     ls = LabelStudio(base_url=url, api_key=token)
-    project = ls.projects.create(title="segagent preannotate", label_config=CONFIG)
-    ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
-    ids = [ls.tasks.create(project=project.id, data={"image": "/data/local-files/?d=images/disk.png",
-                                                     "expression": "the red disk"}).id for _ in range(3)]
+    project, ids = disk_project(ls, files_root, "segagent preannotate", tasks=3)
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "REDIS_URL": redis_url, "SEGAGENT_QUEUE_PREFIX": prefix, "LABEL_STUDIO_URL": url,
            "LABEL_STUDIO_API_KEY": token, "SEGAGENT_BATCH_CHUNK": "2", "SEGAGENT_MAX_STEPS": "2",

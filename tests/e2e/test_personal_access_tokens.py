@@ -18,9 +18,8 @@ import requests
 
 from segagent_backend.labelstudio.client import label_studio as sdk_client
 from segagent_backend.settings import Settings
-from servers import CONFIG, REPO, assert_click_covers_the_disk, serve_backend, stop
+from servers import REPO, assert_click_covers_the_disk, disk_project, serve_backend, stop
 
-IMAGE = {"image": "/data/local-files/?d=images/disk.png", "expression": "the red disk"}
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +34,6 @@ def pat_sdk(label_studio, pat, tmp_path):
     """The backend's own SDK client, with the PAT as its key."""
     return sdk_client(Settings.from_env({"LABEL_STUDIO_URL": label_studio[0], "LABEL_STUDIO_API_KEY": pat,
                                          "MODEL_DIR": str(tmp_path / "models")}))
-
-
-def make_project(ls, files_root, title: str, tasks: int = 1):
-    """A project with local-files storage and ``tasks`` tasks of the disk image: (project, task ids)."""
-    project = ls.projects.create(title=title, label_config=CONFIG)
-    ls.import_storage.local.create(project=project.id, path=str(files_root / "images"), use_blob_urls=True)
-    return project, [ls.tasks.create(project=project.id, data=IMAGE).id for _ in range(tasks)]
 
 
 def test_label_studio_takes_a_pat_only_after_its_exchange(label_studio, pat):
@@ -60,7 +52,7 @@ def test_interactive_click_downloads_the_image_with_a_pat(label_studio, pat, pat
     """Label Studio relays a smart click; the backend downloads the local-files image from Label Studio with
     an access token of its PAT (``Bearer <PAT>`` got 401, and the click a 502) and answers a mask."""
     ls = pat_sdk(label_studio, pat, tmp_path)  # project, storage, task and connection: SDK calls with the PAT
-    project, (task,) = make_project(ls, files_root, "segagent e2e pat")
+    project, (task,) = disk_project(ls, files_root, "segagent e2e pat")
     ml = ls.ml.create(url=pat_backend, project=project.id, is_interactive=True, title="segagent")
     assert ls.ml.get(id=ml.id).state == "CO"
     assert_click_covers_the_disk(label_studio, ml.id, task, disk_image[1])
@@ -72,7 +64,7 @@ def test_preannotate_with_a_pat(label_studio, pat, files_root, redis_url, tmp_pa
     import redis
 
     ls = pat_sdk(label_studio, pat, tmp_path)
-    project, ids = make_project(ls, files_root, "segagent e2e pat preannotate", tasks=2)
+    project, ids = disk_project(ls, files_root, "segagent e2e pat preannotate", tasks=2)
     prefix = f"e2epat{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "REDIS_URL": redis_url, "SEGAGENT_QUEUE_PREFIX": prefix, "LABEL_STUDIO_URL": label_studio[0],
            "LABEL_STUDIO_API_KEY": pat, "SEGAGENT_MAX_STEPS": "2", "SEGAGENT_POLICY": str(tiny_qwen2_vl),
