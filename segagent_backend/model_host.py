@@ -248,11 +248,6 @@ class ModelHost:
         with self._model_lock:
             return estimate_masks(self._policy, masks, batch_size, self.settings.release_protocol)
 
-    @property
-    def model_queue(self) -> int:
-        """Callers waiting for the model lock now (a figure for /health or /metrics; takes no lock)."""
-        return self._model_lock.waiting
-
     # ----- internals -------------------------------------------------------------------------------
     def _load_quietly(self) -> None:
         try:

@@ -143,16 +143,16 @@ def label_studio_failure(exc: Exception, settings: Settings, project: int) -> Ex
 
 
 class PolicyJudge:
-    """The policy as a service process loads it (the promoted version, else SEGAGENT_POLICY), loaded on
-    the first masks to judge (a run that has nothing new to judge loads nothing); no interactive tool.
-    Called with masks -> their estimates, ONE batched policy call per ``batch`` masks."""
+    """The policy of the model host a service process builds (``assembly.model_host``: the promoted
+    version, else SEGAGENT_POLICY), loaded on the first masks to judge (a run that has nothing new to judge
+    loads nothing). Called with masks -> their estimates, ONE batched policy call per ``batch`` masks."""
 
     def __init__(self, settings: Settings, batch: int):
-        from ..model_host import ModelHost
+        from ..assembly import model_host
         from .models import check_model_source
 
-        self.host = ModelHost(settings, build_segmenter=lambda s, cache: None)  # the audit runs no tool
-        self.settings, self.batch, self.release = settings, batch, settings.release_protocol
+        self.host = model_host(settings)
+        self.settings, self.batch = settings, batch
         if self.host.policy_source is None:
             raise UsageError("an audit asks a SegAgent policy: set SEGAGENT_POLICY (a model folder or hub id)")
         if self.host.policy_source == settings.policy:
@@ -163,7 +163,6 @@ class PolicyJudge:
         return self.host.model_version
 
     def __call__(self, requests: list) -> list[Optional[float]]:
-        from ..agent.audit import estimate_masks
         from ..errors import ModelUnavailable
         from .models import load_failure, quiet_load_errors
 
@@ -175,7 +174,7 @@ class PolicyJudge:
                 what = (f"SEGAGENT_POLICY={source!r}" if source == self.settings.policy
                         else f"model version {source!r}")
                 raise load_failure(what, str(exc)) from None
-        return estimate_masks(self.host.serving_policy, requests, self.batch, self.release)
+        return self.host.estimate_masks(requests, self.batch)
 
 
 def audit_version_of(model_version: str) -> str:

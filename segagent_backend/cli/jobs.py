@@ -48,6 +48,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """A resident model worker: load the models once, then run jobs from the queues until stopped."""
     import logging
 
+    from ..assembly import worker_context
     from ..queue.worker import run_worker
 
     settings = Settings.from_env()
@@ -57,7 +58,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings = settings.replace(device=args.device)
     check_redis(settings)  # before the models load: a Redis that does not answer is one line, exit status 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_worker(settings, args.queues, args.name, args.burst)
+    return run_worker(worker_context(settings), args.queues, args.name, args.burst)
 
 
 def check_redis(settings: Settings) -> None:
@@ -114,7 +115,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_preannotate(args: argparse.Namespace) -> int:
     """Queue a project's tasks lacking a prediction of the current model version; workers post them."""
-    from ..queue.preannotate import enqueue
+    from ..queue.planner import enqueue
 
     settings = Settings.from_env()
     if not settings.redis_url:
@@ -127,7 +128,7 @@ def report_plan(settings: Settings, plan, wait: bool) -> int:
     """Print a queued plan's summary as one JSON line (after following its jobs when ``wait``): tasks
     written, skipped and failed, with the first reasons. CommandFailed (one line on standard error naming
     the first reasons, exit status 1) when a task failed."""
-    from ..queue.preannotate import follow
+    from ..queue.planner import follow
 
     summary = {k: v for k, v in plan.to_json().items() if k not in ("jobs", "job_tasks")} | {"jobs": len(plan.jobs)}
     if wait and plan.jobs:

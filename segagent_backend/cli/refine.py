@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 def cmd_refine(args: argparse.Namespace) -> int:
     """Queue the project's tasks lacking a refined prediction of the current model version; workers post them."""
-    from ..queue.preannotate import enqueue
+    from ..queue.planner import enqueue
 
     settings = Settings.from_env()
     if not settings.redis_url:

@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 from ..errors import QueueUnavailable
 from ..learning import StartTraining, new_run_id, run_training
 from ..settings import Settings
-from . import jobs
+from .context import WorkerContext, require
 from .names import TRAIN, QueueNames
 from .submit import open_queue, submit
 
@@ -40,11 +40,11 @@ _CLAIM_TRIES = 3
 CLAIM_TTL = 30
 
 
-def train(data: dict) -> dict:
+def train(data: dict, context: Optional[WorkerContext] = None) -> dict:
     """The worker's side: one round with this worker's settings; the report is the job's result."""
-    resident = jobs.resident()
-    report = run_training(resident.settings, data.get("project"), data.get("source", "corrections"), data["run"])
-    resident.host.maybe_reload()  # a promoted version serves this worker's next job
+    context = require(context, "train")
+    report = run_training(context.settings, data.get("project"), data.get("source", "corrections"), data["run"])
+    context.host.maybe_reload()  # a promoted version serves this worker's next job
     return asdict(report)
 
 
@@ -62,7 +62,7 @@ def queued_starter(settings: Settings, queue: Optional[Callable[[], Queue]] = No
                     f"a training round of project {project} is already queued or running (job {holder}); "
                     "corrections recorded meanwhile join a later one")}
             try:
-                job = submit(q, "segagent_backend.queue.training.train",
+                job = submit(q, train,
                              {"project": project, "source": source, "run": run}, settings,
                              job_timeout=settings.train_timeout, result_ttl=RESULT_TTL,
                              description=f"train project {project} ({source})", job_id=job_id)

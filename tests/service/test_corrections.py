@@ -171,7 +171,7 @@ def test_only_one_of_two_racing_processes_claims_the_round(tmp_path, mask):
 
 
 def test_rle_header_is_checked_before_decoding():
-    from segagent_backend.labelstudio.annotations import AnnotationError, check_rle, decode_brush
+    from segagent_backend.labelstudio.brush import AnnotationError, check_rle, decode_brush
 
     with pytest.raises(AnnotationError, match="header claims 4294967295"):
         decode_brush([255, 255, 255, 255] + [0] * 20, 640, 480)
