@@ -17,7 +17,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .learning import StartTraining
 
-# (project id, new task ids) -> {"queue", "job"} of the planning job (queue/preannotate.planning_starter)
+# (project id, new task ids) -> {"queue", "job"} of the planning job (queue/planner.planning_starter)
 QueuePreannotation = Callable[[int, list[int]], dict]
 
 MAX_ACTION_CHARS = 64  # an unknown action is echoed back: never a long one
