@@ -1,9 +1,13 @@
-"""What the torch-based tools share when loading: the device choice and one error type."""
+"""What the tools and policies share when loading: the ONE check of a model name on this machine, the
+device choice and one error type. torch is imported only to choose a device, so the service and the CLI
+check names before anything heavy loads."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class ModelLoadError(RuntimeError):
@@ -17,24 +21,39 @@ def is_local_path(name: str) -> bool:
             or Path(name).expanduser().exists())
 
 
+def weights_problem(name: Optional[str], file: bool = False) -> Optional[str]:
+    """Why the weights ``name`` cannot be used, None when they can: a ``.pth`` file when ``file``, else a
+    ``save_pretrained`` folder (a hub id is left to the loader or the hub). Every caller asks here: the
+    service at start, the CLI before loading, the loaders themselves."""
+    if not name:
+        return "not set"
+    path = Path(str(name)).expanduser()
+    if file:
+        return None if path.is_file() else "no such file"
+    if not is_local_path(str(name)):
+        return None
+    if not path.is_dir():
+        return "it is a file, not a folder" if path.exists() else "no such model folder, it does not exist"
+    if not (path / "config.json").is_file():
+        return "no config.json (not a save_pretrained folder)"
+    return None
+
+
 def checkpoint_source(source, what: str = "model folder") -> str:
-    """A ``save_pretrained`` folder on this machine (checked: it exists, is a folder and holds config.json;
-    returned with ``~`` expanded) or a hub id (returned as is: transformers fetches it or finds it in the HF
-    cache). ModelLoadError naming ``what`` and the path when the folder cannot be used."""
+    """A ``save_pretrained`` folder on this machine (``~`` expanded) or a hub id (returned as is: transformers
+    fetches it or finds it in the HF cache). ModelLoadError naming ``what``, the path and the
+    :func:`weights_problem` when the folder cannot be used."""
     text = str(source)
-    if not is_local_path(text):
-        return text
-    folder = Path(text).expanduser()
-    if not folder.is_dir():
-        reason = "it is a file, not a folder" if folder.exists() else "no such folder, it does not exist"
-        raise ModelLoadError(f"{what} {text!r} cannot be used: {reason}")
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{what} {text!r} has no config.json (not a save_pretrained folder)")
-    return str(folder)
+    problem = weights_problem(text)
+    if problem:
+        raise ModelLoadError(f"{what} {text!r} cannot be used: {problem}")
+    return str(Path(text).expanduser()) if is_local_path(text) else text
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto") -> "torch.device":
     """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu`` / ``cuda`` / ``cuda:N`` are checked."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

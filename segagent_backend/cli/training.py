@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.pipeline import train_policy
 
     from ..registry import Registry
-    from ..wiring import convention, finetune_config, policy_options
+    from ..wiring import finetune_config, loop_config, policy_spec
     from .models import check_model_source, load_tool
 
     settings = Settings.from_env()
@@ -63,15 +63,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("give --base (or set SEGAGENT_POLICY)")
     check_model_source(base, f"--base {base!r}" if args.base else f"SEGAGENT_POLICY={base!r}")
     segmenter = load_tool(settings)
-    clicks = convention(settings)
-    sft, samples = load_training_data(args, settings, segmenter, clicks)
+    spec, loop = policy_spec(settings, base), loop_config(settings)
+    sft, samples = load_training_data(args, settings, segmenter, spec.convention)
     print(f"{len(sft)} SFT samples from {len(samples)} image(s)")
     config = finetune_config(settings, method=args.method or None, epochs=args.epochs or None,
                              learning_rate=args.lr or None, batch_size=args.batch or None, max_steps=args.max_steps)
     rounds = settings.star_rounds if args.star_rounds is None else args.star_rounds
-    outcome = train_policy(sft, base, Path(args.out), config, star_rounds=rounds, samples=samples,
-                           segmenter=segmenter, policy_kind=settings.policy_kind, convention=clicks,
-                           max_steps=settings.max_steps, policy_options=policy_options(settings))
+    outcome = train_policy(sft, spec, Path(args.out), config, loop=loop, star_rounds=rounds, samples=samples,
+                           segmenter=segmenter)
     print(json.dumps(outcome.to_json(), indent=2))
     if args.register:
         info = Registry.from_settings(settings).register(outcome.model_dir, {
