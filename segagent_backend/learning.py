@@ -39,6 +39,7 @@ from .corrections import CorrectionStore
 from .jsonfiles import write_json_atomic
 from .labelstudio.annotations import Correction, Rejected, check_mask, corrections_from_tasks
 from .labelstudio.client import label_studio
+from .media import MediaLoader
 from .registry import Registry
 from .settings import Settings
 from .wiring import finetune_config, loop_config, media_loader, policy_spec, segmenter_from_settings
@@ -147,7 +148,7 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
     if not settings.policy:
         raise TrainingError("no base policy to fine-tune: set SEGAGENT_POLICY")
     corrections, rejected = collect_corrections(settings, report.project, report.source)
-    samples, more = load_samples(settings, corrections)
+    samples, more = load_samples(media_loader(settings), corrections)
     report.rejected = [asdict(r) for r in rejected + more]
     train, held_out = split(samples, settings.holdout)
     report.counts = {"annotations": len(corrections), "rejected": len(report.rejected), "usable": len(samples),
@@ -183,11 +184,11 @@ def collect_corrections(settings: Settings, project: Optional[int], source: str
     return corrections_from_tasks(tasks, config, project, settings.expression_field)
 
 
-def load_samples(settings: Settings, corrections: list[Correction]):
-    """Corrections -> trainer Samples (image + mask); each one that cannot be used is a Rejected."""
+def load_samples(media: MediaLoader, corrections: list[Correction]):
+    """Corrections -> trainer Samples (image + mask, fetched by ``media``); each one that cannot be used is
+    a Rejected."""
     from trainer.datasets import Sample
 
-    media = media_loader(settings)
     samples, rejected = [], []
     for c in corrections:
         try:

@@ -32,11 +32,6 @@ class NocRun:
     masks: list[np.ndarray] = field(default_factory=list)  # the mask after each click ((H, W) bool), if kept
 
 
-def simulate_noc(segmenter: Segmenter, sample: Sample, max_clicks: int = 20) -> list[float]:
-    """IoU after each of ``max_clicks`` simulated clicks on ``sample`` (the full NoC protocol)."""
-    return run_noc(segmenter, sample, max_clicks).ious
-
-
 def label_studio_clicks(clicks: Sequence[Click], width: int, height: int) -> list[Click]:
     """Pixel clicks as Label Studio sends them (keypoints in percent of the image, ``100 * x / width``, as
     the service's own keypoint regions write them) and as ``/predict`` reads them back

@@ -90,8 +90,10 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
 
     from ..labelstudio.annotations import corrections_from_tasks
     from ..learning import collect_corrections, load_samples
+    from ..wiring import media_loader
 
     traced, fresh = [], []  # (trace, image) pairs read from trace files; samples that need trajectories
+    media = media_loader(settings)
     for path in map(Path, args.data):
         if path.is_dir():
             manifest = path / "manifest.json"
@@ -106,14 +108,14 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
                 raise UsageError(f"{path} is a Label Studio export: give --label-config")
             corrections, rejected = corrections_from_tasks(data, Path(args.label_config).read_text(),
                                                            expression_field=settings.expression_field)
-            fresh += _report_rejected(load_samples(settings, corrections), rejected)
+            fresh += _report_rejected(load_samples(media, corrections), rejected)
             continue
         if not args.images:
             raise UsageError(f"{path} is a trace file: give --images")
         traced += [(t, read_rgb(Path(args.images) / t.image_name)) for t in read_traces(path)]
     for project in args.project:
         corrections, rejected = collect_corrections(settings, project, "labelstudio")
-        fresh += _report_rejected(load_samples(settings, corrections), rejected)
+        fresh += _report_rejected(load_samples(media, corrections), rejected)
     starts = args.starts
     stop = settings.train_stop_samples if args.stop_samples is None else args.stop_samples
     traces = generate_traces(segmenter, fresh, starts=starts, progress=True)
