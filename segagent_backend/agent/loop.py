@@ -45,8 +45,8 @@ class Protocol:
 
 # the one table of protocols by name (LoopConfig.protocol)
 PROTOCOLS: dict[str, Protocol] = {
-    "release": Protocol("the paper's evaluation rules exactly: `max_steps` policy calls, no early stop, the "
-                        "release's mask selection, parser and overlay", "free"),
+    "release": Protocol("the paper's evaluation rules exactly: a policy call at every step up to the limit, no "
+                        "early stop, the release's mask selection, parser and overlay", "free"),
     "extended": Protocol("PRM stop, patience, tree search", "grammar"),
 }
 
