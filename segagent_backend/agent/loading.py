@@ -22,32 +22,33 @@ def is_local_path(name: str) -> bool:
 
 
 def weights_problem(name: Optional[str], file: bool = False) -> Optional[str]:
-    """Why the weights ``name`` cannot be used, None when they can: a ``.pth`` file when ``file``, else a
-    ``save_pretrained`` folder (a hub id is left to the loader or the hub). Every caller asks here: the
-    service at start, the CLI before loading, the loaders themselves."""
+    """Why the weights ``name`` are not there, None when they are: a ``.pth`` file when ``file``, else a folder
+    on this machine (a hub id is left to the loader or the hub). Every caller asks here: the service at
+    start, the CLI before loading, the loaders themselves (which then read the folder: :func:`checkpoint_source`)."""
     if not name:
         return "not set"
     path = Path(str(name)).expanduser()
     if file:
         return None if path.is_file() else "no such file"
-    if not is_local_path(str(name)):
+    if not is_local_path(str(name)) or path.is_dir():
         return None
-    if not path.is_dir():
-        return "it is a file, not a folder" if path.exists() else "no such model folder, it does not exist"
-    if not (path / "config.json").is_file():
-        return "no config.json (not a save_pretrained folder)"
-    return None
+    return "it is a file, not a folder" if path.exists() else "no such model folder, it does not exist"
 
 
 def checkpoint_source(source, what: str = "model folder") -> str:
-    """A ``save_pretrained`` folder on this machine (``~`` expanded) or a hub id (returned as is: transformers
-    fetches it or finds it in the HF cache). ModelLoadError naming ``what``, the path and the
-    :func:`weights_problem` when the folder cannot be used."""
+    """A ``save_pretrained`` folder on this machine (checked by :func:`weights_problem`, and it holds
+    config.json; returned with ``~`` expanded) or a hub id (returned as is: transformers fetches it or finds
+    it in the HF cache). ModelLoadError naming ``what`` and the path when the folder cannot be used."""
     text = str(source)
     problem = weights_problem(text)
     if problem:
         raise ModelLoadError(f"{what} {text!r} cannot be used: {problem}")
-    return str(Path(text).expanduser()) if is_local_path(text) else text
+    if not is_local_path(text):
+        return text
+    folder = Path(text).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{what} {text!r} has no config.json (not a save_pretrained folder)")
+    return str(folder)
 
 
 def resolve_device(device: str = "auto") -> "torch.device":
