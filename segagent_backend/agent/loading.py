@@ -32,7 +32,7 @@ def weights_problem(name: Optional[str], file: bool = False) -> Optional[str]:
         return None if path.is_file() else "no such file"
     if not is_local_path(str(name)) or path.is_dir():
         return None
-    return "it is a file, not a folder" if path.exists() else "no such model folder, it does not exist"
+    return "it is a file, not a folder" if path.exists() else "no such folder, it does not exist"
 
 
 def checkpoint_source(source, what: str = "model folder") -> str:

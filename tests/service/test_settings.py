@@ -133,6 +133,6 @@ def test_a_model_folder_is_checked_at_start_by_the_loaders_rule(tmp_path):
     (tmp_path / "weights.pth").write_bytes(b"")
     with pytest.raises(SettingsError, match="SEGAGENT_POLICY=.*weights.pth.*a file, not a folder"):
         check_model_paths(Settings.from_env({"SEGAGENT_POLICY": str(tmp_path / "weights.pth")}))
-    with pytest.raises(SettingsError, match="SEGAGENT_TEXT_MODEL=.*nowhere.*no such model folder"):
+    with pytest.raises(SettingsError, match="SEGAGENT_TEXT_MODEL=.*nowhere.*no such folder, it does not exist"):
         check_model_paths(Settings.from_env({"SEGAGENT_TEXT_MODEL": str(tmp_path / "nowhere")}))
     check_model_paths(Settings.from_env({"SEGAGENT_POLICY": "org/name"}))  # a hub id: checked when it loads
