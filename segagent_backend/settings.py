@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
 # the tables only: no builder runs and no torch is imported by reading them
-from .agent.choices import described
+from .agent.choices import described, described_defaults
 from .agent.loop import PROTOCOLS, LoopConfig
 from .agent.policies import DECODINGS, POLICIES
 from .agent.protocol import CONVENTIONS
@@ -67,11 +67,6 @@ def _convert(var: str, value: Optional[str], annotation: str):
     except ValueError as exc:
         raise SettingsError(f"{var}={value!r}: {exc}") from None
     return value
-
-
-def described_defaults(table, attr: str, where: str = "for `{}`") -> str:
-    """```a` for `x`, `b` for `y```: the default each entry of ``table`` gives (its ``attr``)."""
-    return ", ".join(f"`{getattr(entry, attr)}` {where.format(name)}" for name, entry in table.items())
 
 
 def setting(env: str, default: Optional[str], meaning: str) -> Any:

@@ -34,6 +34,11 @@ def described(table: Mapping[str, Described]) -> str:
     return ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else "".join(items)
 
 
+def described_defaults(table: Mapping[str, object], attr: str, where: str = "for `{}`") -> str:
+    """```x` for `a`, `y` for `b```: the default each entry gives (its ``attr``: a protocol per policy kind, ...)."""
+    return ", ".join(f"`{getattr(entry, attr)}` {where.format(name)}" for name, entry in table.items())
+
+
 def pick(table: Mapping[str, E], name: str, what: str) -> E:
     """``table[name]``; ValueError naming ``what`` and the valid names when there is no such entry."""
     try:

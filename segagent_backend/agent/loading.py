@@ -29,10 +29,19 @@ def weights_problem(name: Optional[str], file: bool = False) -> Optional[str]:
         return "not set"
     path = Path(str(name)).expanduser()
     if file:
-        return None if path.is_file() else "no such file"
+        return None if path.is_file() else "it is a folder, not a file" if path.is_dir() else "no such file"
     if not is_local_path(str(name)) or path.is_dir():
         return None
     return "it is a file, not a folder" if path.exists() else "no such folder, it does not exist"
+
+
+def checkpoint_file(path, what: str) -> Path:
+    """A ``.pth`` checkpoint on this machine (checked by :func:`weights_problem`); ModelLoadError naming
+    ``what``, the path and the problem otherwise."""
+    problem = weights_problem(str(path), file=True)
+    if problem:
+        raise ModelLoadError(f"{what} {path} cannot be used: {problem}")
+    return Path(path)
 
 
 def checkpoint_source(source, what: str = "model folder") -> str:
