@@ -12,9 +12,9 @@ their names are validated against them and their README rows are made from them,
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 from urllib.parse import urlparse
 
 # the tables only: no builder runs and no torch is imported by reading them
@@ -23,6 +23,7 @@ from .agent.loop import PROTOCOLS, LoopConfig
 from .agent.policies import DECODINGS, POLICIES
 from .agent.protocol import CONVENTIONS
 from .agent.segmenters import SEGMENTERS
+from .environment import SettingsError, blank_to_none, convert, declared, setting
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -30,62 +31,12 @@ TRAIN_METHODS = ("lora", "full")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class SettingsError(ValueError):
-    """A setting has a value the service cannot start with."""
-
-
-def _blank_to_none(value: Optional[str]) -> Optional[str]:
-    return None if value is None or value.strip() == "" else value.strip()
-
-
 def _is_cuda_index(device: str) -> bool:
     prefix, _, index = device.partition(":")
     return prefix == "cuda" and index.isdigit()
 
 
-def _convert(var: str, value: Optional[str], annotation: str):
-    if value is None:
-        return None
-    try:
-        if annotation == "int":
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise ValueError("must be a whole number (e.g. 4)") from None
-        if annotation == "float":
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise ValueError("must be a number (e.g. 0.5)") from None
-        if annotation == "bool":
-            lowered = value.lower()
-            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError("expected true or false")
-            return lowered in ("1", "true", "yes", "on")
-        if annotation == "Path":
-            return Path(value)
-    except ValueError as exc:
-        raise SettingsError(f"{var}={value!r}: {exc}") from None
-    return value
-
-
-def setting(env: str, default: Optional[str], meaning: str) -> Any:
-    """One variable: its name in the environment, its default as written there (None: unset) and its
-    meaning (the README row). ``_declared`` turns the default into a value of the field's type."""
-    return field(default=default, metadata={"env": env, "default": default, "help": meaning})
-
-
-def _declared(cls):
-    """The frozen dataclass of ``cls``, each field's default converted by the field's annotation."""
-    for name, annotation in cls.__annotations__.items():  # strings: ``from __future__ import annotations``
-        meta = getattr(cls.__dict__.get(name), "metadata", {})
-        if "env" not in meta:
-            raise TypeError(f"Settings.{name} must be declared with setting(variable, default, meaning)")
-        setattr(cls, name, field(default=_convert(meta["env"], meta["default"], annotation), metadata=meta))
-    return dataclass(frozen=True)(cls)
-
-
-@_declared
+@declared
 class Settings:
     segmenter: str = setting(
         "SEGAGENT_SEGMENTER", "grabcut",
@@ -312,8 +263,8 @@ class Settings:
         values = {}
         for f in fields(cls):
             # a variable set but left empty (a blank line of .env, compose's ${VAR:-}) means its default
-            raw = _blank_to_none(env.get(f.metadata["env"]))
-            values[f.name] = f.default if raw is None else _convert(f.metadata["env"], raw, f.type)
+            raw = blank_to_none(env.get(f.metadata["env"]))
+            values[f.name] = f.default if raw is None else convert(f.metadata["env"], raw, f.type)
         settings = cls(**values)
         settings.validate()
         return settings

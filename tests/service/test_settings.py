@@ -7,7 +7,8 @@ from typing import Optional
 
 import pytest
 
-from segagent_backend.settings import FIELDS, Settings, SettingsError, _declared, setting, settings_table
+from segagent_backend.environment import declared
+from segagent_backend.settings import FIELDS, Settings, SettingsError, setting, settings_table
 
 
 def test_defaults_are_the_embedded_mode():
@@ -85,7 +86,7 @@ def test_a_field_without_a_declaration_is_refused():
         extra: Optional[str] = None
 
     with pytest.raises(TypeError, match="extra"):
-        _declared(Loose)
+        declared(Loose)
 
 
 def test_an_empty_value_means_the_default():
