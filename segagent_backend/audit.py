@@ -1,7 +1,7 @@
 """POST /audit: the serving policy's estimate of the quality of one annotation's brush mask."""
 from __future__ import annotations
 
-from .agent.audit import MaskToJudge, audit_version
+from .agent.audit import MaskToJudge
 from .errors import NO_AUDIT_POLICY, RequestError
 from .labelstudio.annotations import AnnotationError, check_mask, correction_from
 from .labelstudio.config import ConfigError, parse_label_config
@@ -9,6 +9,14 @@ from .labelstudio.sources import ProjectSources
 from .labelstudio.tasks import task_id
 from .media import MediaLoader
 from .model_host import ModelHost
+
+#: Label Studio tells an audit's predictions from the policy's own masks by this prefix of their model version
+AUDIT_PREFIX = "audit-"
+
+
+def audit_version(model_version: str) -> str:
+    """``audit-<model_version>``: the model version of the audit predictions the policy ``model_version`` made."""
+    return AUDIT_PREFIX + model_version
 
 
 def audit_annotation(host: ModelHost, media: MediaLoader, sources: ProjectSources, body: dict, config_chars: int) -> dict:

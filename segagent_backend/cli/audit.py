@@ -178,7 +178,7 @@ class PolicyJudge:
 
 
 def audit_version_of(model_version: str) -> str:
-    from ..agent.audit import audit_version
+    from ..audit import audit_version
 
     return audit_version(model_version)
 

@@ -24,7 +24,8 @@ import os
 import time
 from pathlib import Path
 
-from ..settings import PROTOCOLS, Settings
+from ..agent.loop import PROTOCOLS
+from ..settings import Settings
 from .errors import UsageError
 
 

@@ -19,8 +19,8 @@ class PercentClick:
     label: Optional[str]
 
     def to_pixels(self, width: int, height: int) -> Click:
-        """x_px = x * width / 100, clamped to the image."""
-        return Click(self.x * width / 100.0, self.y * height / 100.0, self.positive).clamped(width, height)
+        """x_px = x * width / 100, clamped to the image (``Click.from_percent``: the one rule)."""
+        return Click.from_percent(self.x, self.y, self.positive, width, height)
 
 
 class ClickInput(ControlModel):
