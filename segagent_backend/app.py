@@ -11,7 +11,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from . import assembly, error_log, http_guard, openapi
 from .admission import Admission
-from .audit import audit_annotation
+from .annotation_audit import audit_annotation
 from .corrections import CorrectionStore
 from .error_log import (ErrorEvent, ErrorReporter, Redactor, current_request_id, report_task_errors,
                         serve_with_request_id, task_ids)
@@ -21,7 +21,7 @@ from .labelstudio.config import parse_label_config
 from .labelstudio.request import parse_predict
 from .labelstudio.sources import ProjectSources
 from .learning import list_reports
-from .metrics import Metrics, method_label
+from .prometheus import Metrics, method_label
 from .model_host import ModelHost
 from .queue.dispatch import InlineDispatcher, QueueDispatcher
 from .queue.names import BATCH, TRAIN

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .agent.audit import estimate_masks
+from .agent.mask_estimates import estimate_masks
 from .agent.episode import StepCache, run_given_clicks_stepwise
 from .agent.grounding import TextGrounder, TextStart, Ungroundable, text_start
 from .agent.loop import EpisodeRequest, run_episodes
@@ -241,7 +241,7 @@ class ModelHost:
 
     def estimate_masks(self, masks: list, batch_size: int = 8) -> list[Optional[float]]:
         """The serving policy's IoU estimate (0..1, None where its answer has none) of each
-        ``agent.audit.MaskToJudge``, batched, under the model lock. RequestError (501) without a policy."""
+        ``agent.mask_estimates.MaskToJudge``, batched, under the model lock. RequestError (501) without a policy."""
         self.load()
         if self._policy is None:
             raise RequestError(NO_AUDIT_POLICY, 501)

@@ -28,7 +28,7 @@ from .errors import CommandFailed, UsageError, service_down
 
 AUDITED, KEPT, NO_ESTIMATE, REJECTED, FAILED = "audited", "kept", "no estimate", "rejected", "failed"
 CSV_FIELDS = ("task_id", "annotation_id", "estimate", "status", "model_version", "reason")
-#: masks (``agent.audit.MaskToJudge``) -> the policy's estimates, in order
+#: masks (``agent.mask_estimates.MaskToJudge``) -> the policy's estimates, in order
 Judge = Callable[[list], list[Optional[float]]]
 
 
@@ -178,7 +178,7 @@ class PolicyJudge:
 
 
 def audit_version_of(model_version: str) -> str:
-    from ..audit import audit_version
+    from ..annotation_audit import audit_version
 
     return audit_version(model_version)
 
@@ -244,7 +244,7 @@ def _score(prediction: dict) -> Optional[float]:
 
 def _judge(media, ls, judge: Judge, version: str, pending: list[_Pending]) -> list[Row]:
     """Load the chunk's images, judge every mask (ONE policy call), post each estimate."""
-    from ..agent.audit import MaskToJudge
+    from ..agent.mask_estimates import MaskToJudge
     from ..errors import RequestError
     from ..labelstudio.annotations import AnnotationError, check_mask
     from ..labelstudio.client import delete_prediction, failure_reason, post_prediction

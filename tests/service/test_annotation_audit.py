@@ -48,7 +48,7 @@ def policy_app(make_settings, policy_folder):
 
 # ----- POST /audit -------------------------------------------------------------------------------------
 def test_an_audit_version_is_the_policy_version_with_the_audit_prefix():
-    from segagent_backend.audit import audit_version
+    from segagent_backend.annotation_audit import audit_version
 
     assert audit_version("segagent-grabcut-qwen2_vl-abc") == "audit-segagent-grabcut-qwen2_vl-abc"
 

@@ -1,7 +1,7 @@
 """POST /audit: the serving policy's estimate of the quality of one annotation's brush mask."""
 from __future__ import annotations
 
-from .agent.audit import MaskToJudge
+from .agent.mask_estimates import MaskToJudge
 from .errors import NO_AUDIT_POLICY, RequestError
 from .labelstudio.annotations import AnnotationError, check_mask, correction_from
 from .labelstudio.config import ConfigError, parse_label_config

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from segagent_backend.agent.audit import MaskToJudge, estimate_masks  # noqa: E402
+from segagent_backend.agent.mask_estimates import MaskToJudge, estimate_masks  # noqa: E402
 from segagent_backend.agent.overlay import overlay_mask  # noqa: E402
 from segagent_backend.agent.policies.base import Observation, Policy  # noqa: E402
 from segagent_backend.agent.protocol import Answer, parse_answer  # noqa: E402
