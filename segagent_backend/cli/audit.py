@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..settings import Settings
-from .arguments import check_output_file, parse_ids
+from .arguments import add_project_arguments, check_output_file
 from .errors import CommandFailed, UsageError, service_down
 
 AUDITED, KEPT, NO_ESTIMATE, REJECTED, FAILED = "audited", "kept", "no estimate", "rejected", "failed"
@@ -32,18 +32,20 @@ CSV_FIELDS = ("task_id", "annotation_id", "estimate", "status", "model_version",
 Judge = Callable[[list], list[Optional[float]]]
 
 
+#: what ``segagent audit --help`` says the command does
+DESCRIPTION = """\
+Ask the SegAgent policy (SEGAGENT_POLICY, or the promoted version) for its IoU estimate of every submitted
+brush annotation of a Label Studio project; post each as a prediction (model version audit-<version>, score
+= the estimate); print the worst first and write a CSV. Annotations already audited by this version are
+skipped unless --force. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY."""
+
+
 def register(sub) -> None:
     """``segagent audit``."""
     p = sub.add_parser("audit", help="the policy's IoU estimate of every brush annotation of a Label Studio project",
-                       description="Ask the SegAgent policy (SEGAGENT_POLICY, or the promoted version) for its IoU "
-                                   "estimate of every submitted brush annotation of a Label Studio project; post each "
-                                   "as a prediction (model version audit-<version>, score = the estimate); print the "
-                                   "worst first and write a CSV. Annotations already audited by this version are "
-                                   "skipped unless --force. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.")
-    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    p.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
+                       description=DESCRIPTION)
+    add_project_arguments(p, force_help="audit again annotations this version audited already")
     p.add_argument("--csv", metavar="FILE", help="write every annotation's row here (default: audit-project-ID.csv)")
-    p.add_argument("--force", action="store_true", help="audit again annotations this version audited already")
     p.add_argument("--batch", type=_positive, metavar="N",
                    help="masks per policy call (default: SEGAGENT_BATCH_CHUNK)")
     p.add_argument("--top", type=_positive, default=20, metavar="N", help="print the N worst (default 20; the CSV has all)")

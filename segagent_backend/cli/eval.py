@@ -35,14 +35,18 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+#: what ``segagent eval --help`` says the command does
+DESCRIPTION = """\
+Evaluate the SegAgent policy with the interactive tool on referring-segmentation data (cIoU, gIoU, IoU per
+step, the PRM's estimate against the true IoU), or the tool alone with the standard click simulator (--noc:
+NoC@85/90). Writes CSV, JSON and a PNG plot into --out. Every sample is used unless --limit (or
+--release-scoring: the release's first 5000 sentences) is given."""
+
+
 def register(sub) -> None:
     """``segagent eval``."""
     p = sub.add_parser("eval", help="evaluate the policy (cIoU, gIoU, per-step IoU, PRM quality) or the tool (--noc)",
-                       description="Evaluate the SegAgent policy with the interactive tool on referring-segmentation "
-                                   "data (cIoU, gIoU, IoU per step, the PRM's estimate against the true IoU), or the "
-                                   "tool alone with the standard click simulator (--noc: NoC@85/90). Writes CSV, "
-                                   "JSON and a PNG plot into --out. Every sample is used unless --limit (or "
-                                   "--release-scoring: the release's first 5000 sentences) is given.")
+                       description=DESCRIPTION)
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--refs", type=Path, metavar="JSON",
                       help="referring-segmentation data in the RefCOCO/SegAgent layout ({\"data\": [{image_name, "

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ..settings import Settings, SettingsError
-from .arguments import parse_ids
+from .arguments import add_project_arguments
 from .errors import CommandFailed, service_down
 
 
@@ -25,9 +25,7 @@ def register(sub) -> None:
     p.set_defaults(run=cmd_jobs)
 
     p = sub.add_parser("preannotate", help="queue a Label Studio project's tasks for predictions posted by workers")
-    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    p.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
-    p.add_argument("--force", action="store_true", help="also tasks that hold a prediction of this model version")
+    add_project_arguments(p, force_help="also tasks that hold a prediction of this model version")
     p.add_argument("--no-wait", dest="wait", action="store_false",
                    help="queue and return (default: follow the jobs with a progress bar; Ctrl-C stops only the bar)")
     p.set_defaults(run=cmd_preannotate)

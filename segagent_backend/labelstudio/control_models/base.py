@@ -40,6 +40,15 @@ class ControlModel:
         return control.tag.lower() == cls.tag.lower() and image_name in (control.to_name or [])
 
 
+class SmartInput(ControlModel):
+    """A control whose regions the annotator draws as prompts (smart keypoints, smart boxes): it matches only
+    when smart, since only then does Label Studio send its regions in the request context."""
+
+    @classmethod
+    def is_control_matched(cls, control, image_name: str) -> bool:
+        return super().is_control_matched(control, image_name) and is_smart(control)
+
+
 class MaskOutput(ControlModel):
     """A control the mask is written to (BrushLabels, PolygonLabels): ``regions`` turns one (H, W) bool
     mask into this control's regions, each carrying ``score``. ``region_id``: the id of the region an
