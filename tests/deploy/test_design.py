@@ -2,6 +2,7 @@
 measured table is what `scripts/design-metrics` measures today (regenerate it with `--write`)."""
 from __future__ import annotations
 
+import ast
 import importlib.machinery
 import importlib.util
 import subprocess
@@ -45,3 +46,32 @@ def test_the_checks_see_a_violation(metrics):
 def test_design_doc_table_is_current():
     run = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+MUTABLE_CALLS = {"list", "dict", "set", "defaultdict", "OrderedDict", "deque", "Counter", "Lock", "local"}
+
+
+def module_state(path: Path) -> list[str]:
+    """Module-level names of ``path`` bound to a mutable container (or a lock, a thread-local), and any
+    ``global`` statement: state a job could share with the next one behind the worker's back."""
+    tree = ast.parse(path.read_text())
+    found = [f"{path.name}: global {', '.join(n.names)}" for n in ast.walk(tree) if isinstance(n, ast.Global)]
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        mutable = isinstance(value, (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)) or (
+            isinstance(value, ast.Call) and getattr(value.func, "id", getattr(value.func, "attr", "")) in MUTABLE_CALLS)
+        if mutable:
+            found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_queue_modules_hold_no_mutable_state():
+    """A worker's jobs get everything through their WorkerContext; nothing in queue/ is shared behind it."""
+    assert [s for p in sorted((REPO / "segagent_backend" / "queue").glob("*.py")) for s in module_state(p)] == []
+
+
+def test_module_state_check_sees_state(tmp_path):
+    sample = tmp_path / "jobs.py"
+    sample.write_text("_resident = None\nCACHE = {}\nSEEN = set()\nNAMES = ('a',)\n"
+                      "def install(x):\n    global _resident\n    _resident = x\n")
+    assert module_state(sample) == ["jobs.py: global _resident", "jobs.py:2", "jobs.py:3"]
