@@ -18,7 +18,7 @@ def register(sub) -> None:
                                    "and score, as a prediction of model version refine-<version>. Tasks that "
                                    "already hold one are skipped (run it again at will).")
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    p.add_argument("--from", dest="source", choices=("predictions", "annotations"), default="predictions",
+    p.add_argument("--from", dest="refine_from", choices=("predictions", "annotations"), default="predictions",
                    help="whose brush masks to refine (default: predictions)")
     p.add_argument("--model-version", metavar="V",
                    help="with --from predictions: only predictions of this model version (default: the latest "
@@ -39,5 +39,5 @@ def cmd_refine(args: argparse.Namespace) -> int:
         raise SettingsError("set REDIS_URL: workers on that Redis do the refining")
     check_redis(settings)
     plan = enqueue(settings, args.project, args.tasks, args.force,
-                   refine={"from": args.source, "source_version": args.model_version})
+                   refine={"from": args.refine_from, "source_version": args.model_version})
     return report_plan(settings, plan, args.wait)
