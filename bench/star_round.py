@@ -62,7 +62,7 @@ def main() -> int:
             return {"miou": round(score.miou, 4), "ciou": round(score.ciou, 4)}
 
         start = time.perf_counter()
-        before = rollout(base.source)
+        before = rollout(base.checkpoint)
         outcome = train_policy(sft, base, Path(tmp) / "run", config, loop=loop, star_rounds=1, samples=samples,
                                segmenter=tool, progress=False)
         after_sft = rollout(Path(tmp) / "run" / "rounds" / "0" / "model")

@@ -35,7 +35,7 @@ def audit_annotation(host: ModelHost, media: MediaLoader, sources: ProjectSource
         raise RequestError(f"{where}: {exc}", 400, where) from None
     # the image before the policy: a caller's mistake (an image we may not fetch) is answered as such
     image = media.load(correction.image_url, task_id(task), sources.source_for(body.get("project")))
-    if host.policy_source is None:
+    if host.policy_checkpoint is None:
         raise RequestError(NO_AUDIT_POLICY, 501)
     (score,) = host.estimate_masks([MaskToJudge(image, mask, correction.expression)], 1)
     reply = {"score": score, "model_version": audit_version(host.model_version)}

@@ -3,7 +3,7 @@
 ``run_training`` is what a train job runs (an RQ worker on the train queue, or a thread of the web
 process in embedded mode):
 
-1. the round's data: the project's recorded corrections, or (``source="labelstudio"``, the Start
+1. the round's data: the project's recorded corrections, or (``data_from="labelstudio"``, the Start
    Training button) every annotated task of the project pulled through the SDK;
 2. images fetched like /predict fetches them; masks checked against them (wrong size: rejected);
 3. a held-out split (``SEGAGENT_HOLDOUT``) chosen by task id, so it is stable across rounds;
@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# Runs or queues one round: (project id or None, data source) -> what was started (queue/training.py).
+# Runs or queues one round: (project id or None, its data: "corrections" or "labelstudio") -> what was started
+# (queue/training.py).
 StartTraining = Callable[[Optional[int], str], dict]
 
 
@@ -82,7 +83,7 @@ class RoundConfig:
 class TrainReport:
     run: str
     project: Optional[int]
-    source: str
+    source: str  # the round's data: "corrections" | "labelstudio" (``data_from``; "source" in the report's JSON)
     status: str = "running"  # running | promoted | kept | failed | killed
     reason: str = ""
     version: Optional[str] = None
@@ -103,10 +104,10 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def run_training(settings: Settings, project: Optional[int], source: str = "corrections",
+def run_training(settings: Settings, project: Optional[int], data_from: str = "corrections",
                  run: Optional[str] = None) -> TrainReport:
     """One round (see the module docstring); never raises for a bad round: the report says why."""
-    report = TrainReport(run or new_run_id(), project, source)
+    report = TrainReport(run or new_run_id(), project, data_from)
     _save(settings, report)
     workdir = training_dir(settings) / report.run
     try:
@@ -168,13 +169,13 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
     _judge_and_register(config, Registry.from_settings(settings), report, outcome, held_out, segmenter)
 
 
-def collect_corrections(settings: Settings, project: Optional[int], source: str
+def collect_corrections(settings: Settings, project: Optional[int], data_from: str
                         ) -> tuple[list[Correction], list[Rejected]]:
     """The round's annotations: the recorded corrections, or the project pulled from Label Studio."""
-    if source == "corrections":
+    if data_from == "corrections":
         return CorrectionStore.from_settings(settings).corrections(project), []
-    if source != "labelstudio":
-        raise TrainingError(f"unknown data source {source!r}")
+    if data_from != "labelstudio":
+        raise TrainingError(f"unknown training data {data_from!r}")
     if project is None:
         raise TrainingError("training on a Label Studio project needs its id")
     ls = label_studio(settings)
@@ -220,19 +221,20 @@ def _judge_and_register(config: RoundConfig, registry: Registry, report: TrainRe
     from .agent.policies import load_policy
 
     serving = registry.current().version
-    current_source = str(registry.model_folder(serving)) if serving else config.policy.source
+    current_checkpoint = str(registry.model_folder(serving)) if serving else config.policy.checkpoint
 
-    def score(source: str):  # one policy in memory at a time
-        policy = load_policy(config.policy.at(source))
+    def score(checkpoint: str):  # one policy in memory at a time
+        policy = load_policy(config.policy.at(checkpoint))
         result = evaluate_policy(policy, segmenter, held_out, config.loop)
         del policy
         free_accelerator_memory()
         return result
 
-    candidate, current = score(str(outcome.model_dir)), score(current_source)
+    candidate, current = score(str(outcome.model_dir)), score(current_checkpoint)
     report.metrics = {"candidate": _metrics(candidate), "current": {**_metrics(current), "version": serving},
                       "training": outcome.to_json()["rounds"]}
-    meta = {"base": config.policy.source, "data": {"project": report.project, "source": report.source, "run": report.run},
+    meta = {"base": config.policy.checkpoint,
+            "data": {"project": report.project, "source": report.source, "run": report.run},
             "counts": report.counts, "metrics": report.metrics}
     info = registry.register(outcome.model_dir, meta, move=True)
     report.version = info.version

@@ -126,9 +126,9 @@ class ModelHost:
         return model_version(self.settings, self._version)
 
     @property
-    def policy_source(self) -> Optional[str]:
+    def policy_checkpoint(self) -> Optional[str]:
         """The folder (or hub id) the policy loads from: the current version's, else SEGAGENT_POLICY."""
-        return self._source(self._version)
+        return self._checkpoint(self._version)
 
     @property
     def starts_from_text(self) -> bool:
@@ -267,7 +267,7 @@ class ModelHost:
             log.exception("loading the models failed")
             return
         log.info("models loaded in %.2f s (%s, policy %s)", time.perf_counter() - started,
-                 self.settings.segmenter, self.policy_source)
+                 self.settings.segmenter, self.policy_checkpoint)
         self._loaded.set()
 
     def _follow_announcement(self):
@@ -278,9 +278,9 @@ class ModelHost:
             self._version = announced[0]
         return announced
 
-    def _source(self, version: Optional[str]) -> Optional[str]:
+    def _checkpoint(self, version: Optional[str]) -> Optional[str]:
         return str(self._registry.model_folder(version)) if version else self.settings.policy
 
     def _load_policy(self, version: Optional[str]) -> Optional[Policy]:
-        source = self._source(version)
-        return None if source is None else self._build_policy(self.settings, source)
+        checkpoint = self._checkpoint(version)
+        return None if checkpoint is None else self._build_policy(self.settings, checkpoint)

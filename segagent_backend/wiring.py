@@ -44,20 +44,20 @@ def text_model_from_settings(settings: Settings, cache: Optional["EmbeddingCache
     return TextGrounder.from_pretrained(settings.text_model, settings.device, cache)
 
 
-def policy_from_settings(settings: Settings, source: str) -> "Policy":
-    """The policy of kind SEGAGENT_POLICY_KIND from ``source`` (a folder or hub id), as ``policy_spec`` says."""
+def policy_from_settings(settings: Settings, checkpoint: str) -> "Policy":
+    """The policy of kind SEGAGENT_POLICY_KIND from ``checkpoint`` (a folder or hub id), as ``policy_spec`` says."""
     from .agent.policies import load_policy
 
-    return load_policy(policy_spec(settings, source))
+    return load_policy(policy_spec(settings, checkpoint))
 
 
-def policy_spec(settings: Settings, source: Optional[str] = None) -> "PolicySpec":
+def policy_spec(settings: Settings, checkpoint: Optional[str] = None) -> "PolicySpec":
     """How every policy of this deployment loads and runs (kind, coordinates, device, dtype, temperature,
-    decoding), from ``source`` (default: SEGAGENT_POLICY)."""
+    decoding), from ``checkpoint`` (default: SEGAGENT_POLICY)."""
     from .agent.policies import PolicySpec
 
-    return PolicySpec(settings.policy_kind, str(source or settings.policy or ""), convention(settings), settings.device,
-                      settings.dtype, settings.temperature, settings.decoding_mode)
+    return PolicySpec(settings.policy_kind, str(checkpoint or settings.policy or ""), convention(settings),
+                      settings.device, settings.dtype, settings.temperature, settings.decoding_mode)
 
 
 def loop_config(settings: Settings) -> "LoopConfig":

@@ -67,7 +67,7 @@ def train_policy(sft: Sequence[SFTSample], base: PolicySpec, out: Path, config: 
     if star_rounds and (not samples or segmenter is None):
         raise ValueError("StaR+ rounds need the training samples (images + masks) and a segmenter")
     out = Path(out)
-    if uses_native_path(base.source, base.kind):
+    if uses_native_path(base.checkpoint, base.kind):
         base = replace(base, kind=NATIVE_KIND)
     data = list(sft)
     reports = [_train_round(0, data, base, out, config, progress)]
@@ -89,7 +89,7 @@ def _train_round(r: int, data: list[SFTSample], base: PolicySpec, out: Path, con
     folder = out / "rounds" / str(r)
     log = folder / "train_log.json"
     if not ((folder / "model").is_dir() and log.is_file()):
-        finetune(data, base.source, folder, config, progress=progress, policy_kind=base.kind)
+        finetune(data, base.checkpoint, folder, config, progress=progress, policy_kind=base.kind)
     written = json.loads(log.read_text())
     losses = [entry["loss"] for entry in written.get("losses", [])] or [None]
     report = RoundReport(r, len(data), losses[0], losses[-1], written.get("samples_per_second"),

@@ -39,10 +39,10 @@ def prm_quality(pairs: Sequence[tuple[float, float]]) -> dict:
     try:
         from scipy.stats import spearmanr
     except ImportError:
-        spearman_source = "numpy"
+        spearman_by = "numpy"
     else:
-        spearman_source = "scipy"
+        spearman_by = "scipy"
         if not np.isnan(spearman):
             spearman = float(spearmanr(est, true)[0])
     return {"pairs": int(len(est)), "mae": float(np.mean(np.abs(est - true))), "pearson": _pearson(est, true),
-            "spearman": spearman, "spearman_by": spearman_source}
+            "spearman": spearman, "spearman_by": spearman_by}

@@ -24,7 +24,7 @@ def is_local_path(name: str) -> bool:
 def weights_problem(name: Optional[str], file: bool = False) -> Optional[str]:
     """Why the weights ``name`` are not there, None when they are: a ``.pth`` file when ``file``, else a folder
     on this machine (a hub id is left to the loader or the hub). Every caller asks here: the service at
-    start, the CLI before loading, the loaders themselves (which then read the folder: :func:`checkpoint_source`)."""
+    start, the CLI before loading, the loaders themselves (which then read the folder: :func:`resolve_checkpoint`)."""
     if not name:
         return "not set"
     path = Path(str(name)).expanduser()
@@ -44,11 +44,11 @@ def checkpoint_file(path, what: str) -> Path:
     return Path(path)
 
 
-def checkpoint_source(source, what: str = "model folder") -> str:
+def resolve_checkpoint(checkpoint, what: str = "model folder") -> str:
     """A ``save_pretrained`` folder on this machine (checked by :func:`weights_problem`, and it holds
     config.json; returned with ``~`` expanded) or a hub id (returned as is: transformers fetches it or finds
     it in the HF cache). ModelLoadError naming ``what`` and the path when the folder cannot be used."""
-    text = str(source)
+    text = str(checkpoint)
     problem = weights_problem(text)
     if problem:
         raise ModelLoadError(f"{what} {text!r} cannot be used: {problem}")

@@ -151,14 +151,14 @@ class PolicyJudge:
 
     def __init__(self, settings: Settings, batch: int):
         from ..assembly import model_host
-        from .models import check_model_source
+        from .models import check_checkpoint
 
         self.host = model_host(settings)
         self.settings, self.batch = settings, batch
-        if self.host.policy_source is None:
+        if self.host.policy_checkpoint is None:
             raise UsageError("an audit asks a SegAgent policy: set SEGAGENT_POLICY (a model folder or hub id)")
-        if self.host.policy_source == settings.policy:
-            check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
+        if self.host.policy_checkpoint == settings.policy:
+            check_checkpoint(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
 
     @property
     def model_version(self) -> str:
@@ -172,9 +172,9 @@ class PolicyJudge:
             try:
                 self.host.load()
             except ModelUnavailable as exc:
-                source = self.host.policy_source
-                what = (f"SEGAGENT_POLICY={source!r}" if source == self.settings.policy
-                        else f"model version {source!r}")
+                checkpoint = self.host.policy_checkpoint
+                what = (f"SEGAGENT_POLICY={checkpoint!r}" if checkpoint == self.settings.policy
+                        else f"model version {checkpoint!r}")
                 raise load_failure(what, str(exc)) from None
         return self.host.estimate_masks(requests, self.batch)
 

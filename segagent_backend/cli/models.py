@@ -24,7 +24,7 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def check_model_source(name: Optional[str], what: str) -> None:
+def check_checkpoint(name: Optional[str], what: str) -> None:
     """Raise UsageError naming ``what`` (e.g. ``SEGAGENT_POLICY='x'``) unless ``name`` is a local
     folder, a hub model in the local Hugging Face cache, or a model the hub says exists."""
     if not name:
@@ -63,15 +63,15 @@ def check_model_source(name: Optional[str], what: str) -> None:
                          f"({type(exc).__name__}: {_first_line(exc)}); download it first or give a folder") from None
 
 
-def check_settings_models(settings: Settings, policy_source: Optional[str] = None) -> None:
+def check_settings_models(settings: Settings, policy_checkpoint: Optional[str] = None) -> None:
     """The model names of ``settings`` that will load: the tool's weights, SAM 3's text model, and the policy
-    when it loads from ``SEGAGENT_POLICY`` (``policy_source``, default: the setting; a registry folder is not
+    when it loads from ``SEGAGENT_POLICY`` (``policy_checkpoint``, default: the setting; a registry folder is not
     checked here)."""
     check_model_paths(settings)  # local paths and checkpoint files: SettingsError
     for model in model_names(settings):  # hub ids
-        policy_elsewhere = model.variable == "SEGAGENT_POLICY" and policy_source not in (None, model.name)
+        policy_elsewhere = model.variable == "SEGAGENT_POLICY" and policy_checkpoint not in (None, model.name)
         if not model.file and not policy_elsewhere:
-            check_model_source(model.name, str(model))
+            check_checkpoint(model.name, str(model))
 
 
 def tool_variable(settings: Settings) -> str:

@@ -146,15 +146,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return tools[-1]
 
     host = model_host(settings, build_segmenter=build_tool)
-    check_settings_models(settings, host.policy_source)
+    check_settings_models(settings, host.policy_checkpoint)
     with quiet_load_errors():
         try:
             host.load()  # the tool and the policy (if any), once
         except ModelUnavailable as exc:
             what = tool_variable(settings) if not tools else (
                 f"SEGAGENT_TEXT_MODEL={settings.text_model!r}" if "SEGAGENT_TEXT_MODEL" in str(exc)
-                else f"SEGAGENT_POLICY={settings.policy!r}" if host.policy_source == settings.policy
-                else f"model version {host.policy_source!r}")
+                else f"SEGAGENT_POLICY={settings.policy!r}" if host.policy_checkpoint == settings.policy
+                else f"model version {host.policy_checkpoint!r}")
             raise load_failure(what, str(exc)) from None
     start = host.start_from_text(image, args.expression) if use_text else None  # None: a policy starts empty
     if start is not None and not use_policy:  # SAM 3 alone

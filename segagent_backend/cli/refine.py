@@ -22,7 +22,7 @@ def register(sub) -> None:
     p = sub.add_parser("refine", help="queue a Label Studio project's brush masks to be refined by the policy",
                        description=DESCRIPTION)
     add_project_arguments(p, force_help="also tasks that already hold a refined prediction")
-    p.add_argument("--from", dest="source", choices=("predictions", "annotations"), default="predictions",
+    p.add_argument("--from", dest="refine_from", choices=("predictions", "annotations"), default="predictions",
                    help="whose brush masks to refine (default: predictions)")
     p.add_argument("--model-version", metavar="V",
                    help="with --from predictions: only predictions of this model version (default: the latest "
@@ -41,5 +41,5 @@ def cmd_refine(args: argparse.Namespace) -> int:
         raise SettingsError("set REDIS_URL: workers on that Redis do the refining")
     check_redis(settings)
     plan = enqueue(settings, args.project, args.tasks, args.force,
-                   refine={"from": args.source, "source_version": args.model_version})
+                   refine={"from": args.refine_from, "source_version": args.model_version})
     return report_plan(settings, plan, args.wait)

@@ -45,7 +45,7 @@ def register(sub) -> None:
                    help="run: one round now (train, compare on held-out tasks, promote if better); "
                         "list: the rounds so far and how they ended")
     p.add_argument("--project", type=int, help="run: the Label Studio project (default: corrections of no project)")
-    p.add_argument("--source", choices=("corrections", "labelstudio"), default="corrections",
+    p.add_argument("--source", dest="data_from", choices=("corrections", "labelstudio"), default="corrections",
                    help="run: the recorded corrections (default) or every annotated task pulled from Label Studio")
     p.set_defaults(run=cmd_training)
 
@@ -55,13 +55,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from ..registry import Registry
     from ..wiring import finetune_config, loop_config, policy_spec
-    from .models import check_model_source, load_tool
+    from .models import check_checkpoint, load_tool
 
     settings = Settings.from_env()
     base = args.base or settings.policy
     if not base:
         raise UsageError("give --base (or set SEGAGENT_POLICY)")
-    check_model_source(base, f"--base {base!r}" if args.base else f"SEGAGENT_POLICY={base!r}")
+    check_checkpoint(base, f"--base {base!r}" if args.base else f"SEGAGENT_POLICY={base!r}")
     segmenter = load_tool(settings)
     spec, loop = policy_spec(settings, base), loop_config(settings)
     sft, samples = load_training_data(args, settings, segmenter, spec.convention)
@@ -151,12 +151,12 @@ def cmd_training(args: argparse.Namespace) -> int:
         return 0
     if not settings.policy:
         raise UsageError("no base policy to fine-tune: set SEGAGENT_POLICY (a model folder or hub id)")
-    if args.source == "labelstudio" and args.project is None:
+    if args.data_from == "labelstudio" and args.project is None:
         raise UsageError("--source labelstudio needs --project (the Label Studio project to pull)")
-    from .models import check_model_source
+    from .models import check_checkpoint
 
-    check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
-    report = run_training(settings, args.project, args.source)
+    check_checkpoint(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
+    report = run_training(settings, args.project, args.data_from)
     print(json.dumps(asdict(report), indent=2))
     return 0 if report.status in ("promoted", "kept") else 1
 

@@ -1,7 +1,7 @@
 """Label Studio's brush masks: its own RLE (not COCO RLE), checked against the size it claims BEFORE the
 SDK's ``decode_rle`` allocates anything, decoded, and united per record. One home for every reader of a
 brush mask: annotations (training data), smart-brush context (a mask to refine) and the masks
-``segagent refine`` starts from (``source_mask``)."""
+``segagent refine`` starts from (``start_mask``)."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -86,12 +86,12 @@ def regions_mask(regions: list[dict]) -> np.ndarray:
     return union([(r.get("value") or {}).get("rle") for r in regions], width, height)
 
 
-def source_mask(task: Any, source: str, model_version: Optional[str] = None) -> np.ndarray:
+def start_mask(task: Any, refine_from: str, model_version: Optional[str] = None) -> np.ndarray:
     """The brush mask of ``task`` (the SDK's task) to refine: the union of the brush regions of its latest
     prediction (of ``model_version`` when given; never a refined one) or of its latest submitted annotation
-    (``source`` "predictions" or "annotations"), at the size Label Studio drew it. AnnotationError when
+    (``refine_from`` "predictions" or "annotations"), at the size Label Studio drew it. AnnotationError when
     there is none or it does not decode."""
-    if source == "predictions":
+    if refine_from == "predictions":
         records = [{"result": p.result, "model_version": p.model_version} for p in task.predictions or []]
         records = [r for r in records if (r["model_version"] == model_version if model_version
                                           else not str(r["model_version"] or "").startswith(REFINED_PREFIX))]
@@ -101,5 +101,6 @@ def source_mask(task: Any, source: str, model_version: Optional[str] = None) -> 
         regions = [r for r in record.get("result") or [] if isinstance(r, dict) and r.get("type") == BRUSH]
         if regions:
             return regions_mask(regions)
-    which = f"{source} of model version {model_version!r}" if model_version and source == "predictions" else source
+    which = (f"{refine_from} of model version {model_version!r}" if model_version and refine_from == "predictions"
+             else refine_from)
     raise AnnotationError(f"no brush mask in the task's {which}")

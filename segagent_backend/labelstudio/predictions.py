@@ -88,7 +88,7 @@ class Predictions:
         model is configured (without a policy that mask is the prediction), else from nothing."""
         results: list[Optional[dict]] = [None] * len(tasks)
         pending: list[tuple[int, EpisodeRequest]] = []
-        policy = self.host.policy_source is not None
+        policy = self.host.policy_checkpoint is not None
         for i, task in enumerate(tasks):
             try:
                 if not policy and (masks is not None or not self.host.starts_from_text):
@@ -121,7 +121,8 @@ class Predictions:
         clicks = [c.to_pixels(width, height) for c in prompt.clicks]
         box = prompt.box.to_pixels(width, height) if prompt.box is not None else None
         start = prompt.mask((width, height))  # a smart brush's regions: the mask the episode refines
-        policy = self.host.policy_source is not None and (self.settings.refine or (start is not None and not clicks))
+        policy = (self.host.policy_checkpoint is not None
+                  and (self.settings.refine or (start is not None and not clicks)))
         if not clicks and box is None and not (start is not None and policy):  # nothing asked: no mask
             return {"result": [], "score": 0.0, "model_version": self.host.model_version}
         if policy:  # the policy continues from the brush mask and/or the annotator's clicks

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..labelstudio.brush import REFINED_PREFIX, AnnotationError, source_mask
+from ..labelstudio.brush import REFINED_PREFIX, AnnotationError, start_mask
 from ..labelstudio.client import label_studio
 from ..labelstudio.config import parse_label_config
 from ..labelstudio.request import PredictRequest
@@ -19,7 +19,7 @@ from .jobs import predict_with_retries
 log = logging.getLogger(__name__)
 
 #: where ``segagent refine`` takes the masks it refines from
-SOURCES = ("predictions", "annotations")
+REFINE_FROM = ("predictions", "annotations")
 #: what happened to one task of a batch job (``run`` returns one per task, in ``tasks``)
 WRITTEN, SKIPPED, FAILED = "written", "skipped", "failed"
 FIRST_REASONS = 5  # how many failed (and skipped) tasks a summary names with their reasons
@@ -40,14 +40,14 @@ class BatchJob:
 
     ``model_version``: the version the planner planned for (a worker serving another refuses the job);
     ``refine_from`` ("predictions" or "annotations"): refine that brush mask of each task instead of
-    predicting from nothing (``source_version``: only predictions of that version)."""
+    predicting from nothing (``from_version``: only predictions of that version)."""
 
     project: int
     task_ids: list
     model_version: str
     force: bool = False
     refine_from: Optional[str] = None
-    source_version: Optional[str] = None
+    from_version: Optional[str] = None
 
     @property
     def posted_version(self) -> str:
@@ -58,7 +58,7 @@ class BatchJob:
         data = {"project": self.project, "task_ids": self.task_ids, "model_version": self.model_version,
                 "force": self.force}
         if self.refine_from is not None:
-            data |= {"from": self.refine_from, "source_version": self.source_version}
+            data |= {"from": self.refine_from, "source_version": self.from_version}
         return data
 
     @classmethod
@@ -86,7 +86,7 @@ def run(data: dict, context: Optional[WorkerContext] = None) -> dict:
             continue
         if job.refine_from is not None:
             try:
-                masks.append(source_mask(task, job.refine_from, job.source_version))
+                masks.append(start_mask(task, job.refine_from, job.from_version))
             except AnnotationError as exc:
                 errors[str(task_id)] = str(exc)
                 continue

@@ -23,7 +23,7 @@ from ..labelstudio.client import label_studio
 from ..settings import Settings
 from ..versions import VersionName
 from . import batch
-from .batch import FAILED, FIRST_REASONS, SKIPPED, SOURCES, WRITTEN, BatchJob, outcome, refined_version
+from .batch import FAILED, FIRST_REASONS, REFINE_FROM, SKIPPED, WRITTEN, BatchJob, outcome, refined_version
 from .context import WorkerContext, require
 from .names import BATCH, connect
 from .submit import open_queue, submit
@@ -59,8 +59,8 @@ def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] 
     ``refine`` (``{"from": "predictions"|"annotations", "source_version": V or None}``): queue refinement
     jobs instead, for tasks lacking a prediction of ``refined_version(model_version)``."""
     version = model_version or VersionName(settings).model_version
-    if refine is not None and refine.get("from") not in SOURCES:
-        raise RequestError(f"refine from {refine.get('from')!r}: use one of {', '.join(SOURCES)}")
+    if refine is not None and refine.get("from") not in REFINE_FROM:
+        raise RequestError(f"refine from {refine.get('from')!r}: use one of {', '.join(REFINE_FROM)}")
     posted_version = version if refine is None else refined_version(version)
     ls = label_studio(settings)
     wanted = set(task_ids) if task_ids is not None else None
@@ -81,10 +81,10 @@ def enqueue(settings: Settings, project: int, task_ids: Optional[Iterable[int]] 
         raise RequestError(f"task(s) {sorted(wanted - seen)[:10]} are not in project {project}")
     queue = open_queue(settings, BATCH)
     size = settings.batch_chunk
-    what, source = ("preannotate", {}) if refine is None else ("refine", refine)
+    what, refining = ("preannotate", {}) if refine is None else ("refine", refine)
     for start in range(0, len(plan.queued), size):
         chunk = plan.queued[start:start + size]
-        work = BatchJob(project, chunk, version, force, source.get("from"), source.get("source_version"))
+        work = BatchJob(project, chunk, version, force, refining.get("from"), refining.get("source_version"))
         job = submit(queue, batch.run, work.to_json(), settings, result_ttl=RESULT_TTL,
                      description=f"{what} {len(chunk)} task(s) of project {project}")
         plan.jobs.append(job.id)

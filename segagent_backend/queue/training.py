@@ -52,7 +52,7 @@ def queued_starter(settings: Settings, queue: Optional[Callable[[], Queue]] = No
     """Start rounds as jobs on the train queue."""
     key_of = QueueNames(settings.queue_prefix).train_key
 
-    def start(project: Optional[int], source: str) -> dict:
+    def start(project: Optional[int], data_from: str) -> dict:
         q = queue() if queue is not None else open_queue(settings, TRAIN)
         run, job_id = new_run_id(), uuid.uuid4().hex
         try:
@@ -63,9 +63,9 @@ def queued_starter(settings: Settings, queue: Optional[Callable[[], Queue]] = No
                     "corrections recorded meanwhile join a later one")}
             try:
                 job = submit(q, train,
-                             {"project": project, "source": source, "run": run}, settings,
+                             {"project": project, "source": data_from, "run": run}, settings,
                              job_timeout=settings.train_timeout, result_ttl=RESULT_TTL,
-                             description=f"train project {project} ({source})", job_id=job_id)
+                             description=f"train project {project} ({data_from})", job_id=job_id)
             except BaseException:
                 _release(q.connection, key_of(project), job_id)  # no job: the next request may queue one
                 raise
@@ -144,19 +144,19 @@ class ThreadStarter:
         self._lock = threading.Lock()
         self.thread: Optional[threading.Thread] = None
 
-    def __call__(self, project: Optional[int], source: str) -> dict:
+    def __call__(self, project: Optional[int], data_from: str) -> dict:
         with self._lock:
             if self.thread is not None and self.thread.is_alive():
                 return {"started": False, "running": True,
                         "note": "a training round is already running; these corrections join the next one"}
             run = new_run_id()
-            self.thread = threading.Thread(target=self._run, args=(project, source, run), name=f"train-{run}",
+            self.thread = threading.Thread(target=self._run, args=(project, data_from, run), name=f"train-{run}",
                                            daemon=True)
             self.thread.start()
         return {"thread": self.thread.name, "run": run}
 
-    def _run(self, project: Optional[int], source: str, run: str) -> None:
-        report = run_training(self.settings, project, source, run)
+    def _run(self, project: Optional[int], data_from: str, run: str) -> None:
+        report = run_training(self.settings, project, data_from, run)
         log.info("training run %s: %s %s", run, report.status, report.reason)
         if self.on_done is not None:
             self.on_done()

@@ -16,7 +16,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from segagent_backend.labelstudio.annotations import AnnotationError
 from segagent_backend.labelstudio.config import EXAMPLE_CONFIG
 from segagent_backend import assembly
-from segagent_backend.labelstudio.brush import source_mask
+from segagent_backend.labelstudio.brush import start_mask
 from segagent_backend.queue import batch, planner
 from segagent_backend.settings import Settings
 
@@ -144,21 +144,21 @@ def test_enqueue_skips_refined_tasks(queue_env, label_studio):
         planner.enqueue(settings, 3, refine={"from": "masks"}, model_version="v7")
 
 
-def test_source_mask_picks_the_latest_brush_mask(start):
+def test_start_mask_picks_the_latest_brush_mask(start):
     class Task:
         predictions = [type("P", (), {"model_version": "a", "result": [brush(start)]})(),
                        type("P", (), {"model_version": "refine-a", "result": [brush(~start)]})()]
         annotations = [{"was_cancelled": True, "result": [brush(~start)]}]
 
-    assert np.array_equal(source_mask(Task, "predictions"), start)  # never a refined one
-    assert np.array_equal(source_mask(Task, "predictions", "refine-a"), ~start)
+    assert np.array_equal(start_mask(Task, "predictions"), start)  # never a refined one
+    assert np.array_equal(start_mask(Task, "predictions", "refine-a"), ~start)
     with pytest.raises(AnnotationError, match="no brush mask in the task's annotations"):
-        source_mask(Task, "annotations")  # the only annotation was cancelled
+        start_mask(Task, "annotations")  # the only annotation was cancelled
     bad = brush(start)
     bad["value"]["rle"] = [0, 0, 0, 9, 1]
     Task.annotations = [{"result": [bad]}]
     with pytest.raises(AnnotationError, match="header claims 9 values"):
-        source_mask(Task, "annotations")
+        start_mask(Task, "annotations")
 
 
 def test_refine_command_queues_and_prints_the_plan(queue_env, label_studio, monkeypatch, capsys):

@@ -125,8 +125,8 @@ def test_every_n_corrections_start_one_round(make_settings, mask):
     settings = make_settings(SEGAGENT_TRAIN_EVERY="2", SEGAGENT_POLICY="/some/base")
     rounds = []
 
-    def start(project, source):
-        rounds.append((project, source))
+    def start(project, data_from):
+        rounds.append((project, data_from))
         return {"run": f"r{len(rounds)}"}
 
     assert "training" not in handle_webhook(body(1, 2, [brush(mask)]), settings, start_training=start)

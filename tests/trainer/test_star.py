@@ -39,7 +39,7 @@ def test_the_simulator_as_policy_keeps_every_action_and_matches_its_trajectories
         # a 5-click rollout has the trajectory's first 5 clicks, and its stop only when it got there
         expected += lessons if len(trace.steps) < 5 or trace.steps[-1].iou >= 0.98 else lessons[:-1]
     names = [s.name for s in samples]
-    by_sample = sorted(refined, key=lambda x: names.index(x.source))  # lockstep output is step-major
+    by_sample = sorted(refined, key=lambda x: names.index(x.name))  # lockstep output is step-major
     assert [x.target for x in by_sample] == [x.target for x in expected]
 
 

@@ -52,5 +52,5 @@ def test_a_service_round_takes_the_serving_loop_and_policy_from_the_settings():
         "SEGAGENT_POLICY": "org/policy", "SEGAGENT_PROTOCOL": "release", "SEGAGENT_CANDIDATES": "3",
         "SEGAGENT_STOP_IOU": "0.8", "SEGAGENT_MAX_STEPS": "5", "SEGAGENT_COORDINATES": "llava"}))
     assert config.loop == LoopConfig(max_steps=5, candidates=3, stop_iou=0.8, patience=3, protocol="release")
-    assert config.policy.convention is SEGAGENT_LLAVA and config.policy.source == "org/policy"
+    assert config.policy.convention is SEGAGENT_LLAVA and config.policy.checkpoint == "org/policy"
     assert config.policy.decoding == "free"  # the release protocol's

@@ -18,21 +18,21 @@ __all__ = ["DECODINGS", "POLICIES", "Observation", "Policy", "PolicyKind", "Poli
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """The policy of ``kind`` (a key of ``POLICIES``) from ``source`` (folder or hub id), writing clicks in
+    """The policy of ``kind`` (a key of ``POLICIES``) from ``checkpoint`` (folder or hub id), writing clicks in
     ``convention``, on ``device`` / ``dtype``, sampling tree-search candidates at ``temperature``;
     ``decoding``: a key of ``DECODINGS``, None = the policy's default (grammar)."""
 
     kind: str
-    source: str
+    checkpoint: str
     convention: CoordinateConvention = SEGAGENT_QWEN
     device: str = "auto"
     dtype: str = "auto"
     temperature: float = 1.0
     decoding: Optional[str] = None
 
-    def at(self, source) -> "PolicySpec":
+    def at(self, checkpoint) -> "PolicySpec":
         """The same policy loaded from another folder (a trained round, a registered version)."""
-        return replace(self, source=str(source))
+        return replace(self, checkpoint=str(checkpoint))
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class PolicyKind:
 
 
 def _loaded(cls, spec: PolicySpec) -> Policy:
-    return cls.from_pretrained(spec.source, device=spec.device, dtype=spec.dtype, convention=spec.convention,
+    return cls.from_pretrained(spec.checkpoint, device=spec.device, dtype=spec.dtype, convention=spec.convention,
                                temperature=spec.temperature, decoding=spec.decoding)
 
 
@@ -72,6 +72,6 @@ def load_policy(spec: PolicySpec) -> Policy:
     return pick(POLICIES, spec.kind, "policy kind").build(spec)
 
 
-def build_policy(kind: str, source, **options) -> Policy:
-    """``load_policy(PolicySpec(kind, source, **options))``."""
-    return load_policy(PolicySpec(kind, str(source), **options))
+def build_policy(kind: str, checkpoint, **options) -> Policy:
+    """``load_policy(PolicySpec(kind, checkpoint, **options))``."""
+    return load_policy(PolicySpec(kind, str(checkpoint), **options))
