@@ -150,10 +150,10 @@ class PolicyJudge:
     loads nothing). Called with masks -> their estimates, ONE batched policy call per ``batch`` masks."""
 
     def __init__(self, settings: Settings, batch: int):
-        from ..assembly import model_host
-        from .models import check_checkpoint
+        from .models import CommandModels, check_checkpoint
 
-        self.host = model_host(settings)
+        self.models = CommandModels(settings)
+        self.host = self.models.host
         self.settings, self.batch = settings, batch
         if self.host.policy_checkpoint is None:
             raise UsageError("an audit asks a SegAgent policy: set SEGAGENT_POLICY (a model folder or hub id)")
@@ -165,17 +165,7 @@ class PolicyJudge:
         return self.host.model_version
 
     def __call__(self, requests: list) -> list[Optional[float]]:
-        from ..errors import ModelUnavailable
-        from .models import load_failure, quiet_load_errors
-
-        with quiet_load_errors():
-            try:
-                self.host.load()
-            except ModelUnavailable as exc:
-                checkpoint = self.host.policy_checkpoint
-                what = (f"SEGAGENT_POLICY={checkpoint!r}" if checkpoint == self.settings.policy
-                        else f"model version {checkpoint!r}")
-                raise load_failure(what, str(exc)) from None
+        self.models.load()
         return self.host.estimate_masks(requests, self.batch)
 
 

@@ -118,3 +118,40 @@ def load_tool(settings: Settings):
         return segmenter_from_settings(settings)
     except ModelLoadError as exc:
         raise load_failure(tool_variable(settings), str(exc)) from None
+
+
+class CommandModels:
+    """The model host a command runs (``assembly.model_host``, as the service builds it), loaded by ``load``:
+    a failure is ONE line naming the variable of the part that failed (the tool, SAM 3's text model, the
+    policy of SEGAGENT_POLICY, or the serving version's)."""
+
+    def __init__(self, settings: Settings):
+        from ..assembly import model_host
+        from ..wiring import segmenter_from_settings
+
+        self.settings, self._tools = settings, []  # the tool loads first: an empty list says it failed
+
+        def build_tool(settings: Settings, cache):
+            self._tools.append(segmenter_from_settings(settings, cache))
+            return self._tools[-1]
+
+        self.host = model_host(settings, build_segmenter=build_tool)
+
+    def load(self):
+        """The loaded host; UsageError (one line) when a part fails to load."""
+        from ..errors import ModelUnavailable
+
+        with quiet_load_errors():
+            try:
+                self.host.load()
+            except ModelUnavailable as exc:
+                raise load_failure(self._failed(str(exc)), str(exc)) from None
+        return self.host
+
+    def _failed(self, reason: str) -> str:
+        settings, checkpoint = self.settings, self.host.policy_checkpoint
+        if not self._tools:
+            return tool_variable(settings)
+        if "SEGAGENT_TEXT_MODEL" in reason:
+            return f"SEGAGENT_TEXT_MODEL={settings.text_model!r}"
+        return f"SEGAGENT_POLICY={settings.policy!r}" if checkpoint == settings.policy else f"model version {checkpoint!r}"

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..agent.types import Box, Click, EpisodeResult
-from ..errors import ModelUnavailable, RequestError
+from ..errors import RequestError
 from ..settings import Settings
 from .arguments import check_output_file
 from .errors import CommandFailed, UsageError
@@ -120,11 +120,9 @@ def load_mask_file(path: str, width: int, height: int) -> np.ndarray:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..agent.loop import EpisodeRequest
-    from ..assembly import model_host
     from ..drawing import draw_png
     from ..media import load_image_file
-    from ..wiring import segmenter_from_settings
-    from .models import check_settings_models, load_failure, quiet_load_errors, tool_variable
+    from .models import CommandModels, check_settings_models
 
     check_outputs(args)
     settings = Settings.from_env()
@@ -139,23 +137,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     height, width = image.shape[:2]
     check_prompts(args.click, args.box, width, height)
     mask = load_mask_file(args.mask, width, height) if args.mask else None
-    tools = []  # the tool loads first, then the policy: an empty list says the tool failed
-
-    def build_tool(settings: Settings, cache):
-        tools.append(segmenter_from_settings(settings, cache))
-        return tools[-1]
-
-    host = model_host(settings, build_segmenter=build_tool)
-    check_settings_models(settings, host.policy_checkpoint)
-    with quiet_load_errors():
-        try:
-            host.load()  # the tool and the policy (if any), once
-        except ModelUnavailable as exc:
-            what = tool_variable(settings) if not tools else (
-                f"SEGAGENT_TEXT_MODEL={settings.text_model!r}" if "SEGAGENT_TEXT_MODEL" in str(exc)
-                else f"SEGAGENT_POLICY={settings.policy!r}" if host.policy_checkpoint == settings.policy
-                else f"model version {host.policy_checkpoint!r}")
-            raise load_failure(what, str(exc)) from None
+    models = CommandModels(settings)
+    check_settings_models(settings, models.host.policy_checkpoint)
+    host = models.load()  # the tool and the policy (if any), once
     start = host.start_from_text(image, args.expression) if use_text else None  # None: a policy starts empty
     if start is not None and not use_policy:  # SAM 3 alone
         episode = EpisodeResult(start.mask, start.score)

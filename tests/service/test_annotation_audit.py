@@ -311,3 +311,23 @@ def test_failed_annotations_make_the_command_fail_naming_the_first_reasons(monke
                                                                 "reason": "image could not be fetched"}]
     (line,) = err.strip().splitlines()
     assert line.startswith("segagent audit: 1 of 2 annotation(s) failed") and "task 2 annotation 21: image could" in line
+
+
+def test_a_tool_that_fails_to_load_is_named_not_the_policy(monkeypatch, tmp_path):
+    """The audit loads the model host a service process builds, tool included: when the tool is what fails,
+    the one-line error names the tool's variable, not SEGAGENT_POLICY."""
+    from segagent_backend.cli.errors import UsageError
+    from segagent_backend.settings import Settings
+
+    (tmp_path / "sam").mkdir()  # an empty folder: no SAM model in it
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("SEGAGENT_SEGMENTER", "hf-sam")
+    monkeypatch.setenv("SEGAGENT_SAM_MODEL", str(tmp_path / "sam"))
+    monkeypatch.setenv("SEGAGENT_POLICY", str(policy))
+    judge = cli_audit.PolicyJudge(Settings.from_env(), batch=2)
+    with pytest.raises(UsageError) as failed:
+        judge([])
+    assert "SEGAGENT_SAM_MODEL" in str(failed.value) and "SEGAGENT_POLICY" not in str(failed.value)
+    assert "cannot load" in str(failed.value)
