@@ -270,7 +270,7 @@ def test_graph_cut_runs_at_a_resolution_bounded_in_pixels_and_on_a_window(monkey
 def test_edge_aware_upsampling_puts_the_boundary_on_the_image_edge():
     import cv2
 
-    from segagent_backend.agent.segmenters.grabcut import _grey, upsample_edge_aware
+    from segagent_backend.agent.segmenters.grabcut_cut import grey as _grey, upsample_edge_aware
 
     H, W = 120, 160
     yy, xx = np.mgrid[:H, :W]

@@ -81,6 +81,10 @@ class GrabCutParams:
     guided_radius: float = 1.0
     reuse_models: bool = False
     grow_roi: bool = True
+    color_space: str = "bgr"
+    smooth: int = 0
+    gc_tol: float = 0.0
+    smooth_colour: float = 20.0
 
     def __post_init__(self):
         if self.max_side < 16:
