@@ -43,8 +43,10 @@ Cost (figures: ``bench/grabcut_speed.py``): every GrabCut runs on a region of in
 working image for a first call, the window around mask and clicks for a later one, grown on the sides
 the object runs into) downscaled to at most ``gc_pixels`` pixels; its mask comes back to the working
 size by a guided filter on the image (:func:`upsample_edge_aware`: only a band around the boundary
-moves, onto the image's edges), and the working mask comes back to the original size the same way. The
-state carries to the next click (through the step cache) the window a call had to grow and the colour
+moves, onto the image's edges), and the working mask comes back to the original size the same way; each
+GrabCut stops once an iteration flips almost nothing (``gc_tol``: the iterations after that one would
+change next to nothing, and a cut's later iterations cost a good part of its first). The graph cut itself
+lives in :mod:`.grabcut_cut` (labels in, mask out). The state carries to the next click (through the step cache) the window a call had to grow and the colour
 models of its GrabCut; starting GrabCut from those models (``reuse_models``, no k-means) cost NoC@90 on the
 GrabCut set and is off by default.
 
