@@ -34,7 +34,8 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from segagent_backend.queue import status
-from segagent_backend.queue.jobs import PredictJob
+from segagent_backend.labelstudio.request import parse_predict
+from segagent_backend.settings import Settings
 from segagent_backend.queue.names import BATCH, QueueNames
 from tests.conftest import make_disk_image
 from tests.service.payloads import CONFIG, keypoint
@@ -58,7 +59,8 @@ def job_payload(image_url: str, i: int) -> dict:
     """One interactive GrabCut click on the disk; the click shifts by up to 4 % so jobs differ."""
     task = {"id": i + 1, "data": {"image": image_url}, "annotations": [], "predictions": []}
     click = keypoint(48 + (i % 5), 48 + (i // 5) % 5, WIDTH, HEIGHT)
-    return PredictJob([task], CONFIG, {"result": [click]}, 3).to_json()
+    body = {"tasks": [task], "label_config": CONFIG, "params": {"context": {"result": [click]}}, "project": 3}
+    return parse_predict(body, Settings.from_env({})).to_json()
 
 
 def start_workers(n: int, url: str, prefix: str, tmp: Path, max_side: int) -> list[subprocess.Popen]:

@@ -72,7 +72,7 @@ def disk_image(index: int, width: int = 160, height: int = 120) -> tuple[np.ndar
 
 
 def samples(n: int, data: str | None) -> tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]:
-    """(source, [(image, gt, expression)]): synthetic disks, or the first n images of a GrabCut-style folder."""
+    """(images, [(image, gt, expression)]): synthetic disks, or the first n images of a GrabCut-style folder."""
     if data is None:
         return f"{n} synthetic 160x120 disk images", [(*disk_image(i), CAPTION) for i in range(n)]
     root = default_grabcut_dir(REPO) if data == "grabcut" else Path(data)
@@ -180,7 +180,7 @@ def main() -> int:
     tokenizer = faithful.tokenizer
     release = QwenVLChatPolicy(faithful.model, tokenizer, faithful.convention, forced_prefix=False,
                                constrained=False, name="release decoding")
-    source, rows = samples(args.episodes, args.data)
+    images, rows = samples(args.episodes, args.data)
 
     decode = decoding({"release-faithful": faithful, "release (echo)": release}, first_step_observations(rows),
                       args.decode_repeats)
@@ -201,13 +201,13 @@ def main() -> int:
                          stop_reasons=sorted({r.stop_reason for r in echo_run}))
 
     loop = episodes(faithful, GrabCutSegmenter(), requests, args.steps, args.repeats)
-    report = dict(model="tiny Qwen-VL-Chat (2 layers, hidden 128, vocab 151936, random)", images=source,
+    report = dict(model="tiny Qwen-VL-Chat (2 layers, hidden 128, vocab 151936, random)", images=images,
                   episodes=len(requests), steps=args.steps, repeats=args.repeats, decoding=decode,
                   real_answer=real, real_answer_tokens=real_tokens, release_decoding_episodes=echo_episodes,
                   loop=loop, wall_seconds=time.perf_counter() - started)
 
     f, e = decode["release-faithful"], decode["release (echo)"]
-    print(f"{report['model']}, {source}, batch {len(requests)}, 1 torch thread; decoding: median of "
+    print(f"{report['model']}, {images}, batch {len(requests)}, 1 torch thread; decoding: median of "
           f"{args.decode_repeats} interleaved steps; episodes: {len(requests)} x {args.steps} steps (release "
           f"protocol), median of {args.repeats} interleaved rounds")
     print()
@@ -244,7 +244,7 @@ def main() -> int:
                            "faithful / release: step time": f["step_ms"] / e["step_ms"],
                            "a trained model's answer: forced / echo tokens":
                                real_tokens["forced"] / real_tokens["echo"],
-                           "episodes": loop}, setup={**vars(args), "images": source})
+                           "episodes": loop}, setup={**vars(args), "images": images})
     return 0
 
 

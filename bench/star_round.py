@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from segagent_backend.agent.loop import LoopConfig
-from segagent_backend.agent.policies import build_policy
+from segagent_backend.agent.policies import PolicySpec, load_policy
 from segagent_backend.agent.segmenters import EmbeddingCache, build_segmenter
 from tests.tiny_vlms import make_tiny_qwen2_vl
 from trainer.datasets import default_grabcut_dir, load_grabcut
@@ -50,7 +50,7 @@ def main() -> int:
     tool = build_segmenter("grabcut", EmbeddingCache(2**30))
     loop = LoopConfig(max_steps=7)
     with tempfile.TemporaryDirectory() as tmp:
-        base = make_tiny_qwen2_vl(Path(tmp) / "base")
+        base = PolicySpec("hf-vlm", str(make_tiny_qwen2_vl(Path(tmp) / "base")), device="cpu")
         traces = generate_traces(tool, samples)
         sft = [x for t, s in zip(traces, samples) for x in samples_from_trace(t, s.image, stop_sample=True)]
         # the overfit recipe of tests/trainer/test_finetune.py: one batch of everything, constant lr
@@ -58,13 +58,13 @@ def main() -> int:
                                 lr_scheduler="constant", device="cpu")
 
         def rollout(folder) -> dict:
-            score = evaluate_policy(build_policy("hf-vlm", str(folder), device="cpu"), tool, samples, loop)
+            score = evaluate_policy(load_policy(base.at(folder)), tool, samples, loop)
             return {"miou": round(score.miou, 4), "ciou": round(score.ciou, 4)}
 
         start = time.perf_counter()
-        before = rollout(base)
-        outcome = train_policy(sft, str(base), Path(tmp) / "run", config, star_rounds=1, samples=samples,
-                               segmenter=tool, max_steps=loop.max_steps, progress=False)
+        before = rollout(base.checkpoint)
+        outcome = train_policy(sft, base, Path(tmp) / "run", config, loop=loop, star_rounds=1, samples=samples,
+                               segmenter=tool, progress=False)
         after_sft = rollout(Path(tmp) / "run" / "rounds" / "0" / "model")
         after_star = rollout(outcome.model_dir)
         seconds = time.perf_counter() - start

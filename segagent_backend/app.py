@@ -9,30 +9,28 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, jsonify, request
 
-from . import error_log, http_guard, openapi
+from . import assembly, error_log, http_guard, openapi
 from .admission import Admission
-from .audit import audit_annotation
+from .annotation_audit import audit_annotation
 from .corrections import CorrectionStore
 from .error_log import (ErrorEvent, ErrorReporter, Redactor, current_request_id, report_task_errors,
                         serve_with_request_id, task_ids)
 from .errors import RequestError
 from .http_guard import json_body
 from .labelstudio.config import parse_label_config
-from .labelstudio.context import parse_context
-from .labelstudio.predictions import Predictions
+from .labelstudio.request import parse_predict
 from .labelstudio.sources import ProjectSources
 from .learning import list_reports
-from .metrics import Metrics, method_label
+from .prometheus import Metrics, method_label
 from .model_host import ModelHost
-from .queue.dispatch import InlineDispatcher, PredictRequest, QueueDispatcher
+from .queue.dispatch import InlineDispatcher, QueueDispatcher
 from .queue.names import BATCH, TRAIN
-from .queue.preannotate import planning_starter
+from .queue.planner import planning_starter
 from .queue.training import ThreadStarter, queued_starter
 from .registry import Registry
 from .settings import Settings
 from .versions import VersionName
 from .webhook import handle_webhook
-from .wiring import media_loader
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +55,16 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
     if settings.redis_url:
         host = None
         named = VersionName(settings, registry)
-        dispatcher = QueueDispatcher(settings, sources, named, metrics.observe_job)
+        dispatcher = QueueDispatcher(settings, named, metrics.observe_job)
         metrics.watch_queues(dispatcher.snapshot)
         start_training = queued_starter(settings, lambda: dispatcher.queue(TRAIN))  # a job on the train queue
         queue_preannotation = planning_starter(settings, lambda: dispatcher.queue(BATCH))
         media = None  # POST /audit runs embedded only
         version, refresh = named, named.refresh
     else:
-        host = host or ModelHost(settings, registry)
-        media = media_loader(settings)
-        dispatcher = InlineDispatcher(Predictions(host, media, sources))
+        predictions = assembly.predictions(settings, sources, host or assembly.model_host(settings, registry))
+        host, media = predictions.host, predictions.media
+        dispatcher = InlineDispatcher(predictions)
         metrics.cache_bytes.set_function(lambda: host.cache.nbytes)
         metrics.cache_entries.set_function(lambda: len(host.cache))
         metrics.model_ready.set_function(lambda: 1.0 if host.status == "ready" else 0.0)
@@ -124,14 +122,11 @@ def create_app(settings: Optional[Settings] = None, host: Optional[ModelHost] = 
         body = json_body("/predict")  # tasks: 1..SEGAGENT_MAX_TASKS objects with data (the OpenAPI schema)
         tasks = body["tasks"]
         g.task_ids = task_ids(tasks)  # named by the log line of a whole-request error
-        params = body.get("params") or {}
-        # checked here, in every mode, before anything is queued: the config (size, tags) and the clicks
-        # (count, fields, claimed image size)
-        config = parse_label_config(body.get("label_config"), settings.expression_field, config_chars)
-        parse_context(params.get("context"), config, settings.max_clicks, settings.max_image_pixels)
+        # parsed here, ONCE, in every mode, before anything is queued: the config (size, tags) and the clicks
+        # (count, fields, claimed image size); the parsed request is what the model (or the worker) gets
+        asked = parse_predict(body, settings)
         refresh()  # cheap unless a version was promoted since the last request
-        results = dispatcher.predict(PredictRequest(tasks, body.get("label_config"), params.get("context"),
-                                                    body.get("project")))
+        results = dispatcher.predict(asked)
         report_task_errors(errors, tasks, results)  # each reason in the log: Label Studio's screen drops it
         failed = [r for r in results if "result" not in r]
         metrics.predictions.labels("ok").inc(len(results) - len(failed))

@@ -124,15 +124,20 @@ class BufferingThreadWorker(ThreadWorker):
         self.reading.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
-    def _stop_reading(self, conn: TConn) -> None:
+    def _forget(self, sock, watched: list, entry) -> None:
+        """Stop polling ``sock`` and drop ``entry`` from ``watched``; either may be gone already (a socket
+        closed by the peer, a connection dropped twice)."""
         try:
-            self.poller.unregister(conn.sock)
+            self.poller.unregister(sock)
         except (OSError, KeyError, ValueError):
             pass
         try:
-            self.reading.remove(conn)
+            watched.remove(entry)
         except ValueError:
             pass
+
+    def _stop_reading(self, conn: TConn) -> None:
+        self._forget(conn.sock, self.reading, conn)
 
     def _drop(self, conn: TConn) -> None:
         self._stop_reading(conn)
@@ -193,14 +198,7 @@ class BufferingThreadWorker(ThreadWorker):
             self._close_lingering(entry)
 
     def _close_lingering(self, entry: list) -> None:
-        try:
-            self.poller.unregister(entry[0])
-        except (OSError, KeyError, ValueError):
-            pass
-        try:
-            self.lingering.remove(entry)
-        except ValueError:
-            pass
+        self._forget(entry[0], self.lingering, entry)
         util.close(entry[0])
 
     def murder_pending(self):

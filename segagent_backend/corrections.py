@@ -121,9 +121,6 @@ class CorrectionStore:
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def new_since_training(self, project: Optional[int]) -> int:
-        return int(read_json_object(self._folder(project) / "state.json").get("new", 0))
-
     def training_started(self, project: Optional[int]) -> None:
         """A round takes everything recorded so far: the counter starts again from zero."""
         with self._state(project) as state:

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Optional
 
 from .labelstudio.tasks import task_id
-from .metrics import method_label  # GET, POST or "other": a caller cannot write what it likes into the log
+from .prometheus import method_label  # GET, POST or "other": a caller cannot write what it likes into the log
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``run_training`` is what a train job runs (an RQ worker on the train queue, or a thread of the web
 process in embedded mode):
 
-1. the round's data: the project's recorded corrections, or (``source="labelstudio"``, the Start
+1. the round's data: the project's recorded corrections, or (``data_from="labelstudio"``, the Start
    Training button) every annotated task of the project pulled through the SDK;
 2. images fetched like /predict fetches them; masks checked against them (wrong size: rejected);
 3. a held-out split (``SEGAGENT_HOLDOUT``) chosen by task id, so it is stable across rounds;
@@ -30,7 +30,7 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
@@ -39,15 +39,22 @@ from .corrections import CorrectionStore
 from .jsonfiles import write_json_atomic
 from .labelstudio.annotations import Correction, Rejected, check_mask, corrections_from_tasks
 from .labelstudio.client import label_studio
+from .media import MediaLoader
 from .registry import Registry
 from .settings import Settings
-from .wiring import (convention, finetune_config, loop_config, media_loader, policy_from_settings, policy_options,
-                     segmenter_from_settings)
+from .wiring import finetune_config, loop_config, media_loader, policy_spec, segmenter_from_settings
+
+if TYPE_CHECKING:
+    from trainer.finetune import FinetuneConfig
+
+    from .agent.loop import LoopConfig
+    from .agent.policies import PolicySpec
 
 log = logging.getLogger(__name__)
 
 
-# Runs or queues one round: (project id or None, data source) -> what was started (queue/training.py).
+# Runs or queues one round: (project id or None, its data: "corrections" or "labelstudio") -> what was started
+# (queue/training.py).
 StartTraining = Callable[[Optional[int], str], dict]
 
 
@@ -55,11 +62,28 @@ class TrainingError(RuntimeError):
     """The round cannot produce a candidate (no base policy, too little usable data, ...)."""
 
 
+@dataclass(frozen=True)
+class RoundConfig:
+    """What a round trains and judges with, read from the settings once."""
+
+    policy: "PolicySpec"  # the base to fine-tune (SEGAGENT_POLICY), and how every policy of the round runs
+    loop: "LoopConfig"  # the serving loop: the StaR+ rollouts and the held-out comparison run under it
+    finetune: "FinetuneConfig"
+    star_rounds: int
+    stop_samples: bool  # SEGAGENT_TRAIN_STOP_SAMPLES
+    force_promote: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RoundConfig":
+        return cls(policy_spec(settings), loop_config(settings), finetune_config(settings), settings.star_rounds,
+                   settings.train_stop_samples, settings.force_promote)
+
+
 @dataclass
 class TrainReport:
     run: str
     project: Optional[int]
-    source: str
+    source: str  # the round's data: "corrections" | "labelstudio" (``data_from``; "source" in the report's JSON)
     status: str = "running"  # running | promoted | kept | failed | killed
     reason: str = ""
     version: Optional[str] = None
@@ -80,10 +104,10 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def run_training(settings: Settings, project: Optional[int], source: str = "corrections",
+def run_training(settings: Settings, project: Optional[int], data_from: str = "corrections",
                  run: Optional[str] = None) -> TrainReport:
     """One round (see the module docstring); never raises for a bad round: the report says why."""
-    report = TrainReport(run or new_run_id(), project, source)
+    report = TrainReport(run or new_run_id(), project, data_from)
     _save(settings, report)
     workdir = training_dir(settings) / report.run
     try:
@@ -125,34 +149,33 @@ def _round(settings: Settings, report: TrainReport, workdir: Path) -> None:
     if not settings.policy:
         raise TrainingError("no base policy to fine-tune: set SEGAGENT_POLICY")
     corrections, rejected = collect_corrections(settings, report.project, report.source)
-    samples, more = load_samples(settings, corrections)
+    samples, more = load_samples(media_loader(settings), corrections)
     report.rejected = [asdict(r) for r in rejected + more]
     train, held_out = split(samples, settings.holdout)
     report.counts = {"annotations": len(corrections), "rejected": len(report.rejected), "usable": len(samples),
                      "train": len(train), "held_out": len(held_out)}
+    config = RoundConfig.from_settings(settings)
     segmenter = segmenter_from_settings(settings)  # its own: the serving one may be busy with /predict
     traces = generate_traces(segmenter, train)
-    clicks = convention(settings)
     sft = [s for trace, sample in zip(traces, train)
-           for s in samples_from_trace(trace, sample.image, clicks, [sample.expression],
-                                       settings.train_stop_samples, settings.release_protocol)]
+           for s in samples_from_trace(trace, sample.image, config.policy.convention, [sample.expression],
+                                       config.stop_samples, config.loop.release)]
     report.counts.update(traces=len(traces), sft_samples=len(sft))
     if not sft:
         raise TrainingError("the trajectories gave no training samples")
-    outcome = train_policy(sft, settings.policy, workdir, finetune_config(settings), star_rounds=settings.star_rounds,
-                           samples=train, segmenter=segmenter, policy_kind=settings.policy_kind, convention=clicks,
-                           max_steps=settings.max_steps, policy_options=policy_options(settings), progress=False)
+    outcome = train_policy(sft, config.policy, workdir, config.finetune, loop=config.loop,
+                           star_rounds=config.star_rounds, samples=train, segmenter=segmenter, progress=False)
     free_accelerator_memory()  # the trainer's model is gone; its cached blocks need not wait for the next one
-    _judge_and_register(settings, report, outcome, held_out, segmenter)
+    _judge_and_register(config, Registry.from_settings(settings), report, outcome, held_out, segmenter)
 
 
-def collect_corrections(settings: Settings, project: Optional[int], source: str
+def collect_corrections(settings: Settings, project: Optional[int], data_from: str
                         ) -> tuple[list[Correction], list[Rejected]]:
     """The round's annotations: the recorded corrections, or the project pulled from Label Studio."""
-    if source == "corrections":
+    if data_from == "corrections":
         return CorrectionStore.from_settings(settings).corrections(project), []
-    if source != "labelstudio":
-        raise TrainingError(f"unknown data source {source!r}")
+    if data_from != "labelstudio":
+        raise TrainingError(f"unknown training data {data_from!r}")
     if project is None:
         raise TrainingError("training on a Label Studio project needs its id")
     ls = label_studio(settings)
@@ -162,11 +185,11 @@ def collect_corrections(settings: Settings, project: Optional[int], source: str
     return corrections_from_tasks(tasks, config, project, settings.expression_field)
 
 
-def load_samples(settings: Settings, corrections: list[Correction]):
-    """Corrections -> trainer Samples (image + mask); each one that cannot be used is a Rejected."""
+def load_samples(media: MediaLoader, corrections: list[Correction]):
+    """Corrections -> trainer Samples (image + mask, fetched by ``media``); each one that cannot be used is
+    a Rejected."""
     from trainer.datasets import Sample
 
-    media = media_loader(settings)
     samples, rejected = [], []
     for c in corrections:
         try:
@@ -191,30 +214,32 @@ def split(samples: list, fraction: float) -> tuple[list, list]:
     return ranked[n_held:], ranked[:n_held]
 
 
-def _judge_and_register(settings: Settings, report: TrainReport, outcome, held_out: list, segmenter) -> None:
+def _judge_and_register(config: RoundConfig, registry: Registry, report: TrainReport, outcome, held_out: list,
+                        segmenter) -> None:
     from trainer.evaluation import evaluate_policy
 
-    registry = Registry.from_settings(settings)
-    loop = loop_config(settings)
-    serving = registry.current().version
-    current_source = str(registry.model_folder(serving)) if serving else settings.policy
+    from .agent.policies import load_policy
 
-    def score(source: str):  # one policy in memory at a time
-        policy = policy_from_settings(settings, source)
-        result = evaluate_policy(policy, segmenter, held_out, loop)
+    serving = registry.current().version
+    current_checkpoint = str(registry.model_folder(serving)) if serving else config.policy.checkpoint
+
+    def score(checkpoint: str):  # one policy in memory at a time
+        policy = load_policy(config.policy.at(checkpoint))
+        result = evaluate_policy(policy, segmenter, held_out, config.loop)
         del policy
         free_accelerator_memory()
         return result
 
-    candidate, current = score(str(outcome.model_dir)), score(current_source)
+    candidate, current = score(str(outcome.model_dir)), score(current_checkpoint)
     report.metrics = {"candidate": _metrics(candidate), "current": {**_metrics(current), "version": serving},
                       "training": outcome.to_json()["rounds"]}
-    meta = {"base": settings.policy, "data": {"project": report.project, "source": report.source, "run": report.run},
+    meta = {"base": config.policy.checkpoint,
+            "data": {"project": report.project, "source": report.source, "run": report.run},
             "counts": report.counts, "metrics": report.metrics}
     info = registry.register(outcome.model_dir, meta, move=True)
     report.version = info.version
     better = candidate.not_worse_than(current)
-    if better or settings.force_promote:
+    if better or config.force_promote:
         registry.promote(info.version)
         report.status = "promoted"
         report.reason = "not worse than the serving policy" if better else "forced (SEGAGENT_FORCE_PROMOTE)"

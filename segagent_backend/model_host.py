@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .agent.audit import estimate_masks
+from .agent.mask_estimates import estimate_masks
 from .agent.episode import StepCache, run_given_clicks_stepwise
 from .agent.grounding import TextGrounder, TextStart, Ungroundable, text_start
 from .agent.loop import EpisodeRequest, run_episodes
@@ -126,9 +126,9 @@ class ModelHost:
         return model_version(self.settings, self._version)
 
     @property
-    def policy_source(self) -> Optional[str]:
+    def policy_checkpoint(self) -> Optional[str]:
         """The folder (or hub id) the policy loads from: the current version's, else SEGAGENT_POLICY."""
-        return self._source(self._version)
+        return self._checkpoint(self._version)
 
     @property
     def starts_from_text(self) -> bool:
@@ -241,17 +241,12 @@ class ModelHost:
 
     def estimate_masks(self, masks: list, batch_size: int = 8) -> list[Optional[float]]:
         """The serving policy's IoU estimate (0..1, None where its answer has none) of each
-        ``agent.audit.MaskToJudge``, batched, under the model lock. RequestError (501) without a policy."""
+        ``agent.mask_estimates.MaskToJudge``, batched, under the model lock. RequestError (501) without a policy."""
         self.load()
         if self._policy is None:
             raise RequestError(NO_AUDIT_POLICY, 501)
         with self._model_lock:
             return estimate_masks(self._policy, masks, batch_size, self.settings.release_protocol)
-
-    @property
-    def model_queue(self) -> int:
-        """Callers waiting for the model lock now (a figure for /health or /metrics; takes no lock)."""
-        return self._model_lock.waiting
 
     # ----- internals -------------------------------------------------------------------------------
     def _load_quietly(self) -> None:
@@ -272,7 +267,7 @@ class ModelHost:
             log.exception("loading the models failed")
             return
         log.info("models loaded in %.2f s (%s, policy %s)", time.perf_counter() - started,
-                 self.settings.segmenter, self.policy_source)
+                 self.settings.segmenter, self.policy_checkpoint)
         self._loaded.set()
 
     def _follow_announcement(self):
@@ -283,9 +278,9 @@ class ModelHost:
             self._version = announced[0]
         return announced
 
-    def _source(self, version: Optional[str]) -> Optional[str]:
+    def _checkpoint(self, version: Optional[str]) -> Optional[str]:
         return str(self._registry.model_folder(version)) if version else self.settings.policy
 
     def _load_policy(self, version: Optional[str]) -> Optional[Policy]:
-        source = self._source(version)
-        return None if source is None else self._build_policy(self.settings, source)
+        checkpoint = self._checkpoint(version)
+        return None if checkpoint is None else self._build_policy(self.settings, checkpoint)

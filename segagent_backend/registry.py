@@ -109,15 +109,15 @@ class Registry:
         """The policy checkpoint of ``version`` (what SEGAGENT_POLICY would name)."""
         return self.root / check_version_name(version) / MODEL
 
-    def register(self, source: os.PathLike, meta: Optional[dict] = None, move: bool = False) -> VersionMeta:
-        """Copy (or move) the trained policy folder ``source`` in as a new version; not promoted.
+    def register(self, policy_folder: os.PathLike, meta: Optional[dict] = None, move: bool = False) -> VersionMeta:
+        """Copy (or move) ``policy_folder`` (a trained policy's folder) in as a new version; not promoted.
 
         ``meta`` may name the ``version`` (default ``v<N+1>``); ``parent`` defaults to the current one.
         The folder appears under its final name in one rename, so a half-copied version is never listed.
         """
-        source = Path(source)
-        if not source.is_dir():
-            raise RegistryError(f"{source}: not a model folder")
+        policy_folder = Path(policy_folder)
+        if not policy_folder.is_dir():
+            raise RegistryError(f"{policy_folder}: not a model folder")
         meta = dict(meta or {})
         version = check_version_name(str(meta.get("version") or self._next_name()))
         if (self.root / version).exists():
@@ -129,9 +129,9 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
             if move:
-                shutil.move(str(source), staging / MODEL)
+                shutil.move(str(policy_folder), staging / MODEL)
             else:
-                shutil.copytree(source, staging / MODEL)
+                shutil.copytree(policy_folder, staging / MODEL)
             (staging / META).write_text(json.dumps(asdict(info), indent=2))
             os.replace(staging, self.root / version)
         except BaseException:

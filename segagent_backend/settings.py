@@ -5,32 +5,30 @@ environment, its default (written as it would be in the environment) and its mea
 converts by the field's type, the README table is made from the same fields (``python -m
 segagent_backend.settings`` prints it) and ``FIELDS`` lists them as (variable, attribute, default,
 meaning). A bad value fails at start with a ``SettingsError`` that names the variable.
+
+The named choices (tools, policy kinds, coordinate conventions, protocols, decodings) are the agent's tables:
+their names are validated against them and their README rows are made from them, so none is listed here.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 from urllib.parse import urlparse
 
-SEGMENTERS = ("grabcut", "sam", "hf-sam", "simpleclick")
-POLICY_KINDS = ("hf-vlm", "qwen-vl-chat")
-COORDINATES = ("qwen", "llava")
+# the tables only: no builder runs and no torch is imported by reading them
+from .agent.choices import described, described_defaults
+from .agent.loop import PROTOCOLS, LoopConfig
+from .agent.policies import DECODINGS, POLICIES
+from .agent.protocol import CONVENTIONS
+from .agent.segmenters import SEGMENTERS
+from .environment import SettingsError, blank_to_none, convert, declared, setting
+
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 TRAIN_METHODS = ("lora", "full")
-PROTOCOLS = ("release", "extended")
-DECODINGS = ("free", "grammar")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class SettingsError(ValueError):
-    """A setting has a value the service cannot start with."""
-
-
-def _blank_to_none(value: Optional[str]) -> Optional[str]:
-    return None if value is None or value.strip() == "" else value.strip()
 
 
 def _is_cuda_index(device: str) -> bool:
@@ -38,53 +36,11 @@ def _is_cuda_index(device: str) -> bool:
     return prefix == "cuda" and index.isdigit()
 
 
-def _convert(var: str, value: Optional[str], annotation: str):
-    if value is None:
-        return None
-    try:
-        if annotation == "int":
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise ValueError("must be a whole number (e.g. 4)") from None
-        if annotation == "float":
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise ValueError("must be a number (e.g. 0.5)") from None
-        if annotation == "bool":
-            lowered = value.lower()
-            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError("expected true or false")
-            return lowered in ("1", "true", "yes", "on")
-        if annotation == "Path":
-            return Path(value)
-    except ValueError as exc:
-        raise SettingsError(f"{var}={value!r}: {exc}") from None
-    return value
-
-
-def setting(env: str, default: Optional[str], meaning: str) -> Any:
-    """One variable: its name in the environment, its default as written there (None: unset) and its
-    meaning (the README row). ``_declared`` turns the default into a value of the field's type."""
-    return field(default=default, metadata={"env": env, "default": default, "help": meaning})
-
-
-def _declared(cls):
-    """The frozen dataclass of ``cls``, each field's default converted by the field's annotation."""
-    for name, annotation in cls.__annotations__.items():  # strings: ``from __future__ import annotations``
-        meta = getattr(cls.__dict__.get(name), "metadata", {})
-        if "env" not in meta:
-            raise TypeError(f"Settings.{name} must be declared with setting(variable, default, meaning)")
-        setattr(cls, name, field(default=_convert(meta["env"], meta["default"], annotation), metadata=meta))
-    return dataclass(frozen=True)(cls)
-
-
-@_declared
+@declared
 class Settings:
     segmenter: str = setting(
         "SEGAGENT_SEGMENTER", "grabcut",
-        "Interactive tool: `grabcut` (no weights), `sam` (segment-anything .pth), `hf-sam` (the transformers SAM family: SAM, SAM-HQ, SAM 2, SAM 3 tracker, EdgeTAM), `simpleclick` (SimpleClick plain ViT-B/L/H .pth, the paper's best tool).")
+        f"Interactive tool: {described(SEGMENTERS)}.")
     sam_checkpoint: Optional[str] = setting(
         "SEGAGENT_SAM_CHECKPOINT", None,
         "Path of a segment-anything `.pth` checkpoint (required with `sam`).")
@@ -108,10 +64,10 @@ class Settings:
         "SAM 3 score (0..1) an instance must exceed to be a start; none above it: the task gets a 422 error (without a policy) or starts empty.")
     policy_kind: str = setting(
         "SEGAGENT_POLICY_KIND", "hf-vlm",
-        "`hf-vlm` (transformers chat VLMs: Qwen2-VL, Qwen2.5-VL, LLaVA) or `qwen-vl-chat` (the released SegAgent-Qwen, run natively).")
+        f"{described(POLICIES)}.")
     coordinates: str = setting(
         "SEGAGENT_COORDINATES", "qwen",
-        "How the policy writes clicks: `qwen` ((row, col) integers on 0..999) or `llava` (decimals in [0, 1)).")
+        f"How the policy writes clicks: {described(CONVENTIONS)}.")
     dtype: str = setting(
         "SEGAGENT_DTYPE", "auto",
         "Policy weights: `auto` (bf16 on GPU, fp32 on CPU), `bfloat16`, `float16`, `float32`.")
@@ -129,10 +85,11 @@ class Settings:
         "Stop after this many steps without a better estimate.")
     protocol: Optional[str] = setting(
         "SEGAGENT_PROTOCOL", None,
-        "`release`: the paper's evaluation rules exactly (`SEGAGENT_MAX_STEPS` calls, no early stop, the release's mask selection, parser and overlay); `extended`: PRM stop, patience, tree search. Default: `release` for `qwen-vl-chat`, `extended` for `hf-vlm`.")
+        f"{described(PROTOCOLS)}. Default: " + described_defaults(POLICIES, "protocol") + ".")
     decoding: Optional[str] = setting(
         "SEGAGENT_DECODING", None,
-        "How the policy writes its answers: `free` (the release's decoding: greedy with the checkpoint's generation config and stop words, nothing forced or masked; an answer without a readable click ends the episode) or `grammar` (the echo `<ref>..</ref> Current IOU: ` forced and the rest constrained to the answer grammar, in the tokens the tokenizer itself produces). Default: `free` under the `release` protocol, `grammar` under `extended`.")
+        f"How the policy writes its answers: {described(DECODINGS)}. Default: "
+        + described_defaults(PROTOCOLS, "decoding", "under the `{}` protocol") + ".")
     temperature: float = setting(
         "SEGAGENT_TEMPERATURE", "1.0",
         "Sampling temperature of tree-search candidates.")
@@ -306,8 +263,8 @@ class Settings:
         values = {}
         for f in fields(cls):
             # a variable set but left empty (a blank line of .env, compose's ${VAR:-}) means its default
-            raw = _blank_to_none(env.get(f.metadata["env"]))
-            values[f.name] = f.default if raw is None else _convert(f.metadata["env"], raw, f.type)
+            raw = blank_to_none(env.get(f.metadata["env"]))
+            values[f.name] = f.default if raw is None else convert(f.metadata["env"], raw, f.type)
         settings = cls(**values)
         settings.validate()
         return settings
@@ -321,37 +278,25 @@ class Settings:
 
     def validate(self) -> None:
         def fail(attr: str, why: str) -> None:
-            raise SettingsError(f"{_var_of(attr)}={getattr(self, attr)!r}: {why}")
+            raise SettingsError(f"{variable_of(attr)}={getattr(self, attr)!r}: {why}")
 
-        if self.segmenter not in SEGMENTERS:
-            fail("segmenter", f"must be one of {', '.join(SEGMENTERS)}")
-        if self.segmenter == "sam" and not self.sam_checkpoint:
-            raise SettingsError("SEGAGENT_SEGMENTER=sam needs SEGAGENT_SAM_CHECKPOINT (a segment-anything .pth file)")
-        if self.segmenter == "hf-sam" and not self.sam_model:
-            raise SettingsError("SEGAGENT_SEGMENTER=hf-sam needs SEGAGENT_SAM_MODEL (hub id or model folder)")
-        if self.segmenter == "simpleclick" and not self.simpleclick_checkpoint:
-            raise SettingsError("SEGAGENT_SEGMENTER=simpleclick needs SEGAGENT_SIMPLECLICK_CHECKPOINT (a SimpleClick .pth file)")
-        if self.protocol is not None and self.protocol not in PROTOCOLS:
-            fail("protocol", f"must be one of {', '.join(PROTOCOLS)}")
-        if self.decoding is not None and self.decoding not in DECODINGS:
-            fail("decoding", f"must be one of {', '.join(DECODINGS)}")
-        for attr, allowed in (("policy_kind", POLICY_KINDS), ("coordinates", COORDINATES), ("dtype", DTYPES)):
-            if getattr(self, attr) not in allowed:
+        for attr, allowed in _CHOICES:  # None: an optional choice left to its default
+            if getattr(self, attr) is not None and getattr(self, attr) not in allowed:
                 fail(attr, f"must be one of {', '.join(allowed)}")
+        tool = SEGMENTERS[self.segmenter]
+        if tool.weights and not getattr(self, tool.weights):
+            raise SettingsError(f"SEGAGENT_SEGMENTER={self.segmenter} needs {variable_of(tool.weights)} "
+                                f"({'a .pth file' if tool.file else 'hub id or model folder'})")
         if not 0.0 <= self.text_threshold < 1.0:
             fail("text_threshold", "must be in [0, 1)")
         if not 0.0 < self.stop_iou <= 1.0:
             fail("stop_iou", "must be in (0, 1]")
-        if self.train_method not in TRAIN_METHODS:
-            fail("train_method", f"must be one of {', '.join(TRAIN_METHODS)}")
         if not 0.0 < self.holdout < 1.0:
             fail("holdout", "must be between 0 and 1")
         if self.train_lr <= 0:
             fail("train_lr", "must be > 0")
         if self.temperature <= 0:
             fail("temperature", "must be > 0")
-        if self.sam_type is not None and self.sam_type not in SAM_TYPES:
-            fail("sam_type", f"must be one of {', '.join(SAM_TYPES)}")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             fail("device", "must be auto, cpu, cuda or cuda:N")
         if self.redis_url is not None and urlparse(self.redis_url).scheme not in ("redis", "rediss", "unix"):
@@ -378,11 +323,10 @@ class Settings:
         if self.port > 65535:
             fail("port", "must be <= 65535")
 
-    def loop_config(self):
-        """The episode loop's settings (one place builds them for every caller)."""
-        from .agent.loop import LoopConfig
-
-        protocol = self.protocol or ("release" if self.policy_kind == "qwen-vl-chat" else "extended")
+    def loop_config(self) -> LoopConfig:
+        """The episode loop's settings (one place builds them for every caller); the protocol defaults to
+        the policy kind's."""
+        protocol = self.protocol or POLICIES[self.policy_kind].protocol
         return LoopConfig(self.max_steps, self.candidates, self.stop_iou, self.patience, protocol)
 
     @property
@@ -391,8 +335,8 @@ class Settings:
 
     @property
     def decoding_mode(self) -> str:
-        """SEGAGENT_DECODING, or its default: ``free`` under the release protocol, ``grammar`` under extended."""
-        return self.decoding or ("free" if self.release_protocol else "grammar")
+        """SEGAGENT_DECODING, or the protocol's default (``PROTOCOLS``)."""
+        return self.decoding or PROTOCOLS[self.loop_config().protocol].decoding
 
     @property
     def cache_bytes(self) -> int:
@@ -407,9 +351,14 @@ class Settings:
 FIELDS: tuple[tuple[str, str, Optional[str], str], ...] = tuple(
     (f.metadata["env"], f.name, f.metadata["default"], f.metadata["help"]) for f in fields(Settings))
 _VARIABLES = {attr: var for var, attr, _, _ in FIELDS}
+# (attribute, its valid names): the agent's tables, and the few plain lists that are the settings' own
+_CHOICES = (("segmenter", SEGMENTERS), ("policy_kind", POLICIES), ("coordinates", CONVENTIONS),
+            ("protocol", PROTOCOLS), ("decoding", DECODINGS), ("dtype", DTYPES), ("sam_type", SAM_TYPES),
+            ("train_method", TRAIN_METHODS))
 
 
-def _var_of(attr: str) -> str:
+def variable_of(attr: str) -> str:
+    """The environment variable of the settings attribute ``attr`` (``sam_model`` -> ``SEGAGENT_SAM_MODEL``)."""
     return _VARIABLES[attr]
 
 

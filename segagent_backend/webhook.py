@@ -17,7 +17,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .learning import StartTraining
 
-# (project id, new task ids) -> {"queue", "job"} of the planning job (queue/preannotate.planning_starter)
+# (project id, new task ids) -> {"queue", "job"} of the planning job (queue/planner.planning_starter)
 QueuePreannotation = Callable[[int, list[int]], dict]
 
 MAX_ACTION_CHARS = 64  # an unknown action is echoed back: never a long one
@@ -116,17 +116,17 @@ def _start_training(body: dict, settings: Settings, store: CorrectionStore,
         raise RequestError("project.id: START_TRAINING needs 'project': {'id': <positive int>}", field="project.id")
     if start_training is None:
         return {"note": "acknowledged; training does not run in this process"}
-    source = "labelstudio" if settings.label_studio_url and settings.label_studio_api_key else "corrections"
-    started = _start(settings, store, project, source, start_training)
-    return {"training": started, "note": f"training round on {source}: {started.get('note', 'started')}"}
+    data_from = "labelstudio" if settings.label_studio_url and settings.label_studio_api_key else "corrections"
+    started = _start(settings, store, project, data_from, start_training)
+    return {"training": started, "note": f"training round on {data_from}: {started.get('note', 'started')}"}
 
 
-def _start(settings: Settings, store: CorrectionStore, project: Optional[int], source: str,
+def _start(settings: Settings, store: CorrectionStore, project: Optional[int], data_from: str,
            start_training: "StartTraining") -> dict:
     if not settings.policy:  # a round could only fail: say so instead of starting one
         return {"project": project, "started": False, "note": "not started: set SEGAGENT_POLICY (the base policy)"}
     store.training_started(project)  # what arrives from now on counts towards the next round
-    return {"project": project, "source": source, "started": True, **start_training(project, source)}
+    return {"project": project, "source": data_from, "started": True, **start_training(project, data_from)}
 
 
 def _tasks_created(body: dict, settings: Optional[Settings],

@@ -3,6 +3,7 @@ process, worker, training round, CLI): the interactive tool, the SAM 3 text mode
 fine-tuning's configs, the click convention, the media loader."""
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Optional
 
 from .media import MediaLoader, MediaPolicy, MediaSource
@@ -13,20 +14,24 @@ if TYPE_CHECKING:
 
     from .agent.loop import LoopConfig
     from .agent.grounding import TextGrounder
-    from .agent.policies import Policy
+    from .agent.policies import Policy, PolicySpec
     from .agent.protocol import CoordinateConvention
-    from .agent.segmenters import EmbeddingCache, Segmenter
+    from .agent.segmenters import EmbeddingCache, Segmenter, ToolOptions
 
 
 def segmenter_from_settings(settings: Settings, cache: Optional["EmbeddingCache"] = None) -> "Segmenter":
     """The interactive tool the settings name, loaded as every service process loads it."""
-    from .agent.segmenters import EmbeddingCache, build_segmenter
+    from .agent.segmenters import SEGMENTERS, EmbeddingCache
 
-    return build_segmenter(settings.segmenter, cache if cache is not None else EmbeddingCache(settings.cache_bytes),
-                           sam_checkpoint=settings.sam_checkpoint, sam_type=settings.sam_type,
-                           sam_model=settings.sam_model, device=settings.device,
-                           grabcut_max_side=settings.grabcut_max_side,
-                           simpleclick_checkpoint=settings.simpleclick_checkpoint)
+    cache = cache if cache is not None else EmbeddingCache(settings.cache_bytes)
+    return SEGMENTERS[settings.segmenter].build(tool_options(settings), cache)
+
+
+def tool_options(settings: Settings) -> "ToolOptions":
+    """What the tools are built from: the settings' fields of the same names."""
+    from .agent.segmenters import ToolOptions
+
+    return ToolOptions(**{f.name: getattr(settings, f.name) for f in fields(ToolOptions)})
 
 
 def text_model_from_settings(settings: Settings, cache: Optional["EmbeddingCache"] = None) -> Optional["TextGrounder"]:
@@ -39,18 +44,20 @@ def text_model_from_settings(settings: Settings, cache: Optional["EmbeddingCache
     return TextGrounder.from_pretrained(settings.text_model, settings.device, cache)
 
 
-def policy_from_settings(settings: Settings, source: str) -> "Policy":
-    """The policy of kind SEGAGENT_POLICY_KIND from ``source`` (a folder or hub id), on the settings'
-    device, dtype, coordinates and sampling temperature."""
-    from .agent.policies import build_policy
+def policy_from_settings(settings: Settings, checkpoint: str) -> "Policy":
+    """The policy of kind SEGAGENT_POLICY_KIND from ``checkpoint`` (a folder or hub id), as ``policy_spec`` says."""
+    from .agent.policies import load_policy
 
-    return build_policy(settings.policy_kind, source, coordinates=settings.coordinates, **policy_options(settings))
+    return load_policy(policy_spec(settings, checkpoint))
 
 
-def policy_options(settings: Settings) -> dict:
-    """``build_policy`` keywords besides kind, source and coordinates: how every policy of this deployment runs."""
-    return dict(device=settings.device, dtype=settings.dtype, temperature=settings.temperature,
-                decoding=settings.decoding_mode)
+def policy_spec(settings: Settings, checkpoint: Optional[str] = None) -> "PolicySpec":
+    """How every policy of this deployment loads and runs (kind, coordinates, device, dtype, temperature,
+    decoding), from ``checkpoint`` (default: SEGAGENT_POLICY)."""
+    from .agent.policies import PolicySpec
+
+    return PolicySpec(settings.policy_kind, str(checkpoint or settings.policy or ""), convention(settings),
+                      settings.device, settings.dtype, settings.temperature, settings.decoding_mode)
 
 
 def loop_config(settings: Settings) -> "LoopConfig":

@@ -84,12 +84,12 @@ def write_noc(runs: Sequence[NocRun], out: Path, summary: dict) -> None:
     (out / "noc_iou.png").write_bytes(png)
 
 
-def write_scores(records: Sequence[dict], scores: dict, out: Path, source: str, scoring: str = "ours",
+def write_scores(records: Sequence[dict], scores: dict, out: Path, predictions_file: str, scoring: str = "ours",
                  total: Optional[int] = None) -> None:
     """A scored prediction file: ``scores.json`` (cIoU, gIoU, the scoring used, records read, samples scored
     and dropped) and ``scores.csv`` (one row per record; a dropped record's IoU is empty)."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "scores.json", {"predictions": source, "selection": "release", "scoring": scoring,
+    _write_json(out / "scores.json", {"predictions": predictions_file, "selection": "release", "scoring": scoring,
                                       "records": len(records), "records_in_file": len(records) if total is None else total,
                                       "samples": scores["samples"], "dropped": scores.get("dropped", 0),
                                       "ciou": scores["ciou"], "giou": scores["giou"]})

@@ -32,19 +32,11 @@ class NocRun:
     masks: list[np.ndarray] = field(default_factory=list)  # the mask after each click ((H, W) bool), if kept
 
 
-def simulate_noc(segmenter: Segmenter, sample: Sample, max_clicks: int = 20) -> list[float]:
-    """IoU after each of ``max_clicks`` simulated clicks on ``sample`` (the full NoC protocol)."""
-    return run_noc(segmenter, sample, max_clicks).ious
-
-
 def label_studio_clicks(clicks: Sequence[Click], width: int, height: int) -> list[Click]:
-    """Pixel clicks as Label Studio sends them (keypoints in percent of the image, ``100 * x / width``, as
-    the service's own keypoint regions write them) and as ``/predict`` reads them back
-    (``PercentClick.to_pixels``): the click list the model host replays."""
-    from segagent_backend.labelstudio.control_models.keypoint_labels import PercentClick
-
-    return [PercentClick(100.0 * c.x / width, 100.0 * c.y / height, c.positive, None).to_pixels(width, height)
-            for c in clicks]
+    """Pixel clicks as Label Studio sends them (keypoints in percent of the image, ``Click.percent``, as the
+    service's own keypoint regions write them) and as ``/predict`` reads them back (``Click.from_percent``):
+    the click list the model host replays (tests/service/test_eval_noc.py holds the two to the service's)."""
+    return [Click.from_percent(*c.percent(width, height), c.positive, width, height) for c in clicks]
 
 
 def run_noc(

@@ -322,8 +322,8 @@ def finetune(samples: Sequence[SFTSample], base: Union[str, Path], out: Path, co
     checkpoints = out / "checkpoints"
     resume = last_complete_checkpoint(checkpoints)
     where = Path(str(base)).expanduser()
-    source = str(where.resolve()) if where.exists() else str(base)
-    run = dict({k: getattr(config, k) for k in RUN_KEYS}, base=source, samples=len(samples))
+    base_checkpoint = str(where.resolve()) if where.exists() else str(base)
+    run = dict({k: getattr(config, k) for k in RUN_KEYS}, base=base_checkpoint, samples=len(samples))
     if native:
         run["policy_kind"] = NATIVE_KIND
     _check_run(out, run, resume)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from segagent_backend.agent.protocol import CONVENTIONS, SEGAGENT_QWEN, CoordinateConvention
+from segagent_backend.agent.loop import LoopConfig
+from segagent_backend.agent.policies import PolicySpec
 from segagent_backend.agent.segmenters.base import Segmenter
 
 from .datasets import Sample
@@ -53,29 +54,27 @@ class TrainOutcome:
         return {"model_dir": str(self.model_dir), "rounds": [asdict(r) for r in self.rounds]}
 
 
-def train_policy(sft: Sequence[SFTSample], base: str, out: Path, config: FinetuneConfig, *, star_rounds: int = 0,
-                 samples: Sequence[Sample] = (), segmenter: Optional[Segmenter] = None, policy_kind: str = "hf-vlm",
-                 convention: CoordinateConvention = SEGAGENT_QWEN, max_steps: int = 7,
-                 policy_options: Optional[dict] = None, progress: bool = True) -> TrainOutcome:
-    """Fine-tune ``base`` on ``sft``; then ``star_rounds`` StaR+ rounds over ``samples`` with ``segmenter``.
-
-    ``policy_options``: ``build_policy`` keywords for the StaR+ rollouts (device, dtype, temperature), so
-    the rolled-out policy runs as the served one does.
+def train_policy(sft: Sequence[SFTSample], base: PolicySpec, out: Path, config: FinetuneConfig, *,
+                 loop: LoopConfig = LoopConfig(), star_rounds: int = 0, samples: Sequence[Sample] = (),
+                 segmenter: Optional[Segmenter] = None, progress: bool = True) -> TrainOutcome:
+    """Fine-tune the policy ``base`` on ``sft``; then ``star_rounds`` StaR+ rounds over ``samples`` with
+    ``segmenter``, each rolling out the previous round's model as ``base`` says (kind, coordinates,
+    device, dtype, temperature, decoding) under ``loop`` (the serving protocol, candidates, stop rule).
 
     A Qwen-VL-Chat base (config.json ``model_type: qwen``) is trained and rolled out as ``qwen-vl-chat``
-    (the native model) whatever ``policy_kind`` says: no other policy can load it.
+    (the native model) whatever ``base.kind`` says: no other policy can load it.
     """
     if star_rounds and (not samples or segmenter is None):
         raise ValueError("StaR+ rounds need the training samples (images + masks) and a segmenter")
     out = Path(out)
-    if uses_native_path(base, policy_kind):
-        policy_kind = NATIVE_KIND
+    if uses_native_path(base.checkpoint, base.kind):
+        base = replace(base, kind=NATIVE_KIND)
     data = list(sft)
-    reports = [_train_round(0, data, base, out, config, progress, policy_kind=policy_kind)]
+    reports = [_train_round(0, data, base, out, config, progress)]
     for r in range(1, star_rounds + 1):
-        refined, star = _refine(r, out, samples, segmenter, policy_kind, convention, max_steps, policy_options or {})
+        refined, star = _refine(r, out, samples, segmenter, base, loop)
         data += refined
-        reports.append(_train_round(r, data, base, out, config, progress, star, policy_kind))
+        reports.append(_train_round(r, data, base, out, config, progress, star))
     final = out / "model"
     if final.exists():
         shutil.rmtree(final)
@@ -85,12 +84,12 @@ def train_policy(sft: Sequence[SFTSample], base: str, out: Path, config: Finetun
     return outcome
 
 
-def _train_round(r: int, data: list[SFTSample], base: str, out: Path, config: FinetuneConfig, progress: bool,
-                 star: Optional[dict] = None, policy_kind: Optional[str] = None) -> RoundReport:
+def _train_round(r: int, data: list[SFTSample], base: PolicySpec, out: Path, config: FinetuneConfig, progress: bool,
+                 star: Optional[dict] = None) -> RoundReport:
     folder = out / "rounds" / str(r)
     log = folder / "train_log.json"
     if not ((folder / "model").is_dir() and log.is_file()):
-        finetune(data, base, folder, config, progress=progress, policy_kind=policy_kind)
+        finetune(data, base.checkpoint, folder, config, progress=progress, policy_kind=base.kind)
     written = json.loads(log.read_text())
     losses = [entry["loss"] for entry in written.get("losses", [])] or [None]
     report = RoundReport(r, len(data), losses[0], losses[-1], written.get("samples_per_second"),
@@ -100,22 +99,18 @@ def _train_round(r: int, data: list[SFTSample], base: str, out: Path, config: Fi
     return report
 
 
-def _refine(r: int, out: Path, samples: Sequence[Sample], segmenter: Segmenter, policy_kind: str,
-            convention: CoordinateConvention, max_steps: int, policy_options: dict) -> tuple[list[SFTSample], dict]:
-    """Roll out round r-1's policy; its refined samples (recomputed on resume: rollouts are greedy)."""
-    from segagent_backend.agent.policies import build_policy
-
-    from segagent_backend.agent.loop import LoopConfig
+def _refine(r: int, out: Path, samples: Sequence[Sample], segmenter: Segmenter, base: PolicySpec,
+            loop: LoopConfig) -> tuple[list[SFTSample], dict]:
+    """Roll out round r-1's policy; its refined samples (recomputed on resume: greedy rollouts repeat)."""
+    from segagent_backend.agent.policies import load_policy
 
     from .evaluation import evaluate_policy
     from .star import star_samples
 
-    coordinates = next(name for name, c in CONVENTIONS.items() if c == convention)
-    policy = build_policy(policy_kind, str(out / "rounds" / str(r - 1) / "model"), coordinates=coordinates,
-                          **policy_options)
-    score = evaluate_policy(policy, segmenter, samples, LoopConfig(max_steps=max_steps))
-    refined, rollouts = star_samples(policy, segmenter, samples, max_steps=max_steps, convention=convention)
-    star = {"rollout_iou": score.miou, "rollout_ciou": score.ciou,
+    policy = load_policy(base.at(out / "rounds" / str(r - 1) / "model"))
+    score = evaluate_policy(policy, segmenter, samples, loop)
+    refined, rollouts = star_samples(policy, segmenter, samples, loop, convention=base.convention)
+    star = {"loop": asdict(loop), "rollout_iou": score.miou, "rollout_ciou": score.ciou,
             "corrected_iou": float(np.mean([ro.ious[-1] for ro in rollouts])),
             "kept": sum(ro.kept for ro in rollouts), "replaced": sum(ro.replaced for ro in rollouts),
             "refined_samples": len(refined)}

@@ -32,7 +32,7 @@ class SFTSample:
     shown: np.ndarray
     expression: str
     target: str
-    source: str = ""  # where it came from (image name / task id), for reports
+    name: str = ""  # the sample it came from (image name / task id), for reports
     release: bool = False  # the release's overlay arithmetic (the protocol the policy will serve with)
 
     @property
@@ -43,11 +43,11 @@ class SFTSample:
 
 def step_samples(image: np.ndarray, expression: str, shown: Sequence[np.ndarray], ious: Sequence[float],
                  clicks: Sequence[Optional[Click]], convention: CoordinateConvention = SEGAGENT_QWEN,
-                 source: str = "") -> list[SFTSample]:
+                 name: str = "") -> list[SFTSample]:
     """One sample per action: ``shown[t]`` / ``ious[t]`` is the state action ``t`` was chosen on; a
     None action is a stop (the estimate alone)."""
     height, width = image.shape[:2]
-    return [SFTSample(image, mask, expression, format_answer(expression, iou, click, width, height, convention), source)
+    return [SFTSample(image, mask, expression, format_answer(expression, iou, click, width, height, convention), name)
             for mask, iou, click in zip(shown, ious, clicks)]
 
 

@@ -64,7 +64,7 @@ def split_target(sample: SFTSample, forced_prefix: bool = True) -> str:
     """The text the model writes for ``sample``: the target after the forced prefix (all of it without)."""
     prefix = answer_prefix(sample.expression)
     if not sample.target.startswith(prefix):
-        raise ValueError(f"sample {sample.source!r}: target {sample.target!r} does not start with the answer "
+        raise ValueError(f"sample {sample.name!r}: target {sample.target!r} does not start with the answer "
                          f"prefix {prefix!r} of its expression")
     return sample.target[len(prefix):] if forced_prefix else sample.target
 

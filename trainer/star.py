@@ -1,11 +1,14 @@
 """StaR+ (SegAgent, section 7): roll the policy out, keep its good actions, let the simulator fix the rest.
 
-For every training sample the current policy acts greedily from an empty mask (all samples in
-lockstep, one batched policy call per step). An action that raised IoU becomes a training target as
-it is; an action that did not (or a stop while the mask is still below the target) is replaced by the
-standard simulator's click from that same state, and the rollout continues from the corrected state,
-so later states stay ones the policy can reach. The estimate in every target is the TRUE IoU of the
-mask shown, so the PRM learns from the policy's own states too.
+For every training sample the current policy acts from an empty mask (all samples in lockstep, one
+batched policy call per step) under the serving loop's configuration: its protocol (what the policy is
+shown), ``max_steps`` calls, ``candidates`` clicks proposed per step (the one that raises IoU most is
+taken; the release protocol proposes one) and, under the extended protocol, its stop rule (an estimate at ``stop_iou`` or above is a stop).
+An action that raised IoU becomes a training target as it is; an action that did not (or a stop while
+the mask is still below the target) is replaced by the standard simulator's click from that same state,
+and the rollout continues from the corrected state, so later states stay ones the policy can reach. The
+estimate in every target is the TRUE IoU of the mask shown, so the PRM learns from the policy's own
+states too.
 """
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from segagent_backend.agent.clicker import next_click
-from segagent_backend.agent.engine import Episode, EpisodeRequest, drive, first_click
+from segagent_backend.agent.engine import Episode, EpisodeRequest, drive
+from segagent_backend.agent.loop import LoopConfig
 from segagent_backend.agent.policies.base import Policy
-from segagent_backend.agent.protocol import SEGAGENT_QWEN, CoordinateConvention, format_answer
+from segagent_backend.agent.protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, format_answer
 from segagent_backend.agent.segmenters.base import Segmenter
 from segagent_backend.agent.types import Click
 
@@ -33,13 +37,13 @@ class Rollout:
     replaced: int = 0  # policy actions replaced by the simulator's click
 
 
-def star_samples(policy: Policy, segmenter: Segmenter, samples: Sequence[Sample], max_steps: int = 7,
+def star_samples(policy: Policy, segmenter: Segmenter, samples: Sequence[Sample], loop: LoopConfig = LoopConfig(),
                  target_iou: float = 0.98, convention: CoordinateConvention = SEGAGENT_QWEN
                  ) -> tuple[list[SFTSample], list[Rollout]]:
     """The refined SFT samples of one StaR+ round and each sample's rollout, in ``samples`` order.
 
-    The engine with ``policy`` in lockstep (greedy, gt / ignore / clicks shown, for a simulator policy;
-    an MLLM sees only the overlay and the text) and the StaR+ acceptance rule.
+    The engine with ``policy`` in lockstep under ``loop`` (gt / ignore / clicks shown, for a simulator
+    policy; an MLLM sees only the overlay and the text) and the StaR+ acceptance rule.
     """
     episodes = Episode.lockstep(segmenter, [EpisodeRequest(s.image, s.expression, gt=s.gt, ignore=s.ignore)
                                             for s in samples])
@@ -47,19 +51,29 @@ def star_samples(policy: Policy, segmenter: Segmenter, samples: Sequence[Sample]
     out: list[SFTSample] = []
 
     def corrected(episode: Episode, step: int, answers) -> None:
-        out.extend(_step(episode, samples[episode.index], rollouts[episode.index], first_click(answers), target_iou,
-                         convention))
+        out.extend(_step(episode, samples[episode.index], rollouts[episode.index], _proposed(answers[0], loop),
+                         target_iou, convention))
 
-    drive(policy, episodes, corrected, max_steps)
+    drive(policy, episodes, corrected, loop.max_steps, 1 if loop.release else loop.candidates, loop.release)
     return out, rollouts
 
 
-def _step(episode: Episode, s: Sample, rollout: Rollout, proposed: Optional[Click], target_iou: float,
+def _proposed(answers: Sequence[Answer], loop: LoopConfig) -> list[Click]:
+    """The clicks the policy proposes on a state; none when it stops (no click, or under the extended
+    protocol an estimate that reaches ``stop_iou``: the loop would stop there)."""
+    if not loop.release and any(a.iou_estimate is not None and a.iou_estimate >= loop.stop_iou for a in answers):
+        return []
+    return [a.click for a in answers if a.click is not None]
+
+
+def _step(episode: Episode, s: Sample, rollout: Rollout, proposed: Sequence[Click], target_iou: float,
           convention: CoordinateConvention) -> list[SFTSample]:
-    """Judge one proposed click on the episode's state, advance it, return the samples it teaches."""
+    """Judge the proposed clicks on the episode's state (the best one by IoU), advance it, return the samples
+    it teaches."""
     height, width = s.gt.shape
     state, before = episode.state, rollout.ious[-1]
-    result = episode.act(state, proposed) if proposed is not None else None
+    results = [episode.act(state, click) for click in proposed]
+    result = max(results, key=episode.iou, default=None)
     if result is not None and episode.iou(result) > before:
         rollout.kept += 1
     else:

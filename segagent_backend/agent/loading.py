@@ -1,9 +1,13 @@
-"""What the torch-based tools share when loading: the device choice and one error type."""
+"""What the tools and policies share when loading: the ONE check of a model name on this machine, the
+device choice and one error type. torch is imported only to choose a device, so the service and the CLI
+check names before anything heavy loads."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class ModelLoadError(RuntimeError):
@@ -17,24 +21,49 @@ def is_local_path(name: str) -> bool:
             or Path(name).expanduser().exists())
 
 
-def checkpoint_source(source, what: str = "model folder") -> str:
-    """A ``save_pretrained`` folder on this machine (checked: it exists, is a folder and holds config.json;
-    returned with ``~`` expanded) or a hub id (returned as is: transformers fetches it or finds it in the HF
-    cache). ModelLoadError naming ``what`` and the path when the folder cannot be used."""
-    text = str(source)
+def weights_problem(name: Optional[str], file: bool = False) -> Optional[str]:
+    """Why the weights ``name`` are not there, None when they are: a ``.pth`` file when ``file``, else a folder
+    on this machine (a hub id is left to the loader or the hub). Every caller asks here: the service at
+    start, the CLI before loading, the loaders themselves (which then read the folder: :func:`resolve_checkpoint`)."""
+    if not name:
+        return "not set"
+    path = Path(str(name)).expanduser()
+    if file:
+        return None if path.is_file() else "it is a folder, not a file" if path.is_dir() else "no such file"
+    if not is_local_path(str(name)) or path.is_dir():
+        return None
+    return "it is a file, not a folder" if path.exists() else "no such folder, it does not exist"
+
+
+def checkpoint_file(path, what: str) -> Path:
+    """A ``.pth`` checkpoint on this machine (checked by :func:`weights_problem`); ModelLoadError naming
+    ``what``, the path and the problem otherwise."""
+    problem = weights_problem(str(path), file=True)
+    if problem:
+        raise ModelLoadError(f"{what} {path} cannot be used: {problem}")
+    return Path(path)
+
+
+def resolve_checkpoint(checkpoint, what: str = "model folder") -> str:
+    """A ``save_pretrained`` folder on this machine (checked by :func:`weights_problem`, and it holds
+    config.json; returned with ``~`` expanded) or a hub id (returned as is: transformers fetches it or finds
+    it in the HF cache). ModelLoadError naming ``what`` and the path when the folder cannot be used."""
+    text = str(checkpoint)
+    problem = weights_problem(text)
+    if problem:
+        raise ModelLoadError(f"{what} {text!r} cannot be used: {problem}")
     if not is_local_path(text):
         return text
     folder = Path(text).expanduser()
-    if not folder.is_dir():
-        reason = "it is a file, not a folder" if folder.exists() else "no such folder, it does not exist"
-        raise ModelLoadError(f"{what} {text!r} cannot be used: {reason}")
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{what} {text!r} has no config.json (not a save_pretrained folder)")
     return str(folder)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto") -> "torch.device":
     """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu`` / ``cuda`` / ``cuda:N`` are checked."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

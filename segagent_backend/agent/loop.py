@@ -31,7 +31,24 @@ from .protocol import Answer, answer_head, box_pixels, release_estimates
 from .segmenters.base import Segmenter
 from .types import Click, EpisodeResult, TrajectoryStep
 
-__all__ = ["EpisodeRequest", "LoopConfig", "extended_choice", "release_choice", "release_pick", "run_episodes"]
+__all__ = ["EpisodeRequest", "LoopConfig", "PROTOCOLS", "Protocol", "extended_choice", "release_choice", "release_pick",
+           "run_episodes"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One protocol's meaning and the decoding its policies use unless told otherwise."""
+
+    help: str
+    decoding: str  # a key of ``policies.DECODINGS``
+
+
+# the one table of protocols by name (LoopConfig.protocol)
+PROTOCOLS: dict[str, Protocol] = {
+    "release": Protocol("the paper's evaluation rules exactly: a policy call at every step up to the limit, no "
+                        "early stop, the release's mask selection, parser and overlay", "free"),
+    "extended": Protocol("PRM stop, patience, tree search", "grammar"),
+}
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,18 @@ class CoordinateConvention:
     def text(self, value: float) -> str:
         return f"{value:.{self.decimals}f}" if self.decimals else str(int(value))
 
+    @property
+    def help(self) -> str:
+        """How a click is written, in words made from the fields (the settings table's text)."""
+        order = "(row, col)" if self.row_first else "(col, row)"
+        top = self.text(self.scale - 10.0 ** -self.decimals)
+        return f"{order} integers on 0..{top}" if not self.decimals else f"{order} decimals in [0, {self.scale:g})"
+
 
 SEGAGENT_QWEN = CoordinateConvention(row_first=True, scale=1000.0, decimals=0)
 SEGAGENT_LLAVA = CoordinateConvention(row_first=True, scale=1.0, decimals=3)
-CONVENTIONS = {"qwen": SEGAGENT_QWEN, "llava": SEGAGENT_LLAVA}
+# SEGAGENT_COORDINATES: the one table of conventions by name
+CONVENTIONS: dict[str, CoordinateConvention] = {"qwen": SEGAGENT_QWEN, "llava": SEGAGENT_LLAVA}
 
 
 @dataclass(frozen=True)

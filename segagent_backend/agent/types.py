@@ -23,6 +23,16 @@ class Click:
         """The click moved inside an image of ``width`` x ``height`` pixels."""
         return Click(min(max(self.x, 0.0), width - 1.0), min(max(self.y, 0.0), height - 1.0), self.positive)
 
+    @classmethod
+    def from_percent(cls, x: float, y: float, positive: bool, width: int, height: int) -> "Click":
+        """A click given in percent of the image (0..100, as Label Studio sends keypoints) in pixels:
+        ``x * width / 100``, clamped to the image."""
+        return cls(x * width / 100.0, y * height / 100.0, positive).clamped(width, height)
+
+    def percent(self, width: int, height: int) -> tuple[float, float]:
+        """``(100 * x / width, 100 * y / height)``: the click as Label Studio's keypoints hold it."""
+        return 100.0 * self.x / width, 100.0 * self.y / height
+
 
 @dataclass(frozen=True)
 class Box:

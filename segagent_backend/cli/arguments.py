@@ -57,3 +57,11 @@ def parse_starts(text: str) -> tuple[str, ...]:
     if not kinds or any(k not in START_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
         raise argparse.ArgumentTypeError(f"starts {text!r}: give some of {','.join(START_KINDS)}, each once")
     return kinds
+
+
+def add_project_arguments(parser: argparse.ArgumentParser, force_help: str) -> None:
+    """``--project ID`` (required), ``--tasks ID,ID`` and ``--force``: how every command over a Label Studio
+    project's tasks chooses them; ``force_help`` says what ``--force`` takes again."""
+    parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    parser.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
+    parser.add_argument("--force", action="store_true", help=force_help)

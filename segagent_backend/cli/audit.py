@@ -23,27 +23,29 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..settings import Settings
-from .arguments import check_output_file, parse_ids
+from .arguments import add_project_arguments, check_output_file
 from .errors import CommandFailed, UsageError, service_down
 
 AUDITED, KEPT, NO_ESTIMATE, REJECTED, FAILED = "audited", "kept", "no estimate", "rejected", "failed"
 CSV_FIELDS = ("task_id", "annotation_id", "estimate", "status", "model_version", "reason")
-#: masks (``agent.audit.MaskToJudge``) -> the policy's estimates, in order
+#: masks (``agent.mask_estimates.MaskToJudge``) -> the policy's estimates, in order
 Judge = Callable[[list], list[Optional[float]]]
+
+
+#: what ``segagent audit --help`` says the command does
+DESCRIPTION = """\
+Ask the SegAgent policy (SEGAGENT_POLICY, or the promoted version) for its IoU estimate of every submitted
+brush annotation of a Label Studio project; post each as a prediction (model version audit-<version>, score
+= the estimate); print the worst first and write a CSV. Annotations already audited by this version are
+skipped unless --force. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY."""
 
 
 def register(sub) -> None:
     """``segagent audit``."""
     p = sub.add_parser("audit", help="the policy's IoU estimate of every brush annotation of a Label Studio project",
-                       description="Ask the SegAgent policy (SEGAGENT_POLICY, or the promoted version) for its IoU "
-                                   "estimate of every submitted brush annotation of a Label Studio project; post each "
-                                   "as a prediction (model version audit-<version>, score = the estimate); print the "
-                                   "worst first and write a CSV. Annotations already audited by this version are "
-                                   "skipped unless --force. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.")
-    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    p.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
+                       description=DESCRIPTION)
+    add_project_arguments(p, force_help="audit again annotations this version audited already")
     p.add_argument("--csv", metavar="FILE", help="write every annotation's row here (default: audit-project-ID.csv)")
-    p.add_argument("--force", action="store_true", help="audit again annotations this version audited already")
     p.add_argument("--batch", type=_positive, metavar="N",
                    help="masks per policy call (default: SEGAGENT_BATCH_CHUNK)")
     p.add_argument("--top", type=_positive, default=20, metavar="N", help="print the N worst (default 20; the CSV has all)")
@@ -143,27 +145,26 @@ def label_studio_failure(exc: Exception, settings: Settings, project: int) -> Ex
 
 
 class PolicyJudge:
-    """The policy as a service process loads it (the promoted version, else SEGAGENT_POLICY), loaded on
-    the first masks to judge (a run that has nothing new to judge loads nothing); no interactive tool.
-    Called with masks -> their estimates, ONE batched policy call per ``batch`` masks."""
+    """The policy of the model host a service process builds (``assembly.model_host``: the promoted
+    version, else SEGAGENT_POLICY), loaded on the first masks to judge (a run that has nothing new to judge
+    loads nothing). Called with masks -> their estimates, ONE batched policy call per ``batch`` masks."""
 
     def __init__(self, settings: Settings, batch: int):
-        from ..model_host import ModelHost
-        from .models import check_model_source
+        from ..assembly import model_host
+        from .models import check_checkpoint
 
-        self.host = ModelHost(settings, build_segmenter=lambda s, cache: None)  # the audit runs no tool
-        self.settings, self.batch, self.release = settings, batch, settings.release_protocol
-        if self.host.policy_source is None:
+        self.host = model_host(settings)
+        self.settings, self.batch = settings, batch
+        if self.host.policy_checkpoint is None:
             raise UsageError("an audit asks a SegAgent policy: set SEGAGENT_POLICY (a model folder or hub id)")
-        if self.host.policy_source == settings.policy:
-            check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
+        if self.host.policy_checkpoint == settings.policy:
+            check_checkpoint(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
 
     @property
     def model_version(self) -> str:
         return self.host.model_version
 
     def __call__(self, requests: list) -> list[Optional[float]]:
-        from ..agent.audit import estimate_masks
         from ..errors import ModelUnavailable
         from .models import load_failure, quiet_load_errors
 
@@ -171,15 +172,15 @@ class PolicyJudge:
             try:
                 self.host.load()
             except ModelUnavailable as exc:
-                source = self.host.policy_source
-                what = (f"SEGAGENT_POLICY={source!r}" if source == self.settings.policy
-                        else f"model version {source!r}")
+                checkpoint = self.host.policy_checkpoint
+                what = (f"SEGAGENT_POLICY={checkpoint!r}" if checkpoint == self.settings.policy
+                        else f"model version {checkpoint!r}")
                 raise load_failure(what, str(exc)) from None
-        return estimate_masks(self.host.serving_policy, requests, self.batch, self.release)
+        return self.host.estimate_masks(requests, self.batch)
 
 
 def audit_version_of(model_version: str) -> str:
-    from ..agent.audit import audit_version
+    from ..annotation_audit import audit_version
 
     return audit_version(model_version)
 
@@ -245,7 +246,7 @@ def _score(prediction: dict) -> Optional[float]:
 
 def _judge(media, ls, judge: Judge, version: str, pending: list[_Pending]) -> list[Row]:
     """Load the chunk's images, judge every mask (ONE policy call), post each estimate."""
-    from ..agent.audit import MaskToJudge
+    from ..agent.mask_estimates import MaskToJudge
     from ..errors import RequestError
     from ..labelstudio.annotations import AnnotationError, check_mask
     from ..labelstudio.client import delete_prediction, failure_reason, post_prediction

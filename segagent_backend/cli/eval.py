@@ -24,7 +24,8 @@ import os
 import time
 from pathlib import Path
 
-from ..settings import PROTOCOLS, Settings
+from ..agent.loop import PROTOCOLS
+from ..settings import Settings
 from .errors import UsageError
 
 
@@ -34,14 +35,18 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+#: what ``segagent eval --help`` says the command does
+DESCRIPTION = """\
+Evaluate the SegAgent policy with the interactive tool on referring-segmentation data (cIoU, gIoU, IoU per
+step, the PRM's estimate against the true IoU), or the tool alone with the standard click simulator (--noc:
+NoC@85/90). Writes CSV, JSON and a PNG plot into --out. Every sample is used unless --limit (or
+--release-scoring: the release's first 5000 sentences) is given."""
+
+
 def register(sub) -> None:
     """``segagent eval``."""
     p = sub.add_parser("eval", help="evaluate the policy (cIoU, gIoU, per-step IoU, PRM quality) or the tool (--noc)",
-                       description="Evaluate the SegAgent policy with the interactive tool on referring-segmentation "
-                                   "data (cIoU, gIoU, IoU per step, the PRM's estimate against the true IoU), or the "
-                                   "tool alone with the standard click simulator (--noc: NoC@85/90). Writes CSV, "
-                                   "JSON and a PNG plot into --out. Every sample is used unless --limit (or "
-                                   "--release-scoring: the release's first 5000 sentences) is given.")
+                       description=DESCRIPTION)
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--refs", type=Path, metavar="JSON",
                       help="referring-segmentation data in the RefCOCO/SegAgent layout ({\"data\": [{image_name, "
@@ -86,10 +91,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _check_paths(args: argparse.Namespace) -> None:
     """Every input and the output folder, before any work: one line each."""
-    option, source = next((f"--{k}", v) for k, v in (("refs", args.refs), ("manifest", args.manifest),
+    option, path = next((f"--{k}", v) for k, v in (("refs", args.refs), ("manifest", args.manifest),
                                                        ("predictions", args.predictions)) if v is not None)
-    if not source.is_file():
-        raise UsageError(f"{option} {source}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{option} {path}: no such file")
     if args.predictions is not None and (args.noc or args.images or args.masks):
         raise UsageError("--predictions is scored alone: no --noc, --images or --masks")
     if args.noc and args.release_scoring:
@@ -208,7 +213,7 @@ def _policy_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     from ..agent.loading import ModelLoadError
     from ..wiring import policy_from_settings
-    from .models import check_model_source, load_failure, load_tool, quiet_load_errors
+    from .models import check_checkpoint, load_failure, load_tool, quiet_load_errors
 
     release_scoring = args.release_scoring
     cut = RELEASE_MAX_SAMPLES if release_scoring else None
@@ -229,7 +234,7 @@ def _policy_eval(args: argparse.Namespace, settings: Settings) -> int:
         items = items[:cut][:args.limit]
     if not settings.policy:
         raise UsageError("no policy to evaluate: set SEGAGENT_POLICY (a model folder or hub id); --noc evaluates the tool alone")
-    check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
+    check_checkpoint(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
     tool = load_tool(settings)
     with quiet_load_errors():
         try:
@@ -281,9 +286,9 @@ def _text_start(settings: Settings, policy, release: bool):
     from ..agent.loading import ModelLoadError
     from ..agent.segmenters import EmbeddingCache
     from ..wiring import text_model_from_settings
-    from .models import check_model_source, load_failure, quiet_load_errors
+    from .models import check_checkpoint, load_failure, quiet_load_errors
 
-    check_model_source(settings.text_model, f"SEGAGENT_TEXT_MODEL={settings.text_model!r}")
+    check_checkpoint(settings.text_model, f"SEGAGENT_TEXT_MODEL={settings.text_model!r}")
     with quiet_load_errors():
         try:
             grounder = text_model_from_settings(settings, EmbeddingCache(settings.cache_bytes))  # sentences share images

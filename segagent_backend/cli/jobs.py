@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ..settings import Settings, SettingsError
-from .arguments import parse_ids
+from .arguments import add_project_arguments
 from .errors import CommandFailed, service_down
 
 
@@ -25,9 +25,7 @@ def register(sub) -> None:
     p.set_defaults(run=cmd_jobs)
 
     p = sub.add_parser("preannotate", help="queue a Label Studio project's tasks for predictions posted by workers")
-    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    p.add_argument("--tasks", type=parse_ids, metavar="ID,ID", help="only these tasks (default: every task)")
-    p.add_argument("--force", action="store_true", help="also tasks that hold a prediction of this model version")
+    add_project_arguments(p, force_help="also tasks that hold a prediction of this model version")
     p.add_argument("--no-wait", dest="wait", action="store_false",
                    help="queue and return (default: follow the jobs with a progress bar; Ctrl-C stops only the bar)")
     p.set_defaults(run=cmd_preannotate)
@@ -48,6 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """A resident model worker: load the models once, then run jobs from the queues until stopped."""
     import logging
 
+    from ..assembly import worker_context
     from ..queue.worker import run_worker
 
     settings = Settings.from_env()
@@ -57,7 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings = settings.replace(device=args.device)
     check_redis(settings)  # before the models load: a Redis that does not answer is one line, exit status 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_worker(settings, args.queues, args.name, args.burst)
+    return run_worker(worker_context(settings), args.queues, args.name, args.burst)
 
 
 def check_redis(settings: Settings) -> None:
@@ -114,7 +113,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_preannotate(args: argparse.Namespace) -> int:
     """Queue a project's tasks lacking a prediction of the current model version; workers post them."""
-    from ..queue.preannotate import enqueue
+    from ..queue.planner import enqueue
 
     settings = Settings.from_env()
     if not settings.redis_url:
@@ -127,7 +126,7 @@ def report_plan(settings: Settings, plan, wait: bool) -> int:
     """Print a queued plan's summary as one JSON line (after following its jobs when ``wait``): tasks
     written, skipped and failed, with the first reasons. CommandFailed (one line on standard error naming
     the first reasons, exit status 1) when a task failed."""
-    from ..queue.preannotate import follow
+    from ..queue.planner import follow
 
     summary = {k: v for k, v in plan.to_json().items() if k not in ("jobs", "job_tasks")} | {"jobs": len(plan.jobs)}
     if wait and plan.jobs:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
 from typing import Iterator, Optional
 
-from ..model_paths import check_model_paths, is_local_path
+from ..agent.loading import is_local_path, weights_problem
+from ..model_paths import check_model_paths, model_names, tool_weights
 from ..settings import Settings
 from .errors import UsageError
 
@@ -24,16 +24,16 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def check_model_source(name: Optional[str], what: str) -> None:
+def check_checkpoint(name: Optional[str], what: str) -> None:
     """Raise UsageError naming ``what`` (e.g. ``SEGAGENT_POLICY='x'``) unless ``name`` is a local
     folder, a hub model in the local Hugging Face cache, or a model the hub says exists."""
     if not name:
         return
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return
+    problem = weights_problem(name)
+    if problem:
+        raise UsageError(f"{what}: {problem}")
     if is_local_path(name):
-        raise UsageError(f"{what}: no such model folder")
+        return
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError,
                                         RepositoryNotFoundError)
@@ -63,27 +63,21 @@ def check_model_source(name: Optional[str], what: str) -> None:
                          f"({type(exc).__name__}: {_first_line(exc)}); download it first or give a folder") from None
 
 
-def check_settings_models(settings: Settings, policy_source: Optional[str] = None) -> None:
+def check_settings_models(settings: Settings, policy_checkpoint: Optional[str] = None) -> None:
     """The model names of ``settings`` that will load: the tool's weights, SAM 3's text model, and the policy
-    when it loads from ``SEGAGENT_POLICY`` (``policy_source``, default: the setting; a registry folder is not
+    when it loads from ``SEGAGENT_POLICY`` (``policy_checkpoint``, default: the setting; a registry folder is not
     checked here)."""
-    check_model_paths(settings)  # local paths and the SAM checkpoint file: SettingsError
-    if settings.segmenter == "hf-sam":
-        check_model_source(settings.sam_model, f"SEGAGENT_SAM_MODEL={settings.sam_model!r}")
-    check_model_source(settings.text_model, f"SEGAGENT_TEXT_MODEL={settings.text_model!r}")
-    if settings.policy and (policy_source is None or policy_source == settings.policy):
-        check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
+    check_model_paths(settings)  # local paths and checkpoint files: SettingsError
+    for model in model_names(settings):  # hub ids
+        policy_elsewhere = model.variable == "SEGAGENT_POLICY" and policy_checkpoint not in (None, model.name)
+        if not model.file and not policy_elsewhere:
+            check_checkpoint(model.name, str(model))
 
 
 def tool_variable(settings: Settings) -> str:
     """``VAR='value'`` naming where the interactive tool's weights come from."""
-    if settings.segmenter == "sam":
-        return f"SEGAGENT_SAM_CHECKPOINT={settings.sam_checkpoint!r}"
-    if settings.segmenter == "hf-sam":
-        return f"SEGAGENT_SAM_MODEL={settings.sam_model!r}"
-    if settings.segmenter == "simpleclick":
-        return f"SEGAGENT_SIMPLECLICK_CHECKPOINT={settings.simpleclick_checkpoint!r}"
-    return f"SEGAGENT_SEGMENTER={settings.segmenter!r}"
+    weights = tool_weights(settings)
+    return str(weights) if weights else f"SEGAGENT_SEGMENTER={settings.segmenter!r}"
 
 
 def load_failure(what: str, reason: str) -> UsageError:

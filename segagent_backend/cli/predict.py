@@ -119,11 +119,10 @@ def load_mask_file(path: str, width: int, height: int) -> np.ndarray:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..agent.episode import run_given_clicks_stepwise
     from ..agent.loop import EpisodeRequest
+    from ..assembly import model_host
     from ..drawing import draw_png
     from ..media import load_image_file
-    from ..model_host import ModelHost
     from ..wiring import segmenter_from_settings
     from .models import check_settings_models, load_failure, quiet_load_errors, tool_variable
 
@@ -146,16 +145,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tools.append(segmenter_from_settings(settings, cache))
         return tools[-1]
 
-    host = ModelHost(settings, build_segmenter=build_tool)
-    check_settings_models(settings, host.policy_source)
+    host = model_host(settings, build_segmenter=build_tool)
+    check_settings_models(settings, host.policy_checkpoint)
     with quiet_load_errors():
         try:
             host.load()  # the tool and the policy (if any), once
         except ModelUnavailable as exc:
             what = tool_variable(settings) if not tools else (
                 f"SEGAGENT_TEXT_MODEL={settings.text_model!r}" if "SEGAGENT_TEXT_MODEL" in str(exc)
-                else f"SEGAGENT_POLICY={settings.policy!r}" if host.policy_source == settings.policy
-                else f"model version {host.policy_source!r}")
+                else f"SEGAGENT_POLICY={settings.policy!r}" if host.policy_checkpoint == settings.policy
+                else f"model version {host.policy_checkpoint!r}")
             raise load_failure(what, str(exc)) from None
     start = host.start_from_text(image, args.expression) if use_text else None  # None: a policy starts empty
     if start is not None and not use_policy:  # SAM 3 alone
@@ -163,10 +162,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif use_policy:  # the same path as automatic predictions: the policy clicks, the tool segments
         mask = start.mask if start is not None else mask
         episode = host.run_policy([EpisodeRequest(image, args.expression, args.box, args.click, mask=mask)])[0]
-    elif mask is not None:  # the clicks refine the mask: the tool this command loaded, from that mask
-        episode = run_given_clicks_stepwise(tools[-1], image, args.click, args.box, mask=mask)
-    else:
-        episode = host.run_clicks(image, args.click, args.box)
+    else:  # the tool alone, from the mask when one is given
+        episode = host.run_clicks(image, args.click, args.box, mask=mask)
     payload = episode_json(image, episode, args.expression, host.model_version)
     if args.png:  # first: a picture that fails leaves no JSON behind
         try:

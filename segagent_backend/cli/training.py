@@ -45,7 +45,7 @@ def register(sub) -> None:
                    help="run: one round now (train, compare on held-out tasks, promote if better); "
                         "list: the rounds so far and how they ended")
     p.add_argument("--project", type=int, help="run: the Label Studio project (default: corrections of no project)")
-    p.add_argument("--source", choices=("corrections", "labelstudio"), default="corrections",
+    p.add_argument("--source", dest="data_from", choices=("corrections", "labelstudio"), default="corrections",
                    help="run: the recorded corrections (default) or every annotated task pulled from Label Studio")
     p.set_defaults(run=cmd_training)
 
@@ -54,24 +54,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.pipeline import train_policy
 
     from ..registry import Registry
-    from ..wiring import convention, finetune_config, policy_options
-    from .models import check_model_source, load_tool
+    from ..wiring import finetune_config, loop_config, policy_spec
+    from .models import check_checkpoint, load_tool
 
     settings = Settings.from_env()
     base = args.base or settings.policy
     if not base:
         raise UsageError("give --base (or set SEGAGENT_POLICY)")
-    check_model_source(base, f"--base {base!r}" if args.base else f"SEGAGENT_POLICY={base!r}")
+    check_checkpoint(base, f"--base {base!r}" if args.base else f"SEGAGENT_POLICY={base!r}")
     segmenter = load_tool(settings)
-    clicks = convention(settings)
-    sft, samples = load_training_data(args, settings, segmenter, clicks)
+    spec, loop = policy_spec(settings, base), loop_config(settings)
+    sft, samples = load_training_data(args, settings, segmenter, spec.convention)
     print(f"{len(sft)} SFT samples from {len(samples)} image(s)")
     config = finetune_config(settings, method=args.method or None, epochs=args.epochs or None,
                              learning_rate=args.lr or None, batch_size=args.batch or None, max_steps=args.max_steps)
     rounds = settings.star_rounds if args.star_rounds is None else args.star_rounds
-    outcome = train_policy(sft, base, Path(args.out), config, star_rounds=rounds, samples=samples,
-                           segmenter=segmenter, policy_kind=settings.policy_kind, convention=clicks,
-                           max_steps=settings.max_steps, policy_options=policy_options(settings))
+    outcome = train_policy(sft, spec, Path(args.out), config, loop=loop, star_rounds=rounds, samples=samples,
+                           segmenter=segmenter)
     print(json.dumps(outcome.to_json(), indent=2))
     if args.register:
         info = Registry.from_settings(settings).register(outcome.model_dir, {
@@ -91,8 +90,10 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
 
     from ..labelstudio.annotations import corrections_from_tasks
     from ..learning import collect_corrections, load_samples
+    from ..wiring import media_loader
 
     traced, fresh = [], []  # (trace, image) pairs read from trace files; samples that need trajectories
+    media = media_loader(settings)
     for path in map(Path, args.data):
         if path.is_dir():
             manifest = path / "manifest.json"
@@ -107,14 +108,14 @@ def load_training_data(args: argparse.Namespace, settings: Settings, segmenter, 
                 raise UsageError(f"{path} is a Label Studio export: give --label-config")
             corrections, rejected = corrections_from_tasks(data, Path(args.label_config).read_text(),
                                                            expression_field=settings.expression_field)
-            fresh += _report_rejected(load_samples(settings, corrections), rejected)
+            fresh += _report_rejected(load_samples(media, corrections), rejected)
             continue
         if not args.images:
             raise UsageError(f"{path} is a trace file: give --images")
         traced += [(t, read_rgb(Path(args.images) / t.image_name)) for t in read_traces(path)]
     for project in args.project:
         corrections, rejected = collect_corrections(settings, project, "labelstudio")
-        fresh += _report_rejected(load_samples(settings, corrections), rejected)
+        fresh += _report_rejected(load_samples(media, corrections), rejected)
     starts = args.starts
     stop = settings.train_stop_samples if args.stop_samples is None else args.stop_samples
     traces = generate_traces(segmenter, fresh, starts=starts, progress=True)
@@ -150,12 +151,12 @@ def cmd_training(args: argparse.Namespace) -> int:
         return 0
     if not settings.policy:
         raise UsageError("no base policy to fine-tune: set SEGAGENT_POLICY (a model folder or hub id)")
-    if args.source == "labelstudio" and args.project is None:
+    if args.data_from == "labelstudio" and args.project is None:
         raise UsageError("--source labelstudio needs --project (the Label Studio project to pull)")
-    from .models import check_model_source
+    from .models import check_checkpoint
 
-    check_model_source(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
-    report = run_training(settings, args.project, args.source)
+    check_checkpoint(settings.policy, f"SEGAGENT_POLICY={settings.policy!r}")
+    report = run_training(settings, args.project, args.data_from)
     print(json.dumps(asdict(report), indent=2))
     return 0 if report.status in ("promoted", "kept") else 1
 

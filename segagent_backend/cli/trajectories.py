@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..settings import SAM_TYPES, SEGMENTERS, Settings
+from ..agent.segmenters import SEGMENTERS
+from ..settings import SAM_TYPES, Settings
 from .arguments import parse_starts
 from .errors import UsageError
 

@@ -3,7 +3,7 @@
 The same records come from three places: webhook bodies (``ANNOTATION_CREATED`` / ``_UPDATED`` carry
 one annotation and its task; ``ANNOTATIONS_CREATED`` a list of each), a project pulled through the
 SDK, and a Label Studio JSON export (tasks with their ``annotations``). Brush regions are Label
-Studio's own RLE, decoded with the SDK's ``decode_rle`` (not COCO RLE).
+Studio's own RLE, decoded by ``brush``.
 
 Bad annotations are not errors of the request: each becomes a ``Rejected`` with a reason, so a bulk
 event with one bad annotation still records the good ones.
@@ -14,33 +14,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle
 
 from ..errors import RequestError
+from .brush import BRUSH, MAX_MASK_PIXELS, AnnotationError, union
 from .config import ConfigError, LabelConfig, parse_label_config
 from .tasks import expression, valid_id
 
-BRUSH = "brushlabels"
 # Pixels of masks a webhook decodes (~13 ms per megapixel): a bulk event beyond it is answered within
 # Label Studio's 1 s and the rest is decoded, and rejected if need be, when a round loads it.
 WEBHOOK_DECODE_PIXELS = 20_000_000
-# The largest brush mask decoded at all (width x height); the RLE header's value count is checked against
-# the region's size and this cap before the SDK's decoder allocates anything.
-MAX_MASK_PIXELS = 50_000_000
-# Label Studio's brush RLE spends at most ~4.5 bytes per pixel (4 values of 8 bits, every run a literal;
-# a pixel checkerboard from the SDK's mask2rle takes 1.74); a longer list is not a mask of that size. The
-# SDK's decoder costs ~1 us per RLE bit, so this and MAX_RLE_BYTES also bound the time of one decode.
-MAX_RLE_BYTES_PER_PIXEL = 5
-MAX_RLE_BYTES = 4_000_000
 # A correction keeps its task's image URL and expression: every annotation of a bulk event on one task
 # would otherwise repeat a long one on disk. Presigned URLs are ~2 KB; an expression is a sentence.
 MAX_URL_CHARS = 8192
 MAX_EXPRESSION_CHARS = 2048
 MAX_VERSION_CHARS = 256  # a model version named by the task's prediction
-
-
-class AnnotationError(ValueError):
-    """This annotation cannot teach anything (no brush region, empty mask, wrong size, ...)."""
 
 
 @dataclass
@@ -66,12 +53,7 @@ class Correction:
 
     def mask(self) -> np.ndarray:
         """The object: (height, width) bool, the union of the brush regions."""
-        for rle in self.rle:  # every header first: nothing is allocated for a mask that cannot fit
-            check_rle(rle, self.width, self.height)
-        out = np.zeros((self.height, self.width), dtype=bool)
-        for rle in self.rle:
-            out |= decode_brush(rle, self.width, self.height)
-        return out
+        return union(self.rle, self.width, self.height)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -88,45 +70,6 @@ class Rejected:
     task_id: Any
     annotation_id: Any
     reason: str
-
-
-def rle_header(rle: Any) -> int:
-    """The number of values a Label Studio brush RLE claims (its first 32 bits); AnnotationError when
-    ``rle`` is not a list of bytes (ints 0..255) long enough to hold a header."""
-    if not isinstance(rle, list) or len(rle) < 5:
-        raise AnnotationError("a brush RLE must be a list of at least 5 byte values")
-    if not all(type(b) is int and 0 <= b <= 255 for b in rle):
-        raise AnnotationError("a brush RLE must hold integers 0..255 only")
-    return int.from_bytes(bytes(rle[:4]), "big")
-
-
-def check_rle(rle: Any, width: int, height: int) -> None:
-    """Check a brush RLE against the size it claims to be drawn at, BEFORE decoding it: the header must
-    claim exactly ``width * height * 4`` values (RGBA), the size must be within MAX_MASK_PIXELS and the
-    list no longer than such a mask can need."""
-    claimed = rle_header(rle)
-    if width * height > MAX_MASK_PIXELS:
-        raise AnnotationError(f"the brush mask is {width}x{height}, above {MAX_MASK_PIXELS} pixels")
-    if claimed != width * height * 4:
-        raise AnnotationError(f"the brush RLE header claims {claimed} values ({claimed / 4:g} pixels); the "
-                              f"image is {width}x{height} ({width * height} pixels, {width * height * 4} values)")
-    if len(rle) > min(MAX_RLE_BYTES_PER_PIXEL * width * height + 64, MAX_RLE_BYTES):
-        raise AnnotationError(f"the brush RLE has {len(rle)} bytes, more than a {width}x{height} mask needs")
-
-
-def decode_brush(rle: list[int], width: int, height: int) -> np.ndarray:
-    """Label Studio brush RLE -> (height, width) bool; AnnotationError when it does not fit the size.
-
-    The header is checked first (``check_rle``); only then does the SDK's ``decode_rle`` run.
-    """
-    check_rle(rle, width, height)
-    try:
-        flat = decode_rle(rle)
-    except Exception:  # the SDK's bit reader fails in several ways on garbage
-        raise AnnotationError("the brush RLE cannot be decoded") from None
-    if flat.size != width * height * 4:
-        raise AnnotationError(f"brush mask has {flat.size // 4} pixels, the image is {width}x{height}")
-    return flat.reshape(height, width, 4)[:, :, 3] > 0
 
 
 def correction_from(annotation: Any, task: Any, config: LabelConfig, project: Optional[int] = None,

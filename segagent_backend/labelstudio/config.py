@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from label_studio_sdk.label_interface import LabelInterface
@@ -77,6 +77,25 @@ class LabelConfig:
     def labels(self) -> list[str]:
         """The labels of the first mask control (the object's name when no expression field is set)."""
         return self.outputs[0].labels
+
+    def to_json(self) -> dict:
+        """The parsed config as JSON: names and labels, nothing to parse again (``from_json``)."""
+        return {f.name: _control_json(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LabelConfig":
+        """The config ``to_json`` wrote: rebuilt, not parsed (a queue worker trusts its web process's parse)."""
+        return cls(**{name: (_CONTROLS[name](value["name"], value["labels"]) if name in _CONTROLS and value
+                             else value) for name, value in data.items() if name in cls.__dataclass_fields__})
+
+
+#: the LabelConfig fields holding a control, with their models
+_CONTROLS = {"brush": BrushLabelsModel, "clicks": ClickInput, "box": BoxInput, "trajectory": TrajectoryOutput,
+             "polygons": PolygonLabelsModel, "brush_input": BrushLabelsModel}
+
+
+def _control_json(value):
+    return {"name": value.name, "labels": list(value.labels)} if hasattr(value, "labels") else value
 
 
 def parse_label_config(xml: str, expression_field: Optional[str] = None,
@@ -154,7 +173,7 @@ def _parse(xml: str, expression_field: Optional[str]) -> LabelConfig:
 
     def first(model):
         found = [c for c in controls if model.is_control_matched(c, image.name)]
-        return model(found[0]) if found else None
+        return model.of(found[0]) if found else None
 
     return LabelConfig(
         image_name=image.name,
@@ -172,7 +191,7 @@ def _parse(xml: str, expression_field: Optional[str]) -> LabelConfig:
 def _smart_brush(controls: list, image_name: str) -> Optional[BrushLabelsModel]:
     """The first smart BrushLabels on the image (``smart``/``smartOnly`` or a smart label), or None."""
     found = [c for c in controls if BrushLabelsModel.is_control_matched(c, image_name) and is_smart(c)]
-    return BrushLabelsModel(found[0]) if found else None
+    return BrushLabelsModel.of(found[0]) if found else None
 
 
 def _expression_field(interface: LabelInterface) -> Optional[str]:

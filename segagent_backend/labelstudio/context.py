@@ -6,13 +6,13 @@ anything is decoded; ``Prompt.mask`` decodes them when the episode needs the mas
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ..errors import RequestError
-from .annotations import AnnotationError, check_rle, decode_brush
+from .brush import AnnotationError, check_rle, decode_brush
 from .config import LabelConfig
 from .control_models.base import first_label, number, short, value_object
 from .control_models.keypoint_labels import PercentClick
@@ -39,6 +39,20 @@ class Prompt:
     # brush regions of a smart BrushLabels: (field path, Label Studio RLE, (width, height)), headers checked
     brushes: list[tuple[str, list, tuple[int, int]]] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)  # Label Studio's ids of the context's regions
+
+    def to_json(self) -> dict:
+        """The parsed prompt as JSON (``from_json`` rebuilds it without checking anything again)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Prompt":
+        size = data.get("size")
+        return cls(clicks=[PercentClick(**c) for c in data.get("clicks") or []],
+                   box=PercentBox(**data["box"]) if data.get("box") else None, label=data.get("label"),
+                   image_rotation=data.get("image_rotation", 0), size=tuple(size) if size else None,
+                   size_field=data.get("size_field", cls.size_field),
+                   brushes=[(where, rle, tuple(wh)) for where, rle, wh in data.get("brushes") or []],
+                   ids=list(data.get("ids") or []))
 
     def mask(self, size: Optional[tuple[int, int]] = None) -> Optional[np.ndarray]:
         """The union of the brush regions, (H, W) bool, or None without brush regions: at the size they

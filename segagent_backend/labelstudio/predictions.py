@@ -15,8 +15,9 @@ from ..agent.loop import EpisodeRequest
 from ..agent.types import EpisodeResult
 from ..errors import NO_POLICY, RequestError
 from ..media import MediaLoader, MediaSource
-from .config import LabelConfig, parse_label_config
-from .context import Prompt, check_claimed_size, parse_context
+from .config import LabelConfig
+from .context import Prompt, check_claimed_size
+from .request import PredictRequest
 from .sessions import Continued, MemorySessions, SessionStore, continue_object, remember
 from .sources import ProjectSources, project_id
 from .tasks import expression, image_url, task_id
@@ -58,36 +59,28 @@ class Predictions:
         """``task_error`` naming the serving model version."""
         return task_error(message, status, self.model_version)
 
-    def predict(self, tasks: list, label_config: str, context: Any = None, project: Any = None,
-                source: Optional[MediaSource] = None) -> list[dict]:
-        """One Label Studio prediction per task, in order.
+    def predict(self, request: PredictRequest) -> list[dict]:
+        """One Label Studio prediction per task of ``request`` (parsed where it arrived), in order.
 
-        ``source`` (where the project's Label Studio serves images) defaults to what the settings or
-        /setup said; a queue worker gets it from the web process with the job. Without context
-        (automatic) every task of the request is an episode of one lockstep batch.
+        The project's images come from where ``sources`` says (this process's settings, or what /setup
+        said). Without a prompt (automatic) every task of the request is an episode of one lockstep batch.
         """
-        config = parse_label_config(label_config, self.settings.expression_field,
-                                    self.settings.max_label_config_kb * 1024)
-        prompt = parse_context(context, config, self.settings.max_clicks, self.settings.max_image_pixels)
-        source = source or self.sources.source_for(project)
-        if prompt is None:
-            return self._automatic(tasks, config, source)
+        source = self.sources.source_for(request.project)
+        if request.prompt is None:
+            return self._automatic(request.tasks, request.config, source)
         results = []
-        for task in tasks:
+        for task in request.tasks:
             try:
-                results.append(self._interactive(task, config, prompt, source, project))
+                results.append(self._interactive(task, request.config, request.prompt, source, request.project))
             except RequestError as exc:
                 results.append(self.error(exc.message, exc.status))
         return results
 
-    def refine(self, tasks: list, label_config: str, masks: list, project: Any = None,
-               source: Optional[MediaSource] = None) -> list[dict]:
-        """``predict`` without context, but each task's episode starts from ``masks[i]`` ((H, W) bool, at
+    def refine(self, tasks: list, config: LabelConfig, masks: list, project: Any = None) -> list[dict]:
+        """``predict`` without a prompt, but each task's episode starts from ``masks[i]`` ((H, W) bool, at
         Label Studio's size of the image: resized to the loaded image): the policy refines existing masks.
         One lockstep batch, one prediction (or per-task error) per task, in order."""
-        config = parse_label_config(label_config, self.settings.expression_field,
-                                    self.settings.max_label_config_kb * 1024)
-        return self._automatic(tasks, config, source or self.sources.source_for(project), masks)
+        return self._automatic(tasks, config, self.sources.source_for(project), masks)
 
     def _automatic(self, tasks: list, config: LabelConfig, source: MediaSource,
                    masks: Optional[list] = None) -> list[dict]:
@@ -95,7 +88,7 @@ class Predictions:
         model is configured (without a policy that mask is the prediction), else from nothing."""
         results: list[Optional[dict]] = [None] * len(tasks)
         pending: list[tuple[int, EpisodeRequest]] = []
-        policy = self.host.policy_source is not None
+        policy = self.host.policy_checkpoint is not None
         for i, task in enumerate(tasks):
             try:
                 if not policy and (masks is not None or not self.host.starts_from_text):
@@ -128,7 +121,8 @@ class Predictions:
         clicks = [c.to_pixels(width, height) for c in prompt.clicks]
         box = prompt.box.to_pixels(width, height) if prompt.box is not None else None
         start = prompt.mask((width, height))  # a smart brush's regions: the mask the episode refines
-        policy = self.host.policy_source is not None and (self.settings.refine or (start is not None and not clicks))
+        policy = (self.host.policy_checkpoint is not None
+                  and (self.settings.refine or (start is not None and not clicks)))
         if not clicks and box is None and not (start is not None and policy):  # nothing asked: no mask
             return {"result": [], "score": 0.0, "model_version": self.host.model_version}
         if policy:  # the policy continues from the brush mask and/or the annotator's clicks

@@ -1,15 +1,15 @@
 """Where a /predict runs: in this process (no Redis) or on the workers behind RQ queues.
 
-Both dispatchers answer ``predict(request) -> list[dict]``: one Label Studio prediction per task,
-in order; a task that could not be predicted gets a per-task error (no ``result`` key).
+Both dispatchers answer ``predict(request) -> list[dict]`` for a ``PredictRequest`` parsed where it
+arrived (``labelstudio.request.parse_predict``): one Label Studio prediction per task, in order; a task
+that could not be predicted gets a per-task error (no ``result`` key).
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import redis
 from rq import Queue
@@ -18,15 +18,13 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from ..errors import QueueUnavailable
-from ..labelstudio.config import parse_label_config
-from ..labelstudio.context import parse_context
 from ..labelstudio.predictions import Predictions, task_error
-from ..labelstudio.sources import ProjectSources
+from ..labelstudio.request import PredictRequest
 from ..settings import Settings
 from ..versions import VersionName
 from . import status
 from .failover import ClickFailover
-from .jobs import PredictJob
+from . import jobs
 from .names import BATCH, INTERACTIVE, QueueNames, connect
 from .submit import open_queue, submit
 
@@ -35,18 +33,6 @@ log = logging.getLogger(__name__)
 RESULT_GRACE = 60  # a result outlives the request's deadline by this much, then Redis drops it
 HEALTH_TIMEOUT = 0.3  # seconds per Redis call of /health (two calls at most)
 HEALTH_CACHE = 0.5  # seconds a /health answer is shared between requests
-
-
-@dataclass
-class PredictRequest:
-    tasks: list
-    label_config: Any
-    context: Any = None
-    project: Any = None
-
-    @property
-    def interactive(self) -> bool:
-        return self.context is not None
 
 
 class InlineDispatcher:
@@ -73,8 +59,7 @@ class InlineDispatcher:
                 late = self.predictions.error(f"no answer within {var}={seconds} s: the deadline passed "
                                               f"before this task started", 504)
                 return results + [late] * (len(tasks) - start)
-            results += self.predictions.predict(tasks[start:start + size], request.label_config, request.context,
-                                                request.project)
+            results += self.predictions.predict(request.with_tasks(tasks[start:start + size]))
         return results
 
     def health(self) -> tuple[bool, dict]:
@@ -84,18 +69,16 @@ class InlineDispatcher:
 class QueueDispatcher:
     """Queue mode: jobs go to RQ; this process loads no model and waits with a deadline.
 
-    ``sources``: unused here since jobs carry no credentials (workers read theirs from their own
-    settings), kept for the app's wiring; ``version``: the version name the
-    per-task errors carry; ``on_job_done(queue, seconds)`` is told the enqueue-to-result time of every
-    finished job.
+    Jobs carry no credentials: workers read where a project's images are, and the token, from their own
+    settings. ``version``: the version name the per-task errors carry; ``on_job_done(queue, seconds)`` is
+    told the enqueue-to-result time of every finished job.
     """
 
     mode = "queue"
 
-    def __init__(self, settings: Settings, sources: ProjectSources, version: VersionName,
+    def __init__(self, settings: Settings, version: VersionName,
                  on_job_done: Optional[Callable[[str, float], None]] = None):
         self.settings = settings
-        self.sources = sources
         self.version = version
         self.names = QueueNames(settings.queue_prefix)
         self.connection = connect(settings.redis_url, settings.redis_timeout)
@@ -112,9 +95,6 @@ class QueueDispatcher:
     def predict(self, request: PredictRequest) -> list[dict]:
         """Fan the tasks out as jobs, wait for them until the deadline, answer in task order."""
         s = self.settings
-        # a bad label config or context is the caller's fault: answer 400 here, as in embedded mode,
-        # instead of queueing a job that can only fail
-        parse_context(request.context, parse_label_config(request.label_config, s.expression_field))
         kind = INTERACTIVE if request.interactive else BATCH
         # clicks too fan out in chunks (one click context for all of them): a request of many tasks is
         # several jobs, each of which stops starting tasks once this process has stopped waiting
@@ -128,22 +108,20 @@ class QueueDispatcher:
         failover = ClickFailover(self.connection, self.names, queue) if request.interactive else None
         try:
             enqueued = time.monotonic()
-            # references only (tasks, config, context, project): the worker reads the project's media
-            # host and token from its own settings, so no credential is ever stored in Redis
-            jobs = [self._enqueue(queue, PredictJob(
-                [request.tasks[i] for i in chunk], request.label_config, request.context, request.project,
-                time.time() + seconds), seconds) for chunk in chunks]
-            finished = self._wait([job.id for job in jobs], deadline, queue.name, enqueued, failover)
+            # the parsed request, chunk by chunk (references only: no credential is ever stored in Redis)
+            queued = [self._enqueue(queue, request.with_tasks([request.tasks[i] for i in chunk], time.time() + seconds),
+                                    seconds) for chunk in chunks]
+            finished = self._wait([job.id for job in queued], deadline, queue.name, enqueued, failover)
         except redis.RedisError as exc:
             raise QueueUnavailable(exc) from None
         results: list[dict] = []
-        for chunk, job in zip(chunks, jobs):
+        for chunk, job in zip(chunks, queued):
             results += self._answers(job, finished.get(job.id), len(chunk), kind, seconds)
         return results
 
-    def _enqueue(self, queue: Queue, payload: PredictJob, seconds: float) -> Job:
+    def _enqueue(self, queue: Queue, payload: PredictRequest, seconds: float) -> Job:
         return submit(
-            queue, "segagent_backend.queue.jobs.predict", payload.to_json(), self.settings,
+            queue, jobs.predict, payload.to_json(), self.settings,
             result_ttl=int(seconds) + RESULT_GRACE,
             ttl=int(seconds) + 1,  # a job nobody picked up before the deadline is dropped, not run late
             description=f"predict {len(payload.tasks)} task(s) of project {payload.project}",

@@ -1,7 +1,7 @@
 """Putting a job on a queue: every job gets the same timeout, retry and failure TTL rules, written once here."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import redis
 from rq import Queue
@@ -20,9 +20,10 @@ def open_queue(settings: Settings, kind: str, connection: Optional[redis.Redis] 
     return Queue(QueueNames(settings.queue_prefix).queue(kind), connection=connection, serializer=JSONSerializer)
 
 
-def submit(queue: Queue, function: str, payload: dict, settings: Settings, *, description: str, result_ttl: int,
+def submit(queue: Queue, function: Callable, payload: dict, settings: Settings, *, description: str, result_ttl: int,
            job_timeout: Optional[int] = None, ttl: Optional[int] = None, job_id: Optional[str] = None) -> Job:
-    """Enqueue ``function`` (a dotted name a worker imports) with a JSON ``payload``.
+    """Enqueue ``function`` (one of ``worker.JOBS``: RQ stores its name, the worker looks it up there) with a
+    JSON ``payload``.
 
     ``job_timeout`` defaults to SEGAGENT_JOB_TIMEOUT; SEGAGENT_JOB_RETRIES re-queues a job whose worker
     died or that crashed; ``ttl``: drop the job unrun when nobody picked it up within that many seconds;

@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 from ..errors import QueueUnavailable
 from ..learning import StartTraining, new_run_id, run_training
 from ..settings import Settings
-from . import jobs
+from .context import WorkerContext, require
 from .names import TRAIN, QueueNames
 from .submit import open_queue, submit
 
@@ -40,11 +40,11 @@ _CLAIM_TRIES = 3
 CLAIM_TTL = 30
 
 
-def train(data: dict) -> dict:
+def train(data: dict, context: Optional[WorkerContext] = None) -> dict:
     """The worker's side: one round with this worker's settings; the report is the job's result."""
-    resident = jobs.resident()
-    report = run_training(resident.settings, data.get("project"), data.get("source", "corrections"), data["run"])
-    resident.host.maybe_reload()  # a promoted version serves this worker's next job
+    context = require(context, "train")
+    report = run_training(context.settings, data.get("project"), data.get("source", "corrections"), data["run"])
+    context.host.maybe_reload()  # a promoted version serves this worker's next job
     return asdict(report)
 
 
@@ -52,7 +52,7 @@ def queued_starter(settings: Settings, queue: Optional[Callable[[], Queue]] = No
     """Start rounds as jobs on the train queue."""
     key_of = QueueNames(settings.queue_prefix).train_key
 
-    def start(project: Optional[int], source: str) -> dict:
+    def start(project: Optional[int], data_from: str) -> dict:
         q = queue() if queue is not None else open_queue(settings, TRAIN)
         run, job_id = new_run_id(), uuid.uuid4().hex
         try:
@@ -62,10 +62,10 @@ def queued_starter(settings: Settings, queue: Optional[Callable[[], Queue]] = No
                     f"a training round of project {project} is already queued or running (job {holder}); "
                     "corrections recorded meanwhile join a later one")}
             try:
-                job = submit(q, "segagent_backend.queue.training.train",
-                             {"project": project, "source": source, "run": run}, settings,
+                job = submit(q, train,
+                             {"project": project, "source": data_from, "run": run}, settings,
                              job_timeout=settings.train_timeout, result_ttl=RESULT_TTL,
-                             description=f"train project {project} ({source})", job_id=job_id)
+                             description=f"train project {project} ({data_from})", job_id=job_id)
             except BaseException:
                 _release(q.connection, key_of(project), job_id)  # no job: the next request may queue one
                 raise
@@ -144,19 +144,19 @@ class ThreadStarter:
         self._lock = threading.Lock()
         self.thread: Optional[threading.Thread] = None
 
-    def __call__(self, project: Optional[int], source: str) -> dict:
+    def __call__(self, project: Optional[int], data_from: str) -> dict:
         with self._lock:
             if self.thread is not None and self.thread.is_alive():
                 return {"started": False, "running": True,
                         "note": "a training round is already running; these corrections join the next one"}
             run = new_run_id()
-            self.thread = threading.Thread(target=self._run, args=(project, source, run), name=f"train-{run}",
+            self.thread = threading.Thread(target=self._run, args=(project, data_from, run), name=f"train-{run}",
                                            daemon=True)
             self.thread.start()
         return {"thread": self.thread.name, "run": run}
 
-    def _run(self, project: Optional[int], source: str, run: str) -> None:
-        report = run_training(self.settings, project, source, run)
+    def _run(self, project: Optional[int], data_from: str, run: str) -> None:
+        report = run_training(self.settings, project, data_from, run)
         log.info("training run %s: %s %s", run, report.status, report.reason)
         if self.on_done is not None:
             self.on_done()

@@ -11,13 +11,15 @@ when its worker's key expires (``failover.py``).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from typing import Optional
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional
 
 import redis
 from rq import Queue
@@ -27,39 +29,65 @@ from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from ..errors import ModelUnavailable
-from ..labelstudio.predictions import Predictions
-from ..settings import Settings
-from . import jobs
+from . import batch, jobs, planner, training
+from .context import WorkerContext
 from .names import KINDS, QueueNames
 from .status import WorkerHealth
 
 log = logging.getLogger(__name__)
 
 
-#: The only functions a job may name. RQ imports whatever dotted name a job in Redis carries (``os.system``
+def job_name(function: Callable) -> str:
+    """The name RQ stores for a job of ``function`` (``Job.create``: module and qualified name)."""
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+#: Every function a job may name, by the name RQ stores for it: the worker looks a job's function up here and
+#: never imports one by name. RQ would import whatever dotted name a job in Redis carries (``os.system``
 #: included), so anyone who can write to Redis could run code here; callbacks are functions too.
-ALLOWED_JOBS = frozenset({
-    "segagent_backend.queue.jobs.predict",
-    "segagent_backend.queue.jobs.noop",
-    "segagent_backend.queue.preannotate.plan",
-    "segagent_backend.queue.preannotate.run",
-    "segagent_backend.queue.preannotate.run_refine",
-    "segagent_backend.queue.training.train",
-})
+JOBS: Mapping[str, Callable] = MappingProxyType({job_name(f): f for f in (
+    jobs.predict, jobs.noop, planner.plan_tasks, batch.run, training.train)})
 
 
 class JobRefused(Exception):
-    """A job naming a function (or callback) outside ALLOWED_JOBS: failed without importing anything."""
+    """A job naming a function outside JOBS, or a callback: failed without importing anything."""
 
 
 def refusal(job: Job) -> Optional[str]:
     """Why ``job`` must not run (None: it may). Reads names only: nothing is imported."""
-    callbacks = [job._success_callback_name, job._failure_callback_name, job._stopped_callback_name]
-    if job.func_name not in ALLOWED_JOBS:
+    if job.func_name not in JOBS:
         return f"job function {str(job.func_name)[:120]!r} is not one of segagent's jobs"
-    if any(callbacks):
+    stored = job.to_dict(include_meta=False, include_result=False)
+    if any(stored.get(f"{kind}_callback_name") for kind in ("success", "failure", "stopped")):
         return "job callbacks are not run by segagent workers"
     return None
+
+
+class SegagentJob(Job):
+    """An RQ job as a segagent worker runs it: its function comes from JOBS, called with the worker's
+    context (``worker_context``, set by ``ResidentWorker.execute_job``); a refused job raises JobRefused
+    where RQ would import its function. No callback is ever imported or run."""
+
+    worker_context: Optional[WorkerContext] = None
+
+    @property
+    def func(self) -> Callable:
+        reason = refusal(self)
+        if reason is not None:
+            raise JobRefused(reason)
+        return functools.partial(JOBS[self.func_name], context=self.worker_context)
+
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
 
 
 class JobTimeout(BaseException):
@@ -82,20 +110,22 @@ class ResidentWorker(SimpleWorker):
 
     death_penalty_class = JobDeathPenalty
 
-    def __init__(self, queues: list[str], *, connection: redis.Redis, predictions: Predictions, names: QueueNames,
+    def __init__(self, queues: list[str], *, connection: redis.Redis, context: WorkerContext, names: QueueNames,
                  heartbeat: int, name: Optional[str] = None, failover: float = 0.0):
         super().__init__(
-            [Queue(q, connection=connection, serializer=JSONSerializer) for q in queues],
-            connection=connection, serializer=JSONSerializer, name=name,
+            [Queue(q, connection=connection, serializer=JSONSerializer, job_class=SegagentJob) for q in queues],
+            connection=connection, serializer=JSONSerializer, name=name, job_class=SegagentJob,
             # blocking dequeue returns every `heartbeat` s, so maintenance (which re-queues abandoned
             # jobs) runs that often even on an idle worker
             worker_ttl=heartbeat + 15, maintenance_interval=heartbeat,
         )
-        self.host = predictions.host
+        self.context = context
+        self.host = context.host
         self.names = names
         self.heartbeat_seconds = heartbeat
         self.failover_seconds = failover  # TTL of the liveness key clicks fail over on (0: none)
         self.jobs_done = 0
+        self.stop_requested = False  # SIGTERM/SIGINT: RQ's warm shutdown ends the loop
         self._current: Optional[tuple[Job, object]] = None
         self._stop_beating = threading.Event()
         self._beater: Optional[threading.Thread] = None
@@ -112,21 +142,20 @@ class ResidentWorker(SimpleWorker):
         self._current = (job, execution)
         try:
             reason = refusal(job)
-            if reason is None:
-                self.perform_job(job, queue, execution)
-            else:
-                self.refuse_job(job, queue, execution, reason)
+            if reason is not None:  # SegagentJob.func raises JobRefused: RQ fails the job, nothing imported
+                log.error("job %s refused: %s", job.id, reason)
+                job.retries_left = None  # refused again on every retry: failed once, for good
+            job.worker_context = self.context
+            self.perform_job(job, queue, execution)
         finally:
             self._current = None
             self.jobs_done += 1
         self.set_state(WorkerStatus.IDLE)
 
-    def refuse_job(self, job: Job, queue: Queue, execution, reason: str) -> None:
-        """Fail ``job`` unrun, not retried, its callbacks dropped unimported; say so in the log."""
-        log.error("job %s refused: %s", job.id, reason)
-        job._success_callback_name = job._failure_callback_name = job._stopped_callback_name = None
-        job.retries_left = None
-        self._finalize_failure(job, queue, execution, (JobRefused, JobRefused(reason), None))
+    def handle_warm_shutdown_request(self) -> None:
+        """RQ's hook on SIGTERM/SIGINT: ``run_worker`` returns instead of starting a fresh RQ worker."""
+        self.stop_requested = True
+        super().handle_warm_shutdown_request()
 
     # ----- health ------------------------------------------------------------------------------
     def health(self) -> WorkerHealth:
@@ -205,28 +234,28 @@ def describe_device(device: str) -> str:
     return f"{device} (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else device
 
 
-def run_worker(settings: Settings, kinds: tuple[str, ...] = KINDS, name: Optional[str] = None,
+def run_worker(context: WorkerContext, kinds: tuple[str, ...] = KINDS, name: Optional[str] = None,
                burst: bool = False) -> int:
-    """Load the models, then serve the queues (priority order) until SIGTERM/SIGINT.
+    """Load the context's models, then serve the queues (priority order) until SIGTERM/SIGINT, every job
+    run with ``context`` (``assembly.worker_context``: the same assembly as the web app's).
 
     When Redis goes away RQ's loop ends; the same resident models then serve a fresh RQ worker as
     soon as Redis answers again, so a Redis restart costs no model reload.
     """
-    predictions = jobs.resident_predictions(settings)
+    settings = context.settings
     try:
-        predictions.host.load()
+        context.host.load()
     except ModelUnavailable:
-        log.error("the models failed to load: %s", predictions.host.status)
+        log.error("the models failed to load: %s", context.host.status)
         return 1
-    jobs.install(predictions)
     names = QueueNames(settings.queue_prefix)
     base = name or f"segagent-{socket.gethostname()}-{os.getpid()}"
-    log.info("worker %s ready: %s on %s, queues %s", base, predictions.host.model_version,
+    log.info("worker %s ready: %s on %s, queues %s", base, context.model_version,
              describe_device(settings.device), ", ".join(names.queues(kinds)))
     wait = 1.0
     while True:
         connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout)
-        worker = ResidentWorker(names.queues(kinds), connection=connection, predictions=predictions, names=names,
+        worker = ResidentWorker(names.queues(kinds), connection=connection, context=context, names=names,
                                 heartbeat=settings.worker_heartbeat, name=f"{base}-{uuid.uuid4().hex[:6]}",
                                 failover=settings.click_failover)
         worker.start_beating()
@@ -236,7 +265,7 @@ def run_worker(settings: Settings, kinds: tuple[str, ...] = KINDS, name: Optiona
             log.warning("Redis is unreachable (%s): retrying in %.0f s", exc, wait)
         finally:
             worker.stop_beating()
-        if burst or worker._stop_requested or worker._shutdown_requested_date is not None:  # SIGTERM/SIGINT
+        if burst or worker.stop_requested:
             return 0
         time.sleep(wait)
         wait = min(wait * 2, 30.0)

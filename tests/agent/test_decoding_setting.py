@@ -5,7 +5,7 @@ import pytest
 
 from segagent_backend.agent.policies.text import decoding_flags
 from segagent_backend.settings import Settings, SettingsError
-from segagent_backend.wiring import policy_options
+from segagent_backend.wiring import policy_spec
 
 
 def settings(**env) -> Settings:
@@ -22,7 +22,7 @@ def settings(**env) -> Settings:
 ])
 def test_the_default_follows_the_protocol(env, expected):
     s = settings(**env)
-    assert s.decoding_mode == expected and policy_options(s)["decoding"] == expected
+    assert s.decoding_mode == expected and policy_spec(s).decoding == expected
 
 
 def test_a_bad_value_names_the_variable():

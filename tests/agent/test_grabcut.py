@@ -197,10 +197,10 @@ FAST_IMAGES = ("106024", "388016", "music")  # small, and monotone in the full b
 def test_real_images_reach_a_good_iou_monotonically(name, grabcut_dir):
     root = grabcut_dir  # skipped with the reason when the set is absent (tests/conftest.py)
     from trainer.datasets import load_grabcut
-    from trainer.evaluation import simulate_noc
+    from trainer.evaluation import run_noc
 
     sample = load_grabcut(root, names=[name])[0]
-    ious = simulate_noc(GrabCutSegmenter(), sample, max_clicks=5)
+    ious = run_noc(GrabCutSegmenter(), sample, max_clicks=5).ious
     assert len(ious) == 5
     assert max(ious) >= 0.85, ious
     assert all(b >= a - 1e-9 for a, b in zip(ious, ious[1:])), ious

@@ -32,7 +32,8 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from segagent_backend.queue import status
-from segagent_backend.queue.jobs import PredictJob
+from segagent_backend.labelstudio.request import parse_predict
+from segagent_backend.queue import batch
 from segagent_backend.queue.names import BATCH, INTERACTIVE, QueueNames
 from segagent_backend.queue.submit import open_queue, submit
 from segagent_backend.registry import Registry
@@ -123,7 +124,7 @@ def enqueue_clicks(settings: Settings, kind: str, urls: list[str], conn=None) ->
     for url in urls:
         body = predict_body(url, CLICK)
         job = submit(queue, "segagent_backend.queue.jobs.predict",
-                     PredictJob(body["tasks"], body["label_config"], body["params"]["context"], 3).to_json(),
+                     parse_predict({**body, "project": 3}, settings).to_json(),
                      settings, description="fault test", result_ttl=600)
         ids.append(job.id)
     return ids
@@ -446,7 +447,7 @@ def test_label_studio_down_while_posting_marks_nothing_done(queue_env, workers, 
         settings = settings_of(queue_env, **env)
         queue = open_queue(settings, BATCH)
         payload = {"project": 3, "task_ids": [11, 12], "model_version": version, "force": False}
-        first = submit(queue, "segagent_backend.queue.preannotate.run", payload, settings, result_ttl=600,
+        first = submit(queue, batch.run, payload, settings, result_ttl=600,
                        description="fault test: Label Studio down")
         (result,) = results_of(conn, [first.id], timeout=90).values()
         assert result.type == Result.Type.FAILED, workers.logs()
@@ -459,12 +460,12 @@ def test_label_studio_down_while_posting_marks_nothing_done(queue_env, workers, 
         refused = len(FakeLabelStudio.posts)
 
         FakeLabelStudio.down = False  # Label Studio is back: the next run posts them, once each
-        second = submit(queue, "segagent_backend.queue.preannotate.run", payload, settings, result_ttl=600,
+        second = submit(queue, batch.run, payload, settings, result_ttl=600,
                         description="fault test: Label Studio back")
         (result,) = results_of(conn, [second.id], timeout=90).values()
         assert result.type == Result.Type.SUCCESSFUL, (result.exc_string, workers.logs())
         assert result.return_value["posted"] == [11, 12]
-        third = submit(queue, "segagent_backend.queue.preannotate.run", payload, settings, result_ttl=600,
+        third = submit(queue, batch.run, payload, settings, result_ttl=600,
                        description="fault test: once more")
         (result,) = results_of(conn, [third.id], timeout=90).values()
         assert result.return_value["skipped"] == [11, 12] and result.return_value["posted"] == []

@@ -89,7 +89,8 @@ def test_a_click_overtakes_a_batch_backlog(queue_app, queue_env, workers, media_
     from rq.serializers import JSONSerializer
 
     from segagent_backend.queue import status
-    from segagent_backend.queue.jobs import PredictJob
+    from segagent_backend.labelstudio.request import parse_predict
+    from segagent_backend.settings import Settings
     from segagent_backend.queue.names import QueueNames
 
     workers.start(1)
@@ -99,7 +100,7 @@ def test_a_click_overtakes_a_batch_backlog(queue_app, queue_env, workers, media_
     for i in range(5):  # distinct URLs (1.00 s, 1.01 s, ...): the worker's media cache must not help
         slow = predict_body(f"{slow_media}/slow/1.0{i}/disk.png", [keypoint(50, 50, 160, 120)])
         batch.enqueue("segagent_backend.queue.jobs.predict",
-                      PredictJob(slow["tasks"], slow["label_config"], slow["params"]["context"]).to_json())
+                      parse_predict(slow, Settings.from_env({})).to_json())
     started = time.monotonic()
     reply = queue_app().test_client().post("/predict", json=predict_body(f"{media_server}/disk.png",
                                                                          [keypoint(50, 50, 160, 120)]))

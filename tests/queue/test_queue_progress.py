@@ -12,7 +12,7 @@ from rq.serializers import JSONSerializer
 
 from segagent_backend.cli.errors import CommandFailed
 from segagent_backend.cli.jobs import report_plan
-from segagent_backend.queue.preannotate import Plan, follow, progress
+from segagent_backend.queue.planner import Plan, follow, progress
 
 
 def test_progress_counts_tasks_of_finished_and_failed_jobs(make_settings, redis_url):

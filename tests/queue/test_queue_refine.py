@@ -15,7 +15,9 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from segagent_backend.labelstudio.annotations import AnnotationError
 from segagent_backend.labelstudio.config import EXAMPLE_CONFIG
-from segagent_backend.queue import jobs, preannotate
+from segagent_backend import assembly
+from segagent_backend.labelstudio.brush import start_mask
+from segagent_backend.queue import batch, planner
 from segagent_backend.settings import Settings
 
 
@@ -93,18 +95,15 @@ def label_studio(media_server, start):
 
 @pytest.fixture
 def worker(queue_env, label_studio, tiny_qwen2_vl, tmp_path):
-    """This process as the worker: resident predictions with the tiny policy."""
+    """This process as the worker: the context `segagent worker` builds, with the tiny policy."""
     settings = Settings.from_env({**queue_env, "LABEL_STUDIO_URL": label_studio, "LABEL_STUDIO_API_KEY": "ls-token",
                                   "SEGAGENT_POLICY": str(tiny_qwen2_vl), "SEGAGENT_MAX_STEPS": "2",
                                   "SEGAGENT_MEDIA_ALLOW_HOSTS": "127.0.0.1", "SEGAGENT_MEDIA_ALLOW_PRIVATE": "true"})
-    predictions = jobs.resident_predictions(settings)
-    jobs.install(predictions)
-    yield predictions
-    jobs.install(None)
+    return assembly.worker_context(settings)
 
 
 def test_refine_posts_refined_masks_once(worker, start):
-    predictions = worker
+    predictions = worker.predictions
     shown = []
     predictions.host.load()
     policy = predictions.host.serving_policy
@@ -112,7 +111,7 @@ def test_refine_posts_refined_masks_once(worker, start):
     policy.propose = lambda observations, k=1: shown.extend(observations) or propose(observations, k)
     data = {"project": 3, "task_ids": [11, 12], "model_version": predictions.model_version, "force": False,
             "from": "predictions", "source_version": None}
-    summary = preannotate.run_refine(data)
+    summary = batch.run(data, context=worker)
     assert summary["posted"] == [11] and list(summary["errors"]) == ["12"], summary
     assert "no brush mask in the task's predictions" in summary["errors"]["12"]
     # one outcome per task, in the job's order: what `segagent refine` counts
@@ -126,40 +125,40 @@ def test_refine_posts_refined_masks_once(worker, start):
     assert clicks and all(c["from_name"] == "trajectory" for c in clicks)  # the policy's trajectory
     assert 0.0 <= posted["score"] <= 1.0
     # a second run posts nothing twice
-    again = preannotate.run_refine(data)
+    again = batch.run(data, context=worker)
     assert again["skipped"] == [11] and again["posted"] == []
     assert again["tasks"][0] == {"task": 11, "outcome": "skipped",
                                  "reason": f"already holds a prediction of refine-{predictions.model_version}"}
     # from the annotations: task 12's submitted brush mask
-    summary = preannotate.run_refine(dict(data, task_ids=[12], **{"from": "annotations"}))
+    summary = batch.run(dict(data, task_ids=[12], **{"from": "annotations"}), context=worker)
     assert summary["posted"] == [12], summary
 
 
 def test_enqueue_skips_refined_tasks(queue_env, label_studio):
     settings = Settings.from_env({**queue_env, "LABEL_STUDIO_URL": label_studio, "LABEL_STUDIO_API_KEY": "ls-token"})
     FakeLabelStudio.tasks[12]["predictions"].append({"model_version": "refine-v7", "result": [], "score": 0.9})
-    plan = preannotate.enqueue(settings, 3, refine={"from": "annotations", "source_version": None}, model_version="v7")
+    plan = planner.enqueue(settings, 3, refine={"from": "annotations", "source_version": None}, model_version="v7")
     assert plan.model_version == "refine-v7" and plan.queued == [11] and plan.already_predicted == 1
     assert len(plan.jobs) == 1
     with pytest.raises(Exception, match="refine from 'masks'"):
-        preannotate.enqueue(settings, 3, refine={"from": "masks"}, model_version="v7")
+        planner.enqueue(settings, 3, refine={"from": "masks"}, model_version="v7")
 
 
-def test_source_mask_picks_the_latest_brush_mask(start):
+def test_start_mask_picks_the_latest_brush_mask(start):
     class Task:
         predictions = [type("P", (), {"model_version": "a", "result": [brush(start)]})(),
                        type("P", (), {"model_version": "refine-a", "result": [brush(~start)]})()]
         annotations = [{"was_cancelled": True, "result": [brush(~start)]}]
 
-    assert np.array_equal(preannotate.source_mask(Task, "predictions"), start)  # never a refined one
-    assert np.array_equal(preannotate.source_mask(Task, "predictions", "refine-a"), ~start)
+    assert np.array_equal(start_mask(Task, "predictions"), start)  # never a refined one
+    assert np.array_equal(start_mask(Task, "predictions", "refine-a"), ~start)
     with pytest.raises(AnnotationError, match="no brush mask in the task's annotations"):
-        preannotate.source_mask(Task, "annotations")  # the only annotation was cancelled
+        start_mask(Task, "annotations")  # the only annotation was cancelled
     bad = brush(start)
     bad["value"]["rle"] = [0, 0, 0, 9, 1]
     Task.annotations = [{"result": [bad]}]
     with pytest.raises(AnnotationError, match="header claims 9 values"):
-        preannotate.source_mask(Task, "annotations")
+        start_mask(Task, "annotations")
 
 
 def test_refine_command_queues_and_prints_the_plan(queue_env, label_studio, monkeypatch, capsys):

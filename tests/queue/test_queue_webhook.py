@@ -8,7 +8,9 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from segagent_backend.queue import jobs, preannotate
+import types
+
+from segagent_backend.queue import planner
 
 LS = {"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "token"}  # never called in the request
 
@@ -31,7 +33,7 @@ def test_tasks_created_queues_one_planning_job_with_those_tasks(queue_app, redis
     assert reply.status_code == 200, reply.json
     queued = batch_jobs(redis_url, prefix)
     assert [job.id for job in queued] == [reply.json["enqueued"]["job"]]
-    assert queued[0].func_name == "segagent_backend.queue.preannotate.plan"
+    assert queued[0].func_name == "segagent_backend.queue.planner.plan_tasks"
     assert list(queued[0].args) == [{"project": 3, "task_ids": [11, 12, 13]}]
     assert reply.json["enqueued"]["task_ids"] == [11, 12, 13] and reply.json["enqueued"]["queue"] == f"{prefix}-batch"
 
@@ -61,15 +63,11 @@ def test_malformed_tasks_created_is_a_400_and_queues_nothing(queue_app, redis_ur
 
 
 def test_the_planning_job_runs_the_planner_for_exactly_those_tasks(monkeypatch, make_settings):
-    class Resident:
-        settings = make_settings()
-        model_version = "grabcut-v1"
-
+    context = types.SimpleNamespace(settings=make_settings(), model_version="grabcut-v1")  # the worker's
     calls = []
-    monkeypatch.setattr(jobs, "resident", Resident)
-    monkeypatch.setattr(preannotate, "enqueue", lambda settings, project, task_ids, **kw: (
-        calls.append((project, task_ids, kw)) or preannotate.Plan(project, kw["model_version"], queued=task_ids)))
-    result = preannotate.plan({"project": 3, "task_ids": [11, 12]})
+    monkeypatch.setattr(planner, "enqueue", lambda settings, project, task_ids, **kw: (
+        calls.append((project, task_ids, kw)) or planner.Plan(project, kw["model_version"], queued=task_ids)))
+    result = planner.plan_tasks({"project": 3, "task_ids": [11, 12]}, context=context)
     assert calls == [(3, [11, 12], {"model_version": "grabcut-v1"})]
     assert result["queued"] == [11, 12] and result["model_version"] == "grabcut-v1"
 

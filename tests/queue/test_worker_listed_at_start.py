@@ -18,7 +18,7 @@ def test_a_worker_is_listed_as_soon_as_it_starts_beating(make_settings, redis_ur
     host = types.SimpleNamespace(settings=settings, model_version="v-test", status="ready", reload_error=None,
                                  cache=type("Cache", (), {"nbytes": 0, "__len__": lambda self: 0})())
     worker = ResidentWorker([names.queue("interactive")], connection=connection,
-                            predictions=types.SimpleNamespace(host=host), names=names, heartbeat=60)
+                            context=types.SimpleNamespace(host=host), names=names, heartbeat=60)
     try:
         worker.start_beating()  # the first health beat would come 30 s later
         (listed,) = status.snapshot(connection, names).workers

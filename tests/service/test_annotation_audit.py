@@ -47,6 +47,12 @@ def policy_app(make_settings, policy_folder):
 
 
 # ----- POST /audit -------------------------------------------------------------------------------------
+def test_an_audit_version_is_the_policy_version_with_the_audit_prefix():
+    from segagent_backend.annotation_audit import audit_version
+
+    assert audit_version("segagent-grabcut-qwen2_vl-abc") == "audit-segagent-grabcut-qwen2_vl-abc"
+
+
 def test_audit_scores_one_annotation_with_one_policy_call(policy_app, media_server, disk_image, one_torch_thread):
     reply = policy_app.test_client().post("/audit", json=audit_body(f"{media_server}/disk.png", disk_image[1]))
     assert reply.status_code == 200, reply.json

@@ -91,11 +91,12 @@ def test_store_survives_a_restart_and_forgets_deleted(tmp_path, mask):
     store = CorrectionStore(tmp_path)
     assert store.record(good) == {7: 1} and store.record(more) == {7: 2}
     again = CorrectionStore(tmp_path)  # a new process
-    assert [c.annotation_id for c in again.corrections(7)] == [1, 3] and again.new_since_training(7) == 2
+    assert [c.annotation_id for c in again.corrections(7)] == [1, 3]
+    assert not again.claim_round(7, 3)  # the counter (2) survived the restart: 3 are not waiting yet
     assert np.array_equal(again.corrections(7)[0].mask(), mask)
     assert again.delete_annotations([1]) == 1 and again.delete_tasks([4]) == 1 and again.corrections() == []
     again.training_started(7)
-    assert again.new_since_training(7) == 0
+    assert again.record(good) == {7: 1}  # counted from zero again
 
 
 def test_webhook_records_rejects_and_deletes(make_settings, mask):
@@ -124,8 +125,8 @@ def test_every_n_corrections_start_one_round(make_settings, mask):
     settings = make_settings(SEGAGENT_TRAIN_EVERY="2", SEGAGENT_POLICY="/some/base")
     rounds = []
 
-    def start(project, source):
-        rounds.append((project, source))
+    def start(project, data_from):
+        rounds.append((project, data_from))
         return {"run": f"r{len(rounds)}"}
 
     assert "training" not in handle_webhook(body(1, 2, [brush(mask)]), settings, start_training=start)
@@ -147,6 +148,7 @@ def test_a_big_bulk_event_is_answered_fast_and_checked_when_a_round_loads_it(mak
                                                                              media_server):
     from segagent_backend.labelstudio import annotations
     from segagent_backend.learning import load_samples
+    from segagent_backend.wiring import media_loader
 
     monkeypatch.setattr(annotations, "WEBHOOK_DECODE_PIXELS", mask.size)  # room for one mask only
     bad = brush(mask)
@@ -157,7 +159,7 @@ def test_a_big_bulk_event_is_answered_fast_and_checked_when_a_round_loads_it(mak
     good, rejected = corrections_from_webhook(event)
     assert [c.annotation_id for c in good] == [1, 3] and not rejected  # the second mask was not decoded
     good[1].image_url = f"{media_server}/disk.png"
-    samples, rejected = load_samples(make_settings(), good[1:])
+    samples, rejected = load_samples(media_loader(make_settings()), good[1:])
     assert samples == [] and rejected[0].reason == "the brush mask is empty"
 
 
@@ -167,11 +169,11 @@ def test_only_one_of_two_racing_processes_claims_the_round(tmp_path, mask):
     a.record(good)
     b.record(good)
     assert [a.claim_round(7, 2), b.claim_round(7, 2)] == [True, False]
-    assert a.new_since_training(7) == 0
+    assert a.record(good) == {7: 1}  # the claim set the counter back to zero
 
 
 def test_rle_header_is_checked_before_decoding():
-    from segagent_backend.labelstudio.annotations import AnnotationError, check_rle, decode_brush
+    from segagent_backend.labelstudio.brush import AnnotationError, check_rle, decode_brush
 
     with pytest.raises(AnnotationError, match="header claims 4294967295"):
         decode_brush([255, 255, 255, 255] + [0] * 20, 640, 480)

@@ -38,6 +38,7 @@ from segagent_backend.settings import Settings
 from tests.conftest import make_disk_image
 
 WAIT = 10  # seconds any wait for another thread may take before the test fails (never reached when right)
+QUEUE_GRACE = 0.5  # seconds a started caller is given to queue on the model lock (it needs microseconds)
 
 
 def wait_until(condition, seconds: float = WAIT, what: str = "condition") -> None:
@@ -126,20 +127,21 @@ def test_a_single_click_is_not_kept_waiting_by_a_long_replay(make_settings):
     """A 30-click replay on one image, then one click on another: the click is served between two steps
     of the replay (right after the step under way when it queued), and finishes first. Before, the
     replay held the lock for its 30 steps and the click came after all of them."""
-    host_box, finished = [], []
+    finished, asking = [], threading.Event()
 
     def on_segment(who, n):
-        if who == "long" and n == 1:  # hold step 1 (the lock) until the one-click caller waits for it
-            wait_until(lambda: host_box[0].model_queue >= 1, what="the one-click caller to queue")
+        if who == "long" and n == 1:  # hold step 1 (the lock) until the one-click caller waits for it:
+            assert asking.wait(WAIT), "the one-click caller did not start"
+            time.sleep(QUEUE_GRACE)  # it takes the lock's queue at once (a cache miss is all it does first)
 
     host, calls = _host(make_settings, on_segment)
-    host_box.append(host)
 
     def long_replay():
         host.run_clicks(LONG_IMAGE, _clicks(LONG_CLICKS))
         finished.append("long")
 
     def one_click():
+        asking.set()
         host.run_clicks(SHORT_IMAGE, _clicks([(60, 50)]))
         finished.append("short")
 

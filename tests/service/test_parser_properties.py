@@ -19,8 +19,8 @@ from payloads import CONFIG
 from segagent_backend.agent.protocol import SEGAGENT_LLAVA, SEGAGENT_QWEN, parse_answer
 from segagent_backend.errors import RequestError
 from segagent_backend.http_guard import MAX_JSON_DEPTH, json_depth, load_json
-from segagent_backend.labelstudio.annotations import (AnnotationError, corrections_from_tasks,
-                                                      corrections_from_webhook, decode_brush)
+from segagent_backend.labelstudio.annotations import AnnotationError, corrections_from_tasks, corrections_from_webhook
+from segagent_backend.labelstudio.brush import decode_brush
 from segagent_backend.labelstudio.config import EXAMPLE_CONFIG, parse_label_config
 from segagent_backend.labelstudio.context import parse_context
 

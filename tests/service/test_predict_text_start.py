@@ -96,7 +96,7 @@ def test_the_policys_episode_starts_from_the_instance_it_rates_best(make_setting
     policy = RatesOneMask(preferred=instances[-1].mask)  # SAM 3's worst-scored instance, the policy's best
     settings = make_settings(SEGAGENT_TEXT_MODEL=tiny_sam3_text, SEGAGENT_TEXT_THRESHOLD=0,
                              SEGAGENT_POLICY=tiny_qwen2_vl, SEGAGENT_MAX_STEPS=2)
-    host = ModelHost(settings, Registry.from_settings(settings), build_policy=lambda _settings, _source: policy)
+    host = ModelHost(settings, Registry.from_settings(settings), build_policy=lambda _settings, _checkpoint: policy)
     reply = create_app(settings, host).test_client().post("/predict", json=automatic_body(media_server, ["red disk"]))
     assert reply.status_code == 200, reply.json
     judged = policy.shown[:len(instances)]  # the first call: every instance, in SAM 3's order

@@ -92,12 +92,12 @@ class _LabelStudio:
 
 def test_posting_a_prediction_without_a_score():
     from segagent_backend.labelstudio.client import post_prediction
-    from segagent_backend.queue.preannotate import _post
+    from segagent_backend.queue.batch import _post
 
     ls = _LabelStudio()
     assert post_prediction(ls, 3, [], None, "v") == 1
     assert post_prediction(ls, 4, [], 0.5, "v") == 2
-    posted, errors = _post(ls, {"project": 1}, [{"id": 5}, {"id": 6}],
+    posted, errors = _post(ls, 1, [{"id": 5}, {"id": 6}],
                            [{"result": [], "model_version": "v"}, {"result": [], "score": 0.7, "model_version": "v"}])
     assert posted == [5, 6] and errors == {}
     assert ["score" in c for c in ls.predictions.created] == [False, True, False, True]

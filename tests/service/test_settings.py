@@ -7,7 +7,8 @@ from typing import Optional
 
 import pytest
 
-from segagent_backend.settings import FIELDS, Settings, SettingsError, _declared, setting, settings_table
+from segagent_backend.environment import declared
+from segagent_backend.settings import FIELDS, Settings, SettingsError, setting, settings_table
 
 
 def test_defaults_are_the_embedded_mode():
@@ -85,9 +86,54 @@ def test_a_field_without_a_declaration_is_refused():
         extra: Optional[str] = None
 
     with pytest.raises(TypeError, match="extra"):
-        _declared(Loose)
+        declared(Loose)
 
 
 def test_an_empty_value_means_the_default():
     s = Settings.from_env({"PORT": "", "SEGAGENT_TRAIN_LR": "  ", "SEGAGENT_SEGMENTER": "", "MODEL_DIR": " /data "})
     assert (s.port, s.train_lr, s.segmenter, s.model_dir) == (9090, 1e-4, "grabcut", Path("/data"))
+
+
+def test_a_tool_is_added_by_one_table_row(monkeypatch):
+    """The tools' table is the dispatcher and the list of valid names: one row, and the settings accept the
+    name, the service builds it, and its weights are checked at start under their variable."""
+    from segagent_backend.agent.segmenters import SEGMENTERS, Tool
+    from segagent_backend.agent.segmenters.grabcut import GrabCutSegmenter
+    from segagent_backend.model_paths import check_model_paths
+    from segagent_backend.wiring import segmenter_from_settings
+
+    with pytest.raises(SettingsError, match="SEGAGENT_SEGMENTER"):
+        Settings.from_env({"SEGAGENT_SEGMENTER": "coarse-grabcut"})
+    monkeypatch.setitem(SEGMENTERS, "coarse-grabcut",
+                        Tool("GrabCut at 64 px", lambda options, cache: GrabCutSegmenter(cache, max_side=64)))
+    tool = segmenter_from_settings(Settings.from_env({"SEGAGENT_SEGMENTER": "coarse-grabcut"}))
+    assert isinstance(tool, GrabCutSegmenter) and tool.p.max_side == 64
+    monkeypatch.setitem(SEGMENTERS, "file-tool", Tool("a .pth tool", SEGMENTERS["sam"].build, "sam_checkpoint", file=True))
+    with pytest.raises(SettingsError, match="SEGAGENT_SEGMENTER=file-tool needs SEGAGENT_SAM_CHECKPOINT"):
+        Settings.from_env({"SEGAGENT_SEGMENTER": "file-tool"})
+    with pytest.raises(SettingsError, match="SEGAGENT_SAM_CHECKPOINT=.*nope.pth.*no such file"):
+        check_model_paths(Settings.from_env({"SEGAGENT_SEGMENTER": "file-tool", "SEGAGENT_SAM_CHECKPOINT": "/nope.pth"}))
+
+
+def test_the_choices_are_documented_from_their_tables():
+    from segagent_backend.agent.loop import PROTOCOLS
+    from segagent_backend.agent.policies import DECODINGS, POLICIES
+    from segagent_backend.agent.protocol import CONVENTIONS
+    from segagent_backend.agent.segmenters import SEGMENTERS
+
+    meaning = {var: text for var, _, _, text in FIELDS}
+    for var, table in (("SEGAGENT_SEGMENTER", SEGMENTERS), ("SEGAGENT_POLICY_KIND", POLICIES),
+                       ("SEGAGENT_COORDINATES", CONVENTIONS), ("SEGAGENT_PROTOCOL", PROTOCOLS),
+                       ("SEGAGENT_DECODING", DECODINGS)):
+        assert all(f"`{name}` ({entry.help})" in meaning[var] for name, entry in table.items()), var
+
+
+def test_a_model_folder_is_checked_at_start_by_the_loaders_rule(tmp_path):
+    from segagent_backend.model_paths import check_model_paths
+
+    (tmp_path / "weights.pth").write_bytes(b"")
+    with pytest.raises(SettingsError, match="SEGAGENT_POLICY=.*weights.pth.*a file, not a folder"):
+        check_model_paths(Settings.from_env({"SEGAGENT_POLICY": str(tmp_path / "weights.pth")}))
+    with pytest.raises(SettingsError, match="SEGAGENT_TEXT_MODEL=.*nowhere.*no such folder, it does not exist"):
+        check_model_paths(Settings.from_env({"SEGAGENT_TEXT_MODEL": str(tmp_path / "nowhere")}))
+    check_model_paths(Settings.from_env({"SEGAGENT_POLICY": "org/name"}))  # a hub id: checked when it loads

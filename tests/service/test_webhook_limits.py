@@ -116,8 +116,8 @@ def slow_rounds(monkeypatch):
     """run_training replaced by a round that waits for ``release``: what a 6-hour round looks like."""
     release, calls = threading.Event(), []
 
-    def run_training(settings, project, source, run):
-        calls.append((project, source))
+    def run_training(settings, project, data_from, run):
+        calls.append((project, data_from))
         release.wait(10)
         return type("Report", (), {"status": "kept", "reason": "test"})()
 

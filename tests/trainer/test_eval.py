@@ -19,7 +19,8 @@ from segagent_backend.agent.types import Click
 from segagent_backend.cli import main
 from tests.conftest import make_disk_image
 from trainer.datasets import Sample, default_grabcut_dir
-from trainer.eval_run import EvalItem, evaluate, prm_quality, rank_average, summarize_run
+from trainer.eval_run import EvalItem, evaluate, summarize_run
+from trainer.prm_quality import prm_quality, rank_average
 from trainer.refseg import (decode_segmentation, prediction_record, read_refs, refs_from_json, release_selection,
                             score_predictions)
 from trainer.traces import mask_to_rle

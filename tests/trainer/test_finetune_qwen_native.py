@@ -54,7 +54,7 @@ def samples():
     half = mask.copy()
     half[:, : mask.shape[1] // 2] = False
     out = step_samples(image, "the red disk", [np.zeros_like(mask), half], [0.0, 0.5],
-                       [Click(30, 20, True), Click(10, 5, False)], source="disk")
+                       [Click(30, 20, True), Click(10, 5, False)], name="disk")
     out[1].release = True
     out += step_samples(image, "the round red thing in the middle of the picture", [half], [0.5], [Click(70, 60, True)])
     return out

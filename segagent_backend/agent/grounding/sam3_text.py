@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..loading import ModelLoadError, checkpoint_source, resolve_device
+from ..loading import ModelLoadError, resolve_checkpoint, resolve_device
 from ..segmenters.cache import EmbeddingCache, image_digest
 from ..segmenters.hf_sam_models import processor_config, read_model_type
 from ..segmenters.hf_sam_preprocess import IMAGENET_STANDARD, ImagePreprocessor, OwnPreprocessor, PreprocessSpec
@@ -78,14 +78,14 @@ class TextGrounder:
         self._positions: Optional[tuple[torch.Tensor, ...]] = None  # FPN position encodings: the same for every image
 
     @classmethod
-    def from_pretrained(cls, source: Union[str, Path], device: str = "auto",
+    def from_pretrained(cls, checkpoint: Union[str, Path], device: str = "auto",
                         cache: Optional[EmbeddingCache] = None) -> "TextGrounder":
         """Load a ``Sam3Model`` (``config.model_type`` ``sam3``, or ``sam3_video`` as facebook/sam3 is: its
         detector) from a folder or hub id, with its tokenizer. ModelLoadError naming SEGAGENT_TEXT_MODEL and
         the reason when it cannot."""
         import transformers
 
-        src = checkpoint_source(source, "SAM 3 text model folder (SEGAGENT_TEXT_MODEL)")
+        src = resolve_checkpoint(checkpoint, "SAM 3 text model folder (SEGAGENT_TEXT_MODEL)")
         model_type = read_model_type(src)
         if model_type not in TEXT_MODEL_TYPES:  # facebook/sam3 is `sam3_video`: Sam3Model takes its detector
             raise ModelLoadError(f"SEGAGENT_TEXT_MODEL={src} has config.model_type {model_type!r}: a SAM 3 text "

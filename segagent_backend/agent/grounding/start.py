@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..audit import MaskToJudge, estimate_masks
+from ..mask_estimates import MaskToJudge, estimate_masks
 from ..policies.base import Policy
 from .phrases import noun_phrase
 from .sam3_text import Instance, TextGrounder

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, task_text
-from ..loading import ModelLoadError, checkpoint_source, resolve_device
+from ..loading import ModelLoadError, resolve_checkpoint, resolve_device
 from .base import Observation
 from .text import TextAnswerPolicy
 
@@ -86,26 +86,26 @@ def save_processor(processor, folder: Union[str, Path]) -> None:
                 path.write_text(json.dumps(data, indent=2))
 
 
-def _load_processor(source: str, model_type: str):
+def _load_processor(checkpoint: str, model_type: str):
     from transformers import AutoProcessor, ProcessorMixin
 
-    folder = Path(source)
+    folder = Path(checkpoint)
     configs = ("preprocessor_config.json", "processor_config.json")
     if folder.is_dir() and not any((folder / n).is_file() for n in configs):
-        raise ModelLoadError(f"{source!r} has no image processor (no preprocessor_config.json or "
+        raise ModelLoadError(f"{checkpoint!r} has no image processor (no preprocessor_config.json or "
                              "processor_config.json): a bare tokenizer is not enough for an image-text model")
     try:
-        processor, error = AutoProcessor.from_pretrained(source), None
+        processor, error = AutoProcessor.from_pretrained(checkpoint), None
     except Exception as exc:  # e.g. "Can't load video processor" without torchvision
         processor, error = None, exc
     if not isinstance(processor, ProcessorMixin) and model_type in ("qwen2_vl", "qwen2_5_vl"):
         try:
-            processor = video_less_processor_class(model_type).from_pretrained(source)
+            processor = video_less_processor_class(model_type).from_pretrained(checkpoint)
         except Exception as exc:
-            raise ModelLoadError(f"cannot load the {model_type} processor from {source!r}: {exc}") from exc
+            raise ModelLoadError(f"cannot load the {model_type} processor from {checkpoint!r}: {exc}") from exc
     if not isinstance(processor, ProcessorMixin) or getattr(processor, "image_processor", None) is None:
         found = type(processor).__name__ if processor is not None else f"an error ({error})"
-        raise ModelLoadError(f"{source!r} has no image processor: AutoProcessor gave {found}; an image-text "
+        raise ModelLoadError(f"{checkpoint!r} has no image processor: AutoProcessor gave {found}; an image-text "
                              "model folder needs preprocessor/processor config files, not only a tokenizer")
     return processor
 
@@ -125,7 +125,7 @@ def load_hf_vlm(path_or_id: Union[str, Path], device: str = "auto", dtype: Union
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    source = checkpoint_source(path_or_id)
+    checkpoint = resolve_checkpoint(path_or_id)
     dev = resolve_device(device)
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -134,22 +134,22 @@ def load_hf_vlm(path_or_id: Union[str, Path], device: str = "auto", dtype: Union
         if torch_dtype is None:
             raise ValueError(f"invalid dtype {dtype!r}: use auto, bf16, fp16 or fp32")
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(checkpoint)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read the model config in {source!r}: {exc}") from exc
-    processor = _load_processor(source, config.model_type)
+        raise ModelLoadError(f"cannot read the model config in {checkpoint!r}: {exc}") from exc
+    processor = _load_processor(checkpoint, config.model_type)
     kwargs = dict(dtype=torch_dtype, attn_implementation=_attention(dev, torch_dtype))
     if dev.type == "cuda":
         kwargs["device_map"] = "auto" if device == "auto" else str(dev)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint, **kwargs)
     except ValueError as exc:
         if "attn" not in str(exc).lower():
-            raise ModelLoadError(f"cannot load the model in {source!r}: {exc}") from exc
+            raise ModelLoadError(f"cannot load the model in {checkpoint!r}: {exc}") from exc
         kwargs["attn_implementation"] = "eager"  # an architecture without sdpa support
-        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint, **kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the model in {source!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot load the model in {checkpoint!r}: {exc}") from exc
     if dev.type != "cuda":
         model = model.to(dev)
     return model.eval(), processor

@@ -43,8 +43,8 @@ class QwenVLChatPolicy(TextAnswerPolicy):
                  forced_prefix: bool = True, temperature: float = 1.0, constrained: Optional[bool] = None,
                  name: Optional[str] = None, compact_literals: bool = True, decoding: Optional[str] = None,
                  generation_config=None):
-        source = getattr(model, "name_or_path", "") or "qwen-vl-chat"
-        super().__init__(tokenizer, name or Path(str(source)).name, convention, max_new_tokens, forced_prefix,
+        checkpoint = getattr(model, "name_or_path", "") or "qwen-vl-chat"
+        super().__init__(tokenizer, name or Path(str(checkpoint)).name, convention, max_new_tokens, forced_prefix,
                          temperature, constrained, compact_literals, decoding)
         self.model = model
         self.stop_ids = [IM_END_ID, IM_START_ID, EOD_ID]

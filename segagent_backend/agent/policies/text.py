@@ -9,10 +9,8 @@ from typing import Optional, Sequence
 from ..protocol import SEGAGENT_QWEN, Answer, CoordinateConvention, answer_prefix, parse_answer
 from .base import Observation, Policy
 from .canonical import NotCanonicalError, answer_processor
+from .decoding import DECODINGS
 from .grammar import AnswerGrammar, GrammarLogitsProcessor, decoded_tokens
-
-
-DECODINGS = ("free", "grammar")
 
 
 def decoding_flags(decoding: Optional[str], forced_prefix: bool, constrained: Optional[bool]) -> tuple[bool, Optional[bool]]:

@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
-from ..loading import ModelLoadError, resolve_device
+from ..loading import ModelLoadError, resolve_checkpoint, resolve_device
 from .convert import check_qwen_config, convert_state_dict
 from .model import QwenVLChatNative
 from .tokenizer import VOCAB_FILE, QwenTokenizer
@@ -30,12 +30,10 @@ _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.flo
 
 def read_config(folder: Union[str, Path]) -> dict:
     """``config.json`` of a Qwen-VL-Chat folder as a dict; ModelLoadError for anything else."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise ModelLoadError(f"Qwen-VL-Chat folder {str(folder)!r} does not exist or is not a folder")
+    folder = Path(resolve_checkpoint(folder, "Qwen-VL-Chat folder"))
     path = folder / "config.json"
-    if not path.is_file():
-        raise ModelLoadError(f"{str(folder)!r} is not a Qwen-VL-Chat checkpoint: no config.json")
+    if not path.is_file():  # a hub id: the native model loads only from a folder on this machine
+        raise ModelLoadError(f"{str(folder)!r} is not a Qwen-VL-Chat folder on this machine: no config.json")
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

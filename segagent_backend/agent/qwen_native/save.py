@@ -92,9 +92,9 @@ def save_qwen_vl_chat_native(model, folder: Union[str, Path], vocab_file: Union[
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if extra_files_from is not None:
-        source = Path(extra_files_from)
+        extras = Path(extra_files_from)
         for pattern in EXTRA_FILES:
-            for path in source.glob(pattern):
+            for path in extras.glob(pattern):
                 if path.is_file():
                     shutil.copyfile(path, folder / path.name)
     if not (folder / "generation_config.json").is_file():

@@ -17,25 +17,26 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..loading import ModelLoadError, checkpoint_source, resolve_device
+from ..loading import ModelLoadError, resolve_checkpoint, resolve_device
 from .cache import EmbeddingCache
-from .hf_sam_models import SamFamily, decode, encode, family_of, load_family, mask_input_size, model_side, source_key
+from .hf_sam_models import (SamFamily, checkpoint_key, decode, encode, family_of, load_family, mask_input_size,
+                            model_side)
 from .hf_sam_preprocess import ImagePreprocessor
 from .prompted import PromptedSegmenter, SamEmbedding
 
 __all__ = ["HFSamEmbedding", "HFSamSegmenter", "load_hf_sam"]
 
 
-def load_hf_sam(source: Union[str, Path], device: str = "auto") -> tuple[Any, ImagePreprocessor]:
+def load_hf_sam(checkpoint: Union[str, Path], device: str = "auto") -> tuple[Any, ImagePreprocessor]:
     """Load a transformers SAM-family model (eval mode, on ``device``) and its preprocessor.
 
-    ``source`` is a local folder written by ``save_pretrained`` or a hub id (downloaded / taken from
+    ``checkpoint`` is a local folder written by ``save_pretrained`` or a hub id (downloaded / taken from
     the HF cache; honours HF_HUB_OFFLINE); its ``config.model_type`` picks the class. Raises
-    ModelLoadError naming ``source`` and the reason when the folder is missing, incomplete,
+    ModelLoadError naming ``checkpoint`` and the reason when the folder is missing, incomplete,
     unreadable or of an unsupported model type.
     """
     dev = resolve_device(device)
-    model, _, preprocessor = load_family(checkpoint_source(source, "SAM model folder"), dev)
+    model, _, preprocessor = load_family(resolve_checkpoint(checkpoint, "SAM model folder"), dev)
     return model, preprocessor
 
 
@@ -73,13 +74,13 @@ class HFSamSegmenter(PromptedSegmenter):
 
     @classmethod
     def from_pretrained(
-        cls, source: Union[str, Path], device: str = "auto", cache: Optional[EmbeddingCache] = None
+        cls, checkpoint: Union[str, Path], device: str = "auto", cache: Optional[EmbeddingCache] = None
     ) -> "HFSamSegmenter":
         """Load with :func:`load_hf_sam`; cache entries are keyed by the folder / hub id."""
-        if source is None or str(source) == "":
+        if checkpoint is None or str(checkpoint) == "":
             raise ModelLoadError("SEGAGENT_SAM_MODEL is not set: the hf-sam tool needs a hub id or folder")
-        model, preprocessor = load_hf_sam(source, device)
-        return cls(model, preprocessor, cache, namespace=f"hf-sam:{source_key(str(source))}")
+        model, preprocessor = load_hf_sam(checkpoint, device)
+        return cls(model, preprocessor, cache, namespace=f"hf-sam:{checkpoint_key(str(checkpoint))}")
 
     @property
     def processor(self) -> Optional[Any]:

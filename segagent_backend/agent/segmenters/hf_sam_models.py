@@ -27,7 +27,7 @@ from .hf_sam_preprocess import (IMAGENET_DEFAULT, IMAGENET_STANDARD, ImagePrepro
                                 PreprocessSpec, StockPreprocessor)
 
 __all__ = ["SamFamily", "FAMILIES", "SUPPORTED_MODEL_TYPES", "family_of", "read_model_type", "processor_config",
-           "load_family", "encode", "decode", "mask_input_size", "source_key"]
+           "load_family", "encode", "decode", "mask_input_size", "checkpoint_key"]
 
 
 @dataclass(frozen=True)
@@ -64,71 +64,72 @@ FAMILIES: dict[str, SamFamily] = {f.model_type: f for f in (
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(FAMILIES)
 
 
-def family_of(model_type: Optional[str], source: str = "") -> SamFamily:
+def family_of(model_type: Optional[str], checkpoint: str = "") -> SamFamily:
     """The adapter for ``model_type``; ModelLoadError naming SEGAGENT_SAM_MODEL and the supported types."""
     family = FAMILIES.get(model_type or "")
     if family is None:
         hint = (" (a SAM 3 text / video checkpoint is no click tool: use a `sam3_tracker` one here, and give this"
                 " one to SEGAGENT_TEXT_MODEL for text)" if model_type in ("sam3", "sam3_video") else "")
         raise ModelLoadError(
-            f"SEGAGENT_SAM_MODEL={source or '?'} has config.model_type {model_type!r}, not a supported SAM{hint}; "
+            f"SEGAGENT_SAM_MODEL={checkpoint or '?'} has config.model_type {model_type!r}, not a supported SAM{hint}; "
             f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
     return family
 
 
-def read_model_type(source: str) -> str:
+def read_model_type(checkpoint: str) -> str:
     """``config.model_type`` of a folder or hub id (``config.json`` only; nothing is built)."""
     from transformers import PretrainedConfig
 
     try:
-        config, _ = PretrainedConfig.get_config_dict(source)
+        config, _ = PretrainedConfig.get_config_dict(checkpoint)
     except Exception as exc:  # OSError (missing files, offline), JSONDecodeError, ...
-        raise ModelLoadError(f"cannot read the SAM config of {source}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"cannot read the SAM config of {checkpoint}: {type(exc).__name__}: {exc}") from exc
     return str(config.get("model_type"))
 
 
-def processor_config(source: str) -> dict:
-    """``preprocessor_config.json`` of ``source`` as a dict ({} when there is none: the family's defaults apply)."""
+def processor_config(checkpoint: str) -> dict:
+    """``preprocessor_config.json`` of ``checkpoint`` as a dict ({} when there is none: the family's defaults apply)."""
     from transformers.image_processing_base import ImageProcessingMixin
 
     try:
-        config, _ = ImageProcessingMixin.get_image_processor_dict(source)
+        config, _ = ImageProcessingMixin.get_image_processor_dict(checkpoint)
     except OSError:
         return {}
     return dict(config)
 
 
-def load_family(source: str, device: torch.device) -> tuple[Any, SamFamily, ImagePreprocessor]:
-    """Load the model ``source`` names (eval mode, on ``device``), its adapter and its preprocessor.
+def load_family(checkpoint: str, device: torch.device) -> tuple[Any, SamFamily, ImagePreprocessor]:
+    """Load the model ``checkpoint`` names (eval mode, on ``device``), its adapter and its preprocessor.
 
-    The class is picked by ``config.model_type``. Raises ModelLoadError naming ``source`` and the reason.
+    The class is picked by ``config.model_type``. Raises ModelLoadError naming ``checkpoint`` and the reason.
     """
     import transformers
 
-    family = family_of(read_model_type(source), source)
+    family = family_of(read_model_type(checkpoint), checkpoint)
     if family.needs_timm and not transformers.utils.is_timm_available():
         raise ModelLoadError(
-            f"SEGAGENT_SAM_MODEL={source} is an {family.model_type} model: its vision backbone is a timm model, "
+            f"SEGAGENT_SAM_MODEL={checkpoint} is an {family.model_type} model: its vision backbone is a timm model, "
             "and timm (which needs torchvision) is not installed here; install timm and torchvision, or use "
             f"another of: {', '.join(t for t in SUPPORTED_MODEL_TYPES if t != family.model_type)}")
     model_class = getattr(transformers, family.model_class, None)
     if model_class is None:
         raise ModelLoadError(f"transformers {transformers.__version__} has no {family.model_class} "
-                             f"(needed for model_type {family.model_type!r} of {source})")
+                             f"(needed for model_type {family.model_type!r} of {checkpoint})")
     try:
-        model = model_class.from_pretrained(source)
+        model = model_class.from_pretrained(checkpoint)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load a {family.model_class} from {source}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"cannot load a {family.model_class} from {checkpoint}: "
+                             f"{type(exc).__name__}: {exc}") from exc
     try:
-        spec = PreprocessSpec.from_config(processor_config(source), square=family.square,
+        spec = PreprocessSpec.from_config(processor_config(checkpoint), square=family.square,
                                           side=model_side(model, family), defaults=family.mean_std)
     except ValueError as exc:
-        raise ModelLoadError(f"the image processor config of {source} cannot be used: {exc}") from exc
+        raise ModelLoadError(f"the image processor config of {checkpoint} cannot be used: {exc}") from exc
     if family.stock_processor is not None:
         try:
-            processor = getattr(transformers, family.stock_processor).from_pretrained(source)
+            processor = getattr(transformers, family.stock_processor).from_pretrained(checkpoint)
         except Exception as exc:
-            raise ModelLoadError(f"cannot load a {family.stock_processor} from {source}: "
+            raise ModelLoadError(f"cannot load a {family.stock_processor} from {checkpoint}: "
                                  f"{type(exc).__name__}: {exc}") from exc
         preprocessor: ImagePreprocessor = StockPreprocessor(processor, spec)
     else:
@@ -191,6 +192,6 @@ def decode(model: Any, family: SamFamily, features: Sequence[torch.Tensor], poin
     return out.pred_masks[0], out.iou_scores[0, 0]
 
 
-def source_key(source: str) -> str:
-    """The cache namespace part of a model source: the resolved folder, or the hub id."""
-    return str(Path(source).expanduser().resolve()) if is_local_path(source) else source
+def checkpoint_key(checkpoint: str) -> str:
+    """The cache namespace part of a checkpoint: the resolved folder, or the hub id."""
+    return str(Path(checkpoint).expanduser().resolve()) if is_local_path(checkpoint) else checkpoint

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional, Union
 import numpy as np
 import torch
 
-from ..loading import ModelLoadError, resolve_device
+from ..loading import ModelLoadError, checkpoint_file, resolve_device
 from .cache import EmbeddingCache
 from .prompted import PromptedSegmenter, SamEmbedding
 
@@ -187,9 +187,7 @@ def load_sam(checkpoint: Union[str, Path], model_type: Optional[str] = None, dev
     if model_type is not None and model_type not in KNOWN_MODEL_TYPES:
         raise ModelLoadError(f"unknown SAM model_type {model_type!r} for {path}: use one of {sorted(KNOWN_MODEL_TYPES)}")
     dev = resolve_device(device)
-    if not path.is_file():
-        reason = "it is a directory" if path.is_dir() else "no such file"
-        raise ModelLoadError(f"SAM checkpoint {path} cannot be used: {reason}")
+    checkpoint_file(path, "SAM checkpoint")
     try:
         # weights_only: a checkpoint is data, never code to unpickle
         sd = torch.load(path, map_location="cpu", weights_only=True)

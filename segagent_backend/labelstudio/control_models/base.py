@@ -4,6 +4,7 @@ of region fields (every caller mistake is a RequestError naming the field path, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional
 
 from ...errors import RequestError
@@ -20,19 +21,32 @@ def is_smart(control) -> bool:
     return any(is_true(label.attr.get("smart")) for label in (control.labels_attrs or {}).values())
 
 
+@dataclass(frozen=True)
 class ControlModel:
-    """Wraps one control tag of the label config that points at the segmented Image."""
+    """One control tag of the label config that points at the segmented Image: its name and labels, all a
+    parsed config keeps of it (so a parsed config travels to a queue worker as JSON, ``LabelConfig.to_json``)."""
 
     tag: ClassVar[str] = ""
+    name: str
+    labels: list[str]
 
-    def __init__(self, control):
-        self.control = control
-        self.name: str = control.name
-        self.labels: list[str] = list(control.labels or [])
+    @classmethod
+    def of(cls, control) -> "ControlModel":
+        """The model of the SDK's ``control``."""
+        return cls(control.name, list(control.labels or []))
 
     @classmethod
     def is_control_matched(cls, control, image_name: str) -> bool:
         return control.tag.lower() == cls.tag.lower() and image_name in (control.to_name or [])
+
+
+class SmartInput(ControlModel):
+    """A control whose regions the annotator draws as prompts (smart keypoints, smart boxes): it matches only
+    when smart, since only then does Label Studio send its regions in the request context."""
+
+    @classmethod
+    def is_control_matched(cls, control, image_name: str) -> bool:
+        return super().is_control_matched(control, image_name) and is_smart(control)
 
 
 class MaskOutput(ControlModel):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ...agent.types import Click
-from .base import ControlModel, first_label, is_smart, percent, value_object
+from .base import ControlModel, SmartInput, first_label, is_smart, percent, value_object
 
 
 @dataclass(frozen=True)
@@ -19,18 +19,14 @@ class PercentClick:
     label: Optional[str]
 
     def to_pixels(self, width: int, height: int) -> Click:
-        """x_px = x * width / 100, clamped to the image."""
-        return Click(self.x * width / 100.0, self.y * height / 100.0, self.positive).clamped(width, height)
+        """x_px = x * width / 100, clamped to the image (``Click.from_percent``: the one rule)."""
+        return Click.from_percent(self.x, self.y, self.positive, width, height)
 
 
-class ClickInput(ControlModel):
+class ClickInput(SmartInput):
     """A smart KeyPointLabels control: every click of the annotator arrives in the request context."""
 
     tag = "KeyPointLabels"
-
-    @classmethod
-    def is_control_matched(cls, control, image_name: str) -> bool:
-        return super().is_control_matched(control, image_name) and is_smart(control)
 
     def click(self, region: Mapping[str, Any], where: str = "region") -> PercentClick:
         """One context region -> a click. Alt+click sends ``is_positive: false``; a missing flag is positive.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ...agent.types import Box
-from .base import ControlModel, first_label, is_smart, number, percent, value_object
+from .base import SmartInput, first_label, number, percent, value_object
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,8 @@ class PercentBox:
         return Box(min(xs), min(ys), max(xs), max(ys)).clamped(width, height)
 
 
-class BoxInput(ControlModel):
+class BoxInput(SmartInput):
     tag = "RectangleLabels"
-
-    @classmethod
-    def is_control_matched(cls, control, image_name: str) -> bool:
-        return super().is_control_matched(control, image_name) and is_smart(control)
 
     def box(self, region: Mapping[str, Any], where: str = "region") -> PercentBox:
         """One context region -> the box; ``where``: the region's field path, named by every RequestError."""

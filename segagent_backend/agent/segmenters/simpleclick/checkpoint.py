@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ...loading import ModelLoadError
+from ...loading import ModelLoadError, checkpoint_file
 from .model import IMAGENET_MEAN, IMAGENET_STD, UNUSED_PREFIXES, SimpleClickConfig, SimpleClickModel
 
 __all__ = ["Inert", "PLACEHOLDER_PACKAGES", "config_from_checkpoint", "load_simpleclick", "read_checkpoint",
@@ -100,9 +100,7 @@ def read_checkpoint(path: Union[str, Path]) -> Any:
     The published files are torch's zip format; a legacy-format file pickling a module object (which it stores
     with its source code) is refused."""
     path = Path(path)
-    if not path.is_file():
-        reason = "it is a directory" if path.is_dir() else "no such file"
-        raise ModelLoadError(f"SimpleClick checkpoint {path} cannot be used: {reason}")
+    checkpoint_file(path, "SimpleClick checkpoint")
     names: set[str] = set()
     if zipfile.is_zipfile(path):
         try:  # a static listing of the pickle's names: nothing is built yet

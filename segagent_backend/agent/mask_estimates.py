@@ -17,15 +17,8 @@ import numpy as np
 
 from .policies.base import Observation, Policy
 
-#: an audit's predictions are told apart from the policy's own masks by this prefix of their model version
-AUDIT_PREFIX = "audit-"
 #: the step an audited mask is shown at: any step after the first (step 0 is the empty start mask)
 AUDIT_STEP = 1
-
-
-def audit_version(model_version: str) -> str:
-    """``audit-<model_version>``: the model version of the audit predictions the policy ``model_version`` made."""
-    return AUDIT_PREFIX + model_version
 
 
 @dataclass

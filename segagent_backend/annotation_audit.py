@@ -1,7 +1,7 @@
 """POST /audit: the serving policy's estimate of the quality of one annotation's brush mask."""
 from __future__ import annotations
 
-from .agent.audit import MaskToJudge, audit_version
+from .agent.mask_estimates import MaskToJudge
 from .errors import NO_AUDIT_POLICY, RequestError
 from .labelstudio.annotations import AnnotationError, check_mask, correction_from
 from .labelstudio.config import ConfigError, parse_label_config
@@ -9,6 +9,14 @@ from .labelstudio.sources import ProjectSources
 from .labelstudio.tasks import task_id
 from .media import MediaLoader
 from .model_host import ModelHost
+
+#: Label Studio tells an audit's predictions from the policy's own masks by this prefix of their model version
+AUDIT_PREFIX = "audit-"
+
+
+def audit_version(model_version: str) -> str:
+    """``audit-<model_version>``: the model version of the audit predictions the policy ``model_version`` made."""
+    return AUDIT_PREFIX + model_version
 
 
 def audit_annotation(host: ModelHost, media: MediaLoader, sources: ProjectSources, body: dict, config_chars: int) -> dict:
@@ -27,7 +35,7 @@ def audit_annotation(host: ModelHost, media: MediaLoader, sources: ProjectSource
         raise RequestError(f"{where}: {exc}", 400, where) from None
     # the image before the policy: a caller's mistake (an image we may not fetch) is answered as such
     image = media.load(correction.image_url, task_id(task), sources.source_for(body.get("project")))
-    if host.policy_source is None:
+    if host.policy_checkpoint is None:
         raise RequestError(NO_AUDIT_POLICY, 501)
     (score,) = host.estimate_masks([MaskToJudge(image, mask, correction.expression)], 1)
     reply = {"score": score, "model_version": audit_version(host.model_version)}

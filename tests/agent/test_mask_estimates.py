@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from segagent_backend.agent.audit import MaskToJudge, audit_version, estimate_masks  # noqa: E402
+from segagent_backend.agent.mask_estimates import MaskToJudge, estimate_masks  # noqa: E402
 from segagent_backend.agent.overlay import overlay_mask  # noqa: E402
 from segagent_backend.agent.policies.base import Observation, Policy  # noqa: E402
 from segagent_backend.agent.protocol import Answer, parse_answer  # noqa: E402
@@ -89,7 +89,6 @@ def test_the_estimate_is_read_as_the_loop_reads_it():
             return [[answer] for _ in observations]
 
     assert estimate_masks(OneAnswer(), masks(1)) == [pytest.approx(0.87)]
-    assert audit_version("segagent-grabcut-qwen2_vl-abc") == "audit-segagent-grabcut-qwen2_vl-abc"
 
 
 def test_a_tiny_real_policy_gives_a_float_or_none_per_mask(tiny_qwen2_vl, one_torch_thread):
