@@ -256,21 +256,23 @@ def test_graph_cut_runs_at_a_resolution_bounded_in_pixels_and_on_a_window(monkey
     (h, w), mode = calls[0]
     assert h * w <= 100_000 * 1.02 and mode == cv2.GC_INIT_WITH_MASK  # the whole image, downscaled
     assert iou(first.mask, disk) > 0.9
+    n = len(calls)  # GrabCut runs one iteration a call (gc_tol): the second click's cut starts here
     second = seg.segment([Click(70, 75), Click(70, 44)], prev_logits=first.logits)
-    (h2, w2), _ = calls[1]
+    (h2, w2), _ = calls[n]
     assert max(h2, w2) <= 240 and h2 * w2 < 0.75 * h * w  # the window around mask and clicks, not the image
     assert iou(second.mask, disk) > 0.9
     assert h2 * w2 <= 60_000 * 1.02
     unbounded = GrabCutSegmenter(max_side=800, gc_pixels=0, first_gc_pixels=0)
     unbounded.set_image(image)
+    n = len(calls)
     unbounded.segment([Click(70, 75)])
-    assert calls[-1][0] == (600, 800)
+    assert calls[n][0] == (600, 800)
 
 
 def test_edge_aware_upsampling_puts_the_boundary_on_the_image_edge():
     import cv2
 
-    from segagent_backend.agent.segmenters.grabcut import _grey, upsample_edge_aware
+    from segagent_backend.agent.segmenters.grabcut_cut import grey as _grey, upsample_edge_aware
 
     H, W = 120, 160
     yy, xx = np.mgrid[:H, :W]
@@ -379,3 +381,43 @@ def test_a_lone_negative_click_on_a_start_mask_removes_only_its_side():
     assert out.mask[truth].mean() > 0.6, out.mask.sum()  # the mask far from the click stays (was 466 of 2821)
     assert out.mask[60, 60] and out.mask[60, 80]
     assert not (out.mask & ~truth).any()
+
+
+def test_grabcut_one_iteration_at_a_time_is_the_same_as_one_call(scene):
+    import cv2
+
+    from segagent_backend.agent.segmenters.grabcut_cut import grabcut_iterations
+
+    image, disk, _ = scene
+    labels = np.full(disk.shape, cv2.GC_PR_BGD, np.uint8)
+    cv2.circle(labels, (70, 75), 20, cv2.GC_PR_FGD, -1)
+    labels[(np.mgrid[:150, :200][1] - 160) ** 2 + (np.mgrid[:150, :200][0] - 75) ** 2 <= 36] = cv2.GC_BGD
+    image = np.ascontiguousarray(image[..., ::-1])
+    at_once, chained = labels.copy(), labels.copy()
+    cv2.setRNGSeed(0)
+    grabcut_iterations(image, at_once, 4, tol=0.0)
+    cv2.setRNGSeed(0)
+    grabcut_iterations(image, chained, 4, tol=1e-12)  # stops only once an iteration flipped nothing
+    assert np.array_equal(at_once, chained)
+    three, chained3 = labels.copy(), labels.copy()
+    cv2.setRNGSeed(0)
+    bgd, fgd = grabcut_iterations(image, three, 3, tol=0.0)
+    cv2.setRNGSeed(0)
+    bgd2, fgd2 = grabcut_iterations(image, chained3, 1, tol=0.0)
+    grabcut_iterations(image, chained3, 2, tol=0.0, models=(bgd2, fgd2))  # 1 + 2 iterations, through the models
+    assert np.array_equal(three, chained3)
+
+
+def test_grabcut_stops_once_converged(monkeypatch, scene):
+    image, disk, _ = scene
+    calls = _spy_grabcut(monkeypatch)
+    fixed = GrabCutSegmenter(gc_tol=0)
+    fixed.set_image(image)
+    full = fixed.segment([Click(70, 75)])
+    assert len(calls) == 1  # one call of `iterations` iterations
+    n = len(calls)
+    early = GrabCutSegmenter(gc_tol=0.003)
+    early.set_image(image)
+    out = early.segment([Click(70, 75)])
+    assert 2 <= len(calls) - n < 4  # an easy image: converged before the 4th iteration
+    assert iou(out.mask, full.mask) > 0.99 and iou(out.mask, disk) > 0.9

@@ -43,8 +43,10 @@ Cost (figures: ``bench/grabcut_speed.py``): every GrabCut runs on a region of in
 working image for a first call, the window around mask and clicks for a later one, grown on the sides
 the object runs into) downscaled to at most ``gc_pixels`` pixels; its mask comes back to the working
 size by a guided filter on the image (:func:`upsample_edge_aware`: only a band around the boundary
-moves, onto the image's edges), and the working mask comes back to the original size the same way. The
-state carries to the next click (through the step cache) the window a call had to grow and the colour
+moves, onto the image's edges), and the working mask comes back to the original size the same way; each
+GrabCut stops once an iteration flips almost nothing (``gc_tol``: the iterations after that one would
+change next to nothing, and a cut's later iterations cost a good part of its first). The graph cut itself
+lives in :mod:`.grabcut_cut` (labels in, mask out). The state carries to the next click (through the step cache) the window a call had to grow and the colour
 models of its GrabCut; starting GrabCut from those models (``reuse_models``, no k-means) cost NoC@90 on the
 GrabCut set and is off by default.
 
@@ -63,6 +65,7 @@ import numpy as np
 from ..types import Box, Click, Segmentation
 from .base import Segmenter
 from .cache import EmbeddingCache
+from .grabcut_cut import Models, bounded_grabcut, component_at as _component_at, disk as _disk, grey as _grey, upsample_edge_aware
 from .grabcut_params import GrabCutParams
 
 
@@ -73,23 +76,11 @@ class _Embedding:
     image: np.ndarray
     scale: float  # working pixels per original pixel (<= 1)
     edge_dist: np.ndarray  # (h, w) float32: distance to the nearest image edge, in working pixels
+    grey: np.ndarray  # (h, w) float32 grey in [0, 1] of the working image: the guide of edge-aware upsampling
 
 
 #: bits of the ``logits`` state: the mask, and the start mask it was refined from (``mask_prior``)
 MASK, PRIOR = 1, 2
-
-
-def _disk(mask: np.ndarray, x: int, y: int, radius: int, value: int) -> None:
-    """Paint a filled disk (centre x = column, y = row) into ``mask`` in place."""
-    cv2.circle(mask, (int(x), int(y)), max(int(radius), 0), int(value), thickness=-1)
-
-
-def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
-    """The 8-connected component of ``mask`` ((h, w) bool) containing pixel (x, y); empty if off."""
-    if not mask[y, x]:
-        return np.zeros_like(mask)
-    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    return labels == labels[y, x]
 
 
 class GrabCutState(np.ndarray):
@@ -98,55 +89,12 @@ class GrabCutState(np.ndarray):
     call's last window GrabCut, for the next call of the episode to start from (through the step cache,
     which keeps each step's logits). A plain uint8 array is a state without models."""
 
-    models: Optional[tuple[np.ndarray, np.ndarray]] = None
+    models: Optional[Models] = None
     roi: Optional[tuple[int, int, int, int]] = None  # a window the call had to grow: the next starts from it
 
     def __array_finalize__(self, obj) -> None:
         self.models = getattr(obj, "models", None)
         self.roi = getattr(obj, "roi", None)
-
-
-def _grey(bgr_or_rgb: np.ndarray) -> np.ndarray:
-    """(h, w, 3) uint8 -> (h, w) float32 grey in [0, 1] (the guide of the edge-aware upsampling; the
-    channel order does not matter much for a guide, RGB2GRAY weights are used either way)."""
-    return cv2.cvtColor(bgr_or_rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) * np.float32(1 / 255)
-
-
-def upsample_edge_aware(mask: np.ndarray, size: tuple[int, int], guide, eps: float = 1e-3,
-                        radius: float = 1.0) -> np.ndarray:
-    """(h, w) bool ``mask`` -> (H, W) = ``size`` bool with its boundary moved onto the image's edges: the
-    bilinear upsampling of the mask, guided-filtered (He et al.) by the image's grey and thresholded at 0.5,
-    only in a band around the bilinear boundary (``radius`` x the upsampling factor wide, at least 2
-    pixels); elsewhere the bilinear mask as is. ``guide(y0, y1, x0, x1)``: the (y1-y0, x1-x0) float32 grey
-    in [0, 1] of that crop of the full-size image; only the band's bounding box (+ the filter's reach) is
-    asked for and filtered, so the cost follows the boundary's extent, not the image's."""
-    h, w = mask.shape
-    H, W = size
-    if (h, w) == (H, W):
-        return mask.copy()
-    soft = cv2.resize(mask.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-    out = soft >= 0.5
-    edge = (soft > 0.0) & (soft < 1.0)
-    ys, xs = np.nonzero(edge)
-    if len(ys) == 0:
-        return out
-    r = int(max(2, round(radius * max(H / h, W / w))))
-    y0, y1 = max(0, ys.min() - 2 * r), min(H, ys.max() + 2 * r + 1)
-    x0, x1 = max(0, xs.min() - 2 * r), min(W, xs.max() + 2 * r + 1)
-    I, P = guide(y0, y1, x0, x1), soft[y0:y1, x0:x1]
-    k = (2 * r + 1, 2 * r + 1)
-
-    def box(a: np.ndarray) -> np.ndarray:
-        return cv2.boxFilter(a, -1, k, borderType=cv2.BORDER_REFLECT)
-
-    mean_i, mean_p = box(I), box(P)
-    a = (box(I * P) - mean_i * mean_p) / (box(I * I) - mean_i * mean_i + np.float32(eps))
-    b = mean_p - a * mean_i
-    q = box(a) * I + box(b)
-    band = cv2.dilate(edge[y0:y1, x0:x1].astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, k)) > 0
-    sub = out[y0:y1, x0:x1]
-    sub[band] = q[band] >= 0.5
-    return out
 
 
 class GrabCutSegmenter(Segmenter):
@@ -182,7 +130,8 @@ class GrabCutSegmenter(Segmenter):
         gray = cv2.GaussianBlur(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (self.p.blur, self.p.blur), 0)
         edges = cv2.Canny(gray, self.p.canny[0], self.p.canny[1])
         edge_dist = cv2.distanceTransform((edges == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        return _Embedding(bgr, scale, edge_dist), int(bgr.nbytes + edge_dist.nbytes)
+        grey = _grey(bgr)
+        return _Embedding(bgr, scale, edge_dist, grey), int(bgr.nbytes + edge_dist.nbytes + grey.nbytes)
 
     def _use(self, embedding: object, image: np.ndarray) -> None:
         assert isinstance(embedding, _Embedding)
@@ -229,58 +178,19 @@ class GrabCutSegmenter(Segmenter):
         return work.astype(np.uint8) * np.uint8(MASK | PRIOR)
 
     def _grabcut(self, window: tuple[int, int, int, int], labels: np.ndarray, iterations: int,
-                 models: Optional[tuple[np.ndarray, np.ndarray]] = None, pixels: Optional[int] = None,
-                 ) -> tuple[np.ndarray, Optional[tuple[np.ndarray, np.ndarray]]]:
-        """Run GrabCut on the working image's ``window`` ((x0, x1, y0, y1)) from ``labels`` ((y1-y0, x1-x0)
-        uint8 GC_* values); return the window's object mask (bool) and the colour models it ended with
-        (None when it did not run).
-
-        The cut runs at most at ``gc_pixels`` pixels: a larger window is downscaled (the image by area,
-        the labels by nearest, a sure label kept wherever it covers part of a cell), and the mask comes
-        back by :func:`upsample_edge_aware` guided by the working image. ``models`` (a previous call's,
-        ``reuse_models``): GrabCut starts from them (``GC_EVAL``) instead of a k-means initialisation.
-        ``pixels``: the bound instead of ``gc_pixels``."""
-        has_fg = np.any((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
-        has_bg = np.any((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD))
-        if not (has_fg and has_bg):  # GrabCut needs samples of both models
-            return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD), None
+                 models: Optional[Models] = None, pixels: Optional[int] = None) -> tuple[np.ndarray, Optional[Models]]:
+        """:func:`~.grabcut_cut.bounded_grabcut` on the working image's ``window`` ((x0, x1, y0, y1)) from
+        ``labels`` ((y1-y0, x1-x0) uint8 GC_* values): the window's object mask (bool) and the colour models
+        it ended with (None when it did not run). At most ``gc_pixels`` pixels (``pixels`` instead when
+        given), stopped once converged (``gc_tol``); ``models`` (a previous call's) are started from only
+        with ``reuse_models``."""
         emb = self._emb
         assert emb is not None
         x0, x1, y0, y1 = window
-        image = emb.image[y0:y1, x0:x1]
-        hh, ww = labels.shape
-        pixels = self.p.gc_pixels if pixels is None else pixels
-        s = 1.0 if pixels <= 0 else min(1.0, float(np.sqrt(pixels / (hh * ww))))
-        if s < 1.0:
-            size = (max(1, round(ww * s)), max(1, round(hh * s)))
-            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            cut = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
-            for value in (cv2.GC_BGD, cv2.GC_FGD):  # a click's sure disk survives the downscaling
-                cut[cv2.resize((labels == value).astype(np.uint8) * np.uint8(255), size,
-                               interpolation=cv2.INTER_AREA) > 0] = value
-            if not (np.any((cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)) and np.any((cut == cv2.GC_BGD) | (cut == cv2.GC_PR_BGD))):
-                small, cut, s = image, labels.copy(), 1.0
-        else:
-            small, cut = image, labels.copy()
-        cv2.setRNGSeed(self.p.seed)  # k-means in the GMM init draws from OpenCV's RNG: keep runs repeatable
-        if models is not None and self.p.reuse_models:
-            bgd, fgd = models[0].copy(), models[1].copy()
-            mode = cv2.GC_EVAL
-        else:
-            bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-            mode = cv2.GC_INIT_WITH_MASK
-        cv2.grabCut(np.ascontiguousarray(small), cut, None, bgd, fgd, max(1, iterations), mode)
-        mask = (cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)
-        if s < 1.0:
-            if self.p.guided_eps > 0:
-                mask = upsample_edge_aware(mask, (hh, ww), lambda a, b, c, d: _grey(image[a:b, c:d]),
-                                           self.p.guided_eps, self.p.guided_radius)
-            else:
-                mask = cv2.resize(mask.astype(np.float32), (ww, hh), interpolation=cv2.INTER_LINEAR) >= 0.5
-            # what the annotator said is kept at the working size, whatever the coarser cut made of it
-            mask[labels == cv2.GC_FGD] = True
-            mask[labels == cv2.GC_BGD] = False
-        return mask, (bgd, fgd)
+        return bounded_grabcut(emb.image[y0:y1, x0:x1], emb.grey[y0:y1, x0:x1], labels, iterations,
+                               self.p.gc_pixels if pixels is None else pixels, self.p.gc_tol,
+                               models if self.p.reuse_models else None, self.p.seed, self.p.guided_eps,
+                               self.p.guided_radius)
 
     def _seed_radius(self, x: int, y: int, cap: float = np.inf, first: bool = False) -> int:
         """Radius of the probable-object disk of a positive click at working pixel (x, y), in

@@ -50,6 +50,10 @@ class GrabCutParams:
             image's, that side moves out by ``margin`` x the window's size (at least ``min_roi``) and
             GrabCut runs once more on the larger window; the next call of the episode starts from at
             least that grown window (kept in the state: the step cache carries it).
+        gc_tol: every GrabCut runs its iterations one at a time (the same result as one call: the colour
+            models carry over) and stops after an iteration that flipped at most this fraction of its
+            pixels (converged: the rest would change next to nothing); 0 = always ``iterations`` /
+            ``refine_iterations``.
     """
 
     max_side: int = 512
@@ -81,6 +85,7 @@ class GrabCutParams:
     guided_radius: float = 1.0
     reuse_models: bool = False
     grow_roi: bool = True
+    gc_tol: float = 0.003
 
     def __post_init__(self):
         if self.max_side < 16:
