@@ -40,7 +40,6 @@ def sentences(r: dict) -> dict[str, list[str]]:
         out["grabcut_noc"] = [
             f"NoC@85 {fmt(ours['NoC@85'])} and NoC@90 {fmt(ours['NoC@90'])} (published graph cut, all 50 images: "
             f"{fmt(published['NoC@85'])} and {fmt(published['NoC@90'])}) at {fmt(ours['s/click'])} s a click",
-            f"GrabCut (about {fmt(ours['s/click'])} s a click on 2 CPU cores",
             f"NoC@85 {fmt(ours['NoC@85'])}, NoC@90 {fmt(ours['NoC@90'])} on the first "]
     if "grabcut_speed" in r:
         sets, ratio = r["grabcut_speed"]["sets"], r["grabcut_speed"]["after / before"]
