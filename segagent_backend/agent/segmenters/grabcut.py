@@ -325,7 +325,7 @@ class GrabCutSegmenter(Segmenter):
         labels = np.full(sub_prev.shape, cv2.GC_PR_BGD, np.uint8)
         _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD)
         self._paint_clicks(labels, [p for p in points[:-1] if not p[2]] + [points[-1]], offset=(x0, y0))
-        return self._grabcut(window, labels, self.p.refine_iterations)[0]
+        return self._grabcut(window, labels, self.p.refine_iterations, pixels=self.p.first_gc_pixels)[0]
 
     def _add_own_region(self, added: np.ndarray, prev: np.ndarray, sub_prev: np.ndarray,
                         points: list[tuple[int, int, bool]], window: tuple[int, int, int, int], radius: int,
@@ -375,6 +375,8 @@ class GrabCutSegmenter(Segmenter):
         # the neighbourhood the click asks to flip is probably of the click's label
         radius = self._seed_radius(x, y, self.p.flip_factor * d) if positive else int(min(self.p.flip_factor * d, r0))
         first = next((i for i, p in enumerate(points) if p[2]), -1)
+        # only pixels within reach of the click may change (below): the scale of the whole call
+        reach = max(self.p.min_reach, (self.p.reach_factor if positive else self.p.neg_reach_factor) * d)
 
         def propose(window: tuple[int, int, int, int]) -> tuple[np.ndarray, Optional[tuple]]:
             x0, x1, y0, y1 = window
@@ -387,6 +389,8 @@ class GrabCutSegmenter(Segmenter):
                 if ppos:
                     _disk(labels, px - x0, py - y0, self._seed_radius(px, py, first=i == first), cv2.GC_PR_FGD)
             _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD if positive else cv2.GC_PR_BGD)
+            if self.p.hold_factor > 0:
+                self._hold_far(labels, prev, window, x, y, self.p.hold_factor * reach + self.p.hold_margin)
             self._paint_clicks(labels, points, offset=(x0, y0))
             return self._grabcut(window, labels, self.p.refine_iterations, models)
 
@@ -407,8 +411,7 @@ class GrabCutSegmenter(Segmenter):
         # only flip pixels connected to the click and within reach of it: a click fixes the error
         # it was put on, it does not license GrabCut to redraw the rest of the mask
         near = np.zeros(sub_prev.shape, np.uint8)
-        reach = (self.p.reach_factor if positive else self.p.neg_reach_factor) * d
-        _disk(near, x - x0, y - y0, int(max(self.p.min_reach, reach)), 1)
+        _disk(near, x - x0, y - y0, int(reach), 1)
         near = near.astype(bool)
         out = prev.copy()
         cx, cy = x - x0, y - y0
@@ -432,6 +435,19 @@ class GrabCutSegmenter(Segmenter):
         out |= disks == cv2.GC_FGD
         out &= disks != cv2.GC_BGD
         return out, raw, models, roi
+
+    @staticmethod
+    def _hold_far(labels: np.ndarray, prev: np.ndarray, window: tuple[int, int, int, int], x: int, y: int,
+                  radius: float) -> None:
+        """Give the window's pixels farther than ``radius`` from the click (x, y) (working coordinates) the
+        previous mask ((h, w) bool) as sure labels (``GC_FGD`` / ``GC_BGD``) in ``labels`` ((y1-y0, x1-x0)
+        uint8), in place: the click cannot change them, so the graph cut need not decide them (a sure pixel
+        costs it a fraction of a free one), and the colour models learn from the mask the episode has made
+        so far instead of a first guess from the seeds."""
+        x0, x1, y0, y1 = window
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        far = (xx - x) ** 2 + (yy - y) ** 2 > radius**2
+        labels[far] = np.where(prev[y0:y1, x0:x1][far], cv2.GC_FGD, cv2.GC_BGD)
 
     def _core(self, prev: np.ndarray, x: int, y: int, d: float) -> list[tuple[int, int, bool]]:
         """Where the mask is evidence of the object when no positive click says where it is (a start mask

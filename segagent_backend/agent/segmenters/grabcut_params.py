@@ -38,8 +38,11 @@ class GrabCutParams:
             for a later one) downscaled to at most this many pixels; its mask comes back to the
             region's size by an edge-aware (guided-filter) upsampling. 0 = no bound (the region at
             working size).
-        first_gc_pixels: the same bound for a first call (no mask yet: the whole working image), which
-            sets the object's extent for every later click; 0 = no bound.
+        first_gc_pixels: the same bound for a cut that looks for a new part: a first call (no mask yet:
+            the whole working image), which sets the object's extent for every later click, and a
+            positive click's own-region cut (a part of other colours, below); 0 = no bound (the working
+            image is at most ``max_side`` anyway). Such clicks are the dearest already; a coarser cut
+            there lost whole parts (a bush's lower half).
         guided_eps, guided_radius: the guided filter of every upsampling (working -> original, graph
             cut -> working): regularisation on the [0, 1] grey guide, and radius in multiples of the
             upsampling factor (at least 2 pixels); only a band of that radius around the bilinear
@@ -54,6 +57,11 @@ class GrabCutParams:
             models carry over) and stops after an iteration that flipped at most this fraction of its
             pixels (converged: the rest would change next to nothing); 0 = always ``iterations`` /
             ``refine_iterations``.
+        hold_factor, hold_margin: a later call's window GrabCut keeps the previous mask as sure labels
+            (object / background) beyond ``hold_factor`` x the click's reach + ``hold_margin`` working
+            pixels from the click (the click may change pixels within its reach only): the graph cut
+            decides the click's neighbourhood alone, and the colour models learn from the mask the
+            episode has made so far; 0 = the whole window free, seeded by the clicks alone.
     """
 
     max_side: int = 512
@@ -79,13 +87,15 @@ class GrabCutParams:
     own_region: bool = True
     own_ratio: float = 0.5
     own_max: float = 1.0
-    gc_pixels: int = 40_000
-    first_gc_pixels: int = 150_000
+    gc_pixels: int = 60_000
+    first_gc_pixels: int = 0
     guided_eps: float = 1e-3
     guided_radius: float = 1.0
     reuse_models: bool = False
     grow_roi: bool = True
     gc_tol: float = 0.003
+    hold_factor: float = 2.0
+    hold_margin: int = 16
 
     def __post_init__(self):
         if self.max_side < 16:
