@@ -39,13 +39,18 @@ A lone negative click (no positive click: a start mask or a box refined) that Gr
 cuts by geometry against the mask's own core (its innermost pixel away from the click) instead of
 against positive clicks, so it removes the click's side of the object, not most of it.
 
-Cost (figures: ``bench/grabcut_speed.py``): every GrabCut runs on a region of interest (the whole
-working image for a first call, the window around mask and clicks for a later one, grown on the sides
-the object runs into) downscaled to at most ``gc_pixels`` pixels; its mask comes back to the working
-size by a guided filter on the image (:func:`upsample_edge_aware`: only a band around the boundary
-moves, onto the image's edges), and the working mask comes back to the original size the same way; each
-GrabCut stops once an iteration flips almost nothing (``gc_tol``: the iterations after that one would
-change next to nothing, and a cut's later iterations cost a good part of its first). The graph cut itself
+Cost (figures: ``bench/grabcut_speed.py``): a later call's GrabCut decides the click's neighbourhood
+only: beyond twice the click's reach (``hold_factor``, + ``hold_margin``) its window keeps the previous
+mask as sure labels, which the click may not change anyway; sure pixels cost the graph cut a fraction of
+free ones, and the colour models learn from the mask the episode has made so far rather than from a first
+guess of the seeds (on the GrabCut set this made clicks both cheaper and better: ``bench/README.md``).
+Every GrabCut runs on a region of interest (the whole working image for a first call, the window around
+mask and clicks for a later one, grown on the sides the object runs into); a later call's is downscaled
+to at most ``gc_pixels`` pixels (a first call and an own-region cut, which look for a new part, to
+``first_gc_pixels``); its mask comes back to the working size by a guided filter on the image
+(:func:`upsample_edge_aware`: only a band around the boundary moves, onto the image's edges), and the
+working mask comes back to the original size the same way; each GrabCut stops once an iteration flips
+almost nothing (``gc_tol``). The graph cut itself
 lives in :mod:`.grabcut_cut` (labels in, mask out). The state carries to the next click (through the step cache) the window a call had to grow and the colour
 models of its GrabCut; starting GrabCut from those models (``reuse_models``, no k-means) cost NoC@90 on the
 GrabCut set and is off by default.
