@@ -396,12 +396,13 @@ def test_a_grown_window_is_where_the_next_click_starts(monkeypatch):
 
 
 def test_the_window_grows_on_the_sides_the_object_touches():
-    seg = GrabCutSegmenter(margin=0.5, min_roi=10)
+    from segagent_backend.agent.segmenters.grabcut_regions import grown
+
     touching = np.zeros((20, 40), bool)
     touching[5:10, -1] = True  # the right side only
-    assert seg._grown((10, 50, 10, 30), touching, (100, 100)) == (10, 70, 10, 30)
-    assert seg._grown((10, 50, 10, 30), np.zeros((20, 40), bool), (100, 100)) == (10, 50, 10, 30)
-    assert seg._grown((0, 100, 0, 100), np.ones((100, 100), bool), (100, 100)) == (0, 100, 0, 100)  # the image's own sides
+    assert grown((10, 50, 10, 30), touching, (100, 100), margin=0.5, min_roi=10) == (10, 70, 10, 30)
+    assert grown((10, 50, 10, 30), np.zeros((20, 40), bool), (100, 100), margin=0.5, min_roi=10) == (10, 50, 10, 30)
+    assert grown((0, 100, 0, 100), np.ones((100, 100), bool), (100, 100), margin=0.5, min_roi=10) == (0, 100, 0, 100)  # the image's own sides
 
 
 def test_a_lone_negative_click_on_a_start_mask_removes_only_its_side():

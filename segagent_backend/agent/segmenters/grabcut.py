@@ -72,6 +72,7 @@ from .base import Segmenter
 from .cache import EmbeddingCache
 from .grabcut_cut import Models, bounded_grabcut, component_at as _component_at, disk as _disk, grey as _grey, upsample_edge_aware
 from .grabcut_params import GrabCutParams
+from .grabcut_regions import closer_to, core, grown, hold_far, window_around
 
 
 @dataclass(frozen=True)
@@ -294,29 +295,6 @@ class GrabCutSegmenter(Segmenter):
                 keep |= comp == label
         return keep, raw, models
 
-    def _closer_to(self, x: int, y: int, points, window: tuple[int, int, int, int]) -> np.ndarray:
-        """Window pixels ((y1-y0, x1-x0) bool) at least ``fallback_ratio`` times closer to (x, y)
-        than to every positive click (working coordinates)."""
-        x0, x1, y0, y1 = window
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        own = np.hypot(xx - x, yy - y) * self.p.fallback_ratio
-        keep = np.ones(own.shape, bool)
-        for px, py, positive in points:
-            if positive:
-                keep &= own < np.hypot(xx - px, yy - py)
-        return keep
-
-    def _window(self, prev: np.ndarray, points: list[tuple[int, int, bool]]) -> tuple[int, int, int, int]:
-        """(x0, x1, y0, y1) of the working-image window GrabCut refines in."""
-        h, w = prev.shape
-        # the box around the mask and all clicks, with a margin of background for the colour model
-        ys, xs = np.nonzero(prev)
-        xs = np.concatenate([xs, [p[0] for p in points]])
-        ys = np.concatenate([ys, [p[1] for p in points]])
-        mx = int(self.p.margin * (xs.max() - xs.min()) + self.p.min_roi // 2)
-        my = int(self.p.margin * (ys.max() - ys.min()) + self.p.min_roi // 2)
-        return max(0, xs.min() - mx), min(w, xs.max() + mx + 1), max(0, ys.min() - my), min(h, ys.max() + my + 1)
-
     def _own_region(self, sub_prev: np.ndarray, points: list[tuple[int, int, bool]],
                     window: tuple[int, int, int, int], radius: int) -> np.ndarray:
         """GrabCut in ``window`` seeded by the newest (positive) click alone: its probable-object
@@ -395,18 +373,18 @@ class GrabCutSegmenter(Segmenter):
                     _disk(labels, px - x0, py - y0, self._seed_radius(px, py, first=i == first), cv2.GC_PR_FGD)
             _disk(labels, x - x0, y - y0, radius, cv2.GC_PR_FGD if positive else cv2.GC_PR_BGD)
             if self.p.hold_factor > 0:
-                self._hold_far(labels, prev, window, x, y, self.p.hold_factor * reach + self.p.hold_margin)
+                hold_far(labels, prev, window, x, y, self.p.hold_factor * reach + self.p.hold_margin)
             self._paint_clicks(labels, points, offset=(x0, y0))
             return self._grabcut(window, labels, self.p.refine_iterations, models)
 
-        window = self._window(prev, points)
+        window = window_around(prev, points, self.p.margin, self.p.min_roi)
         if roi is not None and self.p.grow_roi:  # the previous click had to grow its window: start there
             window = (min(window[0], roi[0]), max(window[1], roi[1]), min(window[2], roi[2]), max(window[3], roi[3]))
         raw_sub, models = propose(window)
         if self.p.grow_roi:
-            grown = self._grown(window, raw_sub, (h, w))
-            if grown != window:  # the object runs out of the window: look again in a larger one
-                window = roi = grown
+            grown_window = grown(window, raw_sub, (h, w), self.p.margin, self.p.min_roi)
+            if grown_window != window:  # the object runs out of the window: look again in a larger one
+                window = roi = grown_window
                 raw_sub, models = propose(window)
         x0, x1, y0, y1 = window
         sub_prev = prev[y0:y1, x0:x1]
@@ -431,8 +409,8 @@ class GrabCutSegmenter(Segmenter):
                 # GrabCut kept the region (same colours as the object: a look-alike neighbour):
                 # cut by geometry instead: the part of the mask near the click that is clearly
                 # closer to it than to any positive click (without one: than to the mask's own core)
-                anchors = points if any(p[2] for p in points) else points + self._core(prev, x, y, d)
-                removed = _component_at(sub_prev & near & self._closer_to(x, y, anchors, (x0, x1, y0, y1)), cx, cy)
+                anchors = points if any(p[2] for p in points) else points + core(prev, x, y, self.p.fallback_ratio * d)
+                removed = _component_at(sub_prev & near & closer_to(x, y, anchors, window, self.p.fallback_ratio), cx, cy)
             out[y0:y1, x0:x1] &= ~removed
         # the clicks are facts: their sure disks hold whatever GrabCut said
         disks = np.full((h, w), 255, np.uint8)
@@ -440,47 +418,3 @@ class GrabCutSegmenter(Segmenter):
         out |= disks == cv2.GC_FGD
         out &= disks != cv2.GC_BGD
         return out, raw, models, roi
-
-    @staticmethod
-    def _hold_far(labels: np.ndarray, prev: np.ndarray, window: tuple[int, int, int, int], x: int, y: int,
-                  radius: float) -> None:
-        """Give the window's pixels farther than ``radius`` from the click (x, y) (working coordinates) the
-        previous mask ((h, w) bool) as sure labels (``GC_FGD`` / ``GC_BGD``) in ``labels`` ((y1-y0, x1-x0)
-        uint8), in place: the click cannot change them, so the graph cut need not decide them (a sure pixel
-        costs it a fraction of a free one), and the colour models learn from the mask the episode has made
-        so far instead of a first guess from the seeds."""
-        x0, x1, y0, y1 = window
-        yy, xx = np.ogrid[y0:y1, x0:x1]
-        far = (xx - x) ** 2 + (yy - y) ** 2 > radius**2
-        labels[far] = np.where(prev[y0:y1, x0:x1][far], cv2.GC_FGD, cv2.GC_BGD)
-
-    def _core(self, prev: np.ndarray, x: int, y: int, d: float) -> list[tuple[int, int, bool]]:
-        """Where the mask is evidence of the object when no positive click says where it is (a start mask
-        or a box refined by negative clicks alone): the mask's innermost pixel outside the disk of
-        radius ``fallback_ratio`` x ``d`` around the click (x, y), as a positive pseudo-click; none when
-        the mask has nothing outside that disk."""
-        rest = prev.astype(np.uint8)
-        _disk(rest, x, y, int(np.ceil(self.p.fallback_ratio * d)), 0)
-        if not rest.any():
-            return []
-        inner = cv2.distanceTransform(np.pad(rest, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-        cy, cx = np.unravel_index(int(np.argmax(inner)), inner.shape)
-        return [(int(cx), int(cy), True)]
-
-    def _grown(self, window: tuple[int, int, int, int], raw_sub: np.ndarray,
-               shape: tuple[int, int]) -> tuple[int, int, int, int]:
-        """``window`` with every side the proposal ``raw_sub`` touches (and the image does not end at) moved
-        out by ``margin`` x the window's size (at least ``min_roi``); the same window when none is touched."""
-        x0, x1, y0, y1 = window
-        h, w = shape
-        gx = int(max(self.p.min_roi, self.p.margin * (x1 - x0)))
-        gy = int(max(self.p.min_roi, self.p.margin * (y1 - y0)))
-        if x0 > 0 and raw_sub[:, 0].any():
-            x0 = max(0, x0 - gx)
-        if x1 < w and raw_sub[:, -1].any():
-            x1 = min(w, x1 + gx)
-        if y0 > 0 and raw_sub[0, :].any():
-            y0 = max(0, y0 - gy)
-        if y1 < h and raw_sub[-1, :].any():
-            y1 = min(h, y1 + gy)
-        return x0, x1, y0, y1
