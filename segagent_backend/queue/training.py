@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -31,9 +31,9 @@ from .submit import open_queue, submit
 log = logging.getLogger(__name__)
 
 RESULT_TTL = 7 * 24 * 3600  # a round's report stays readable for a week
-# a round's job in one of these holds its project's train key; any other state (finished, failed,
-# stopped, canceled, expired) frees it
-ACTIVE_STATES = frozenset({"queued", "started", "scheduled", "deferred"})
+# a round's job that ended (or expired: gone) frees its project's train key; in any other state it holds it,
+# "created" included: rq saves a job before it queues it, and a round seen in that moment is not a free one
+ENDED_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
 _CLAIM_TRIES = 3
 # A claim lives this long until its job is queued (then RESULT_TTL): a key naming no job yet is a round
 # being queued right now, not a free one; if its web process died before queueing, it frees itself.
@@ -99,12 +99,17 @@ def _claim(conn: redis.Redis, key: str, job_id: str) -> Optional[str]:
 
 def _active(conn: redis.Redis, key: str, job_id: str) -> bool:
     """The round ``key`` names is queued or running, or being queued (a fresh claim)."""
+    # the key's TTL is read BEFORE the job is looked for: a claim is extended only after its job was saved, so
+    # a long TTL read first and no job found after is a round that is gone, never one being queued right now
+    ttl = conn.ttl(key)
     try:
         job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        status = job.get_status()
     except NoSuchJobError:
-        return 0 < conn.ttl(key) <= CLAIM_TTL
-    status = job.get_status()
-    return getattr(status, "value", status) in ACTIVE_STATES
+        return 0 < ttl <= CLAIM_TTL
+    except InvalidJobOperation:  # saved without a status yet: being queued
+        return True
+    return getattr(status, "value", status) not in ENDED_STATES
 
 
 def _take_over(conn: redis.Redis, key: str, old: str, job_id: str) -> bool:

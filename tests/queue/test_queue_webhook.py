@@ -115,6 +115,50 @@ def test_a_round_that_ended_lets_the_next_one_queue(queue_app, redis_url, prefix
     assert [j.id for j in train_jobs(redis_url, prefix)] == [second["job"]]
 
 
+def test_a_round_saved_but_not_yet_queued_holds_its_project(queue_app, redis_url, prefix):
+    """rq saves a job ("created") before it queues it: another web process that looks in that moment must
+    see the round, not a free project (two rounds of project 7 were queued when it took such a key over)."""
+    from rq.job import Job, JobStatus
+
+    from segagent_backend.queue.names import QueueNames
+
+    conn = redis.Redis.from_url(redis_url)
+    job = Job.create("segagent_backend.queue.training.train", args=({"project": 7},), connection=conn,
+                     serializer=JSONSerializer, status=JobStatus.CREATED, id=f"{prefix}-round")
+    job.save()
+    conn.set(QueueNames(prefix).train_key(7), job.id)
+    reply = start_training(queue_app(**TRAINING).test_client(), 7).json["training"]
+    assert not reply["started"] and reply["job"] == job.id
+    assert train_jobs(redis_url, prefix) == []
+
+
+def test_a_round_queued_while_another_process_looks_at_its_claim_is_not_taken_over(monkeypatch, redis_url, prefix):
+    """Process A claimed project 7 (a key naming job X, no job yet); process B looks: X is not found, and right
+    then A queues X and extends its key. B must not read that as a round gone and queue a second one."""
+    from rq.exceptions import NoSuchJobError
+
+    from segagent_backend.queue import training
+    from segagent_backend.queue.names import QueueNames
+
+    conn = redis.Redis.from_url(redis_url)
+    key, x = QueueNames(prefix).train_key(7), f"{prefix}-x"
+    conn.set(key, x, ex=training.CLAIM_TTL)
+    queue = Queue(f"{prefix}-train", connection=conn, serializer=JSONSerializer)
+    real_fetch = training.Job.fetch
+
+    def fetch_as_a_finishes(job_id, *args, **kwargs):
+        try:
+            return real_fetch(job_id, *args, **kwargs)
+        except NoSuchJobError:  # A's next two steps happen now, between B's reads
+            queue.enqueue("segagent_backend.queue.training.train", {"project": 7}, job_id=x)
+            conn.expire(key, training.RESULT_TTL)
+            raise
+
+    monkeypatch.setattr(training.Job, "fetch", staticmethod(fetch_as_a_finishes))
+    assert training._claim(conn, key, f"{prefix}-y") == x
+    assert conn.get(key) == x.encode()
+
+
 def test_annotations_without_a_project_queue_no_round(queue_app, redis_url, prefix):
     from tests.service.test_webhook_limits import bulk_event
 
