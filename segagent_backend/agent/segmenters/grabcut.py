@@ -9,8 +9,9 @@ How clicks become a mask (all at a capped working resolution, ``max_side``):
   box (if any) makes its outside sure background; GrabCut runs on the whole image and only the
   connected components that contain a positive click are kept (stray look-alike specks elsewhere
   are not what the annotator pointed at).
-* Later calls propose with GrabCut seeded by the clicks again (colour models from the clicks, not
-  from a possibly wrong previous mask), in a window around the previous mask and the clicks, then
+* Later calls propose with GrabCut seeded by the clicks again around the new click (colour models from
+  the clicks, not from a possibly wrong previous mask there; far from the click the previous mask holds:
+  see Cost), in a window around the previous mask and the clicks, then
   merge the proposal into the previous mask LOCALLY, so that a click never undoes earlier work:
   a positive click only ADDS the connected region of new object pixels that contains it, a
   negative click only REMOVES the connected region of dropped pixels that contains it, both
@@ -363,8 +364,9 @@ class GrabCutSegmenter(Segmenter):
 
         def propose(window: tuple[int, int, int, int]) -> tuple[np.ndarray, Optional[tuple]]:
             x0, x1, y0, y1 = window
-            # seed like a first call: colour models from the clicks, not from a possibly wrong previous
-            # mask (seeding from the mask lets its colour model swallow the new click)
+            # seed like a first call around the click: colour models from the clicks, not from a possibly
+            # wrong previous mask (seeding from the mask lets its colour model swallow the new click); far
+            # from the click the previous mask holds (hold_far)
             labels = np.full((y1 - y0, x1 - x0), cv2.GC_PR_BGD, np.uint8)
             if prior is not None:  # a given start mask: a better colour model of the object than clicks alone
                 labels[prior[y0:y1, x0:x1]] = cv2.GC_PR_FGD
