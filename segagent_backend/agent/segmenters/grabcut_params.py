@@ -33,11 +33,10 @@ class GrabCutParams:
             (above): on when the proposal added less than ``own_ratio`` x the area of the click's
             probable-object disk; the part added is at most ``own_max`` x the previous mask's area.
         seed: OpenCV RNG seed set before every GrabCut call (its GMM init uses k-means).
-        gc_pixels: the graph cut's own resolution, bounded in pixels: each GrabCut runs on its region
-            of interest (the whole working image for a first call, the window around mask and clicks
-            for a later one) downscaled to at most this many pixels; its mask comes back to the
-            region's size by an edge-aware (guided-filter) upsampling. 0 = no bound (the region at
-            working size).
+        gc_pixels: the graph cut's own resolution, bounded in pixels: a later call's GrabCut runs on
+            its region of interest (the window around mask and clicks) downscaled to at most this many
+            pixels; its mask comes back to the region's size by an edge-aware (guided-filter)
+            upsampling. 0 = no bound (the region at working size).
         first_gc_pixels: the same bound for a cut that looks for a new part: a first call (no mask yet:
             the whole working image), which sets the object's extent for every later click, and a
             positive click's own-region cut (a part of other colours, below); 0 = no bound (the working
